@@ -1,0 +1,5 @@
+mpi = False
+compiler = 'gcc'
+libraries = ['xc', 'openblas', 'fftw3']
+fftw = True
+scalapack = False

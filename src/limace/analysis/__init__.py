@@ -1,0 +1,1 @@
+"""limace.analysis"""

@@ -1,0 +1,147 @@
+"""The ``limace`` command line. Imports of heavy packages happen inside the commands so ``--help`` is instant.
+
+User mistakes (:class:`limace.errors.LimaceInputError`) print one line ``limace: error: ...`` and exit with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from limace import __version__
+
+app = typer.Typer(help="limace: MACE potentials for Li-In and Li-Sn alloy anodes.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Structures, configurations, DFT labels and datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"limace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")):
+    pass
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+
+
+@data_app.command("phases")
+def data_phases(system: Optional[str] = typer.Option(None, help="Li-In, Li-Sn or element")):
+    """List the structure library: id, formula, space group, atoms (conventional/primitive), buildable, source."""
+    from limace.data.structures import list_phases
+
+    for p in list_phases(system=system):
+        n = f"{p.natoms_conv or '-'}/{p.natoms_prim or '-'}"
+        typer.echo(f"{p.id:14s} {p.formula:9s} {p.system:7s} {str(p.spacegroup_symbol or '?'):26s} {n:8s} "
+                   f"{'built' if p.buildable else 'space group only'}")
+
+
+@data_app.command("plan")
+def data_plan(out: Path = typer.Argument(..., help="extxyz file to write the unlabelled configurations to"),
+              seed: int = typer.Option(20261128, help="seed of every generator")):
+    """Write the configurations of dataset li-in-sn-v1 (unlabelled, cheapest first) to OUT."""
+    from ase.io import write
+
+    from limace.data.plan import plan_v1
+
+    configs = plan_v1(seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    write(tmp, configs, format="extxyz")
+    tmp.replace(out)
+    typer.echo(f"{len(configs)} configurations -> {out}")
+
+
+@data_app.command("label")
+def data_label(inp: Path = typer.Argument(..., help="configurations to label (extxyz, traj, ...)"),
+               out: Path = typer.Argument(..., help="labelled extxyz (appended atomically; resumable)"),
+               protocol: str = typer.Option("pbe-pw400", help="labelling protocol (pbe-pw400 = the reference DFT)"),
+               workers: int = typer.Option(1, help="local worker processes (one per core)"),
+               scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://host:8786"),
+               limit: Optional[int] = typer.Option(None, help="label at most this many now"),
+               retry_failed: bool = typer.Option(False, help="retry configurations recorded as failed")):
+    """Label configurations with DFT (or another protocol); skips those already in OUT."""
+    from limace.data.label import failure_path, label_file
+
+    rep = label_file(inp, out, protocol=protocol, workers=workers, scheduler=scheduler, limit=limit,
+                     retry_failed=retry_failed)
+    typer.echo(json.dumps(rep.as_dict()))
+    if rep.failed:
+        typer.echo(f"{rep.failed} failure(s) recorded in {failure_path(out)}", err=True)
+
+
+@data_app.command("info")
+def data_info(target: str = typer.Argument("li-in-sn-v1", help="a data file, or the name of a shipped dataset"),
+              as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Counts per element / config_type / composition / size, and label statistics."""
+    from limace.data.io import read_configurations, summarize
+
+    if Path(target).exists():
+        frames = read_configurations(target)
+        summary = summarize(frames)
+        header = str(target)
+    else:
+        from limace.data.datasets import dataset_info
+
+        summary = dataset_info(target)
+        header = f"dataset {target}"
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1))
+        return
+    typer.echo(header)
+    for key, val in summary.items():
+        if isinstance(val, dict):
+            typer.echo(f"  {key}:")
+            for k, v in val.items():
+                typer.echo(f"    {k}: {v}")
+        else:
+            typer.echo(f"  {key}: {val}")
+
+
+@data_app.command("validate")
+def data_validate(files: list[Path] = typer.Argument(..., help="labelled files to validate")):
+    """Validate labelled files; the first problem is reported as one line (exit code 2)."""
+    from limace.data.io import read_configurations
+
+    for f in files:
+        frames = read_configurations(f)
+        typer.echo(f"{f}: {len(frames)} configurations OK")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from limace.errors import LimaceInputError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except LimaceInputError as exc:
+        typer.echo(f"limace: error: {exc}", err=True)
+        sys.exit(2)
+    except FileNotFoundError as exc:
+        typer.echo(f"limace: error: {exc.filename or exc}: no such file", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("limace: aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""DFT (or any ASE calculator) labelling as a resumable job.
+
+Results go to an extxyz file with mace-torch's keys (``REF_energy``, ``REF_forces``, ``REF_stress``) and
+provenance in ``info`` (``label_protocol``, ``label_code``, ``label_wall_s``, ...). The job
+
+- skips configurations whose ``config_id`` (stable structure hash) is already in OUT (or in the failure file,
+  unless ``retry_failed``),
+- has only the parent process write OUT, each time as a complete new file moved into place with ``os.replace``,
+  so a kill at any moment loses at most the configurations in flight and never leaves a corrupt OUT,
+- records failures (SCF not converged, calculator crash, non-finite results) as JSON lines in ``OUT.failed.jsonl``,
+- runs workers in local processes (one per core by default) or on a Dask cluster given its scheduler address.
+
+The reference protocol (``shared/reference/dft-protocol.md``) is the named protocol ``"pbe-pw400"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from limace.data.hashing import ensure_config_id
+from limace.errors import LimaceInputError, UnknownNameError
+from limace.keys import CONFIG_ID_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named way to label a configuration: a calculator factory plus what to record about it."""
+
+    name: str
+    description: str
+    make_calculator: Callable[[], object]
+    code_versions: Callable[[], dict] = field(default=lambda: {})
+
+
+# -- the reference protocol ------------------------------------------------------------------------------------------
+
+GPAW_REFERENCE = {
+    "mode": {"name": "pw", "ecut": 400.0},
+    "xc": "PBE",
+    "kpts": {"density": 6.0, "gamma": True},
+    "occupations": {"name": "methfessel-paxton", "width": 0.2, "order": 1},
+}
+"""GPAW keyword arguments of the reference protocol (shared/reference/dft-protocol.md); SCF convergence = defaults."""
+
+
+def _gpaw_calculator(**overrides):
+    from gpaw import GPAW, PW, MethfesselPaxton
+
+    params = {**GPAW_REFERENCE, **overrides}
+    mode = params.pop("mode")
+    occ = params.pop("occupations")
+    return GPAW(
+        mode=PW(mode["ecut"]),
+        occupations=MethfesselPaxton(occ["width"], order=occ["order"]),
+        txt=None,
+        **params,
+    )
+
+
+def _gpaw_versions() -> dict:
+    import gpaw
+
+    out = {"gpaw": gpaw.__version__}
+    try:
+        from importlib.metadata import version
+
+        out["gpaw-data"] = version("gpaw-data")
+    except Exception:  # pragma: no cover - gpaw-data absent means setups from GPAW_SETUP_PATH
+        out["gpaw-data"] = "unknown"
+    return out
+
+
+def _emt_calculator():
+    from ase.calculators.emt import EMT
+
+    return EMT()
+
+
+def _ase_versions() -> dict:
+    import ase
+
+    return {"ase": ase.__version__}
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "pbe-pw400": Protocol(
+        name="pbe-pw400",
+        description="Reference: GPAW PW(400 eV), PBE spin-paired, k-density 6/A Gamma-centred, Methfessel-Paxton "
+        "0.2 eV order 1, default SCF convergence, free (force-consistent) energy",
+        make_calculator=_gpaw_calculator,
+        code_versions=_gpaw_versions,
+    ),
+    "gpaw-test": Protocol(
+        name="gpaw-test",
+        description="Cheap GPAW settings for tests only (PW 200 eV, 1 k-point): never mix into datasets",
+        make_calculator=lambda: _gpaw_calculator(mode={"name": "pw", "ecut": 200.0}, kpts={"size": (1, 1, 1)}),
+        code_versions=_gpaw_versions,
+    ),
+    "emt": Protocol(
+        name="emt",
+        description="ASE's EMT (Al, Cu, Ag, Au, Ni, Pd, Pt): a cheap real calculator for tests of the job machinery",
+        make_calculator=_emt_calculator,
+        code_versions=_ase_versions,
+    ),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise UnknownNameError(f"unknown labelling protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+# -- one configuration -----------------------------------------------------------------------------------------------
+
+
+def label_atoms(atoms: Atoms, calculator, protocol_name: str = "custom", versions: dict | None = None) -> Atoms:
+    """Run ``calculator`` on a copy of ``atoms`` and return it with REF_* labels and provenance, no calculator.
+
+    Raises :class:`limace.errors.CalculationError` for non-finite results; the calculator's own exceptions
+    (e.g. GPAW's ``KohnShamConvergenceError``) propagate.
+    """
+    from limace.errors import CalculationError
+
+    work = atoms.copy()
+    work.info = dict(atoms.info)
+    cid = ensure_config_id(work)
+    work.calc = calculator
+    t0 = time.perf_counter()
+    try:
+        energy = work.get_potential_energy(force_consistent=True)
+    except Exception as exc:  # some calculators (EMT) only provide the plain energy
+        if "force_consistent" not in str(exc) and "free_energy" not in str(exc):
+            raise
+        energy = work.get_potential_energy()
+    forces = work.get_forces()
+    stress = work.get_stress(voigt=True) if work.pbc.all() else None
+    wall = time.perf_counter() - t0
+    if not np.isfinite(energy) or not np.all(np.isfinite(forces)) or (stress is not None and not np.all(np.isfinite(stress))):
+        raise CalculationError(f"config {cid}: non-finite energy/forces/stress")
+    out = Atoms(work.numbers, positions=work.positions, cell=work.cell, pbc=work.pbc)
+    out.info = dict(atoms.info)
+    out.info[CONFIG_ID_KEY] = cid
+    out.info[ENERGY_KEY] = float(energy)
+    out.arrays[FORCES_KEY] = np.asarray(forces, dtype=float)
+    if stress is not None:
+        out.info[STRESS_KEY] = np.asarray(stress, dtype=float)
+    out.info["label_protocol"] = protocol_name
+    for k, v in (versions or {}).items():
+        out.info[f"label_version_{k.replace('-', '_')}"] = v
+    out.info["label_wall_s"] = round(wall, 3)
+    return out
+
+
+def _label_worker(atoms: Atoms, protocol_name: str) -> tuple[str, Atoms | None, str | None]:
+    """Runs in a worker: returns (config_id, labelled atoms or None, error text or None). Never raises."""
+    cid = ensure_config_id(atoms)
+    try:
+        proto = get_protocol(protocol_name)
+        labelled = label_atoms(atoms, proto.make_calculator(), proto.name, proto.code_versions())
+        return cid, labelled, None
+    except Exception as exc:  # recorded in the failure file, the job goes on
+        tb = traceback.format_exc(limit=3).strip().splitlines()
+        return cid, None, f"{type(exc).__name__}: {exc} | {tb[-1] if tb else ''}"
+
+
+# -- atomic files ----------------------------------------------------------------------------------------------------
+
+
+def _frame_text(atoms: Atoms) -> str:
+    import io
+
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, atoms, format="extxyz")
+    return buf.getvalue()
+
+
+def atomic_append(path: Path, text: str) -> None:
+    """Append ``text`` to ``path`` by writing old content + text to a temporary file and renaming it over ``path``."""
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(old)
+        fh.write(text.encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def failure_path(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".failed.jsonl")
+
+
+def read_done_ids(out: Path) -> set[str]:
+    from ase.io import iread
+
+    out = Path(out)
+    if not out.exists() or out.stat().st_size == 0:
+        return set()
+    return {str(a.info.get(CONFIG_ID_KEY)) for a in iread(out, index=":", format="extxyz")}
+
+
+def read_failed(out: Path) -> dict[str, str]:
+    p = failure_path(out)
+    if not p.exists():
+        return {}
+    failed = {}
+    for line in p.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            failed[rec["config_id"]] = rec["error"]
+    return failed
+
+
+# -- executors -------------------------------------------------------------------------------------------------------
+
+
+class _LocalExecutor:
+    def __init__(self, workers: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+    def submit(self, fn, *args):
+        return self.pool.submit(fn, *args)
+
+    def as_completed(self, futures):
+        from concurrent.futures import as_completed
+
+        return as_completed(futures)
+
+    @staticmethod
+    def result(fut):
+        return fut.result()
+
+    def close(self, cancel: bool = False):
+        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class _DaskExecutor:
+    def __init__(self, address: str):
+        from distributed import Client
+
+        self.client = Client(address)
+
+    def submit(self, fn, *args):
+        return self.client.submit(fn, *args, pure=False)
+
+    def as_completed(self, futures):
+        from distributed import as_completed
+
+        return as_completed(futures)
+
+    @staticmethod
+    def result(fut):
+        return fut.result()
+
+    def close(self, cancel: bool = False):
+        self.client.close()
+
+
+@dataclass
+class LabelReport:
+    total: int
+    skipped_done: int
+    skipped_failed: int
+    labelled: int
+    failed: int
+    wall_s: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def label_configurations(configs: Sequence[Atoms], out: str | Path, protocol: str = "pbe-pw400", workers: int = 1,
+                         scheduler: str | None = None, retry_failed: bool = False, progress: bool = True,
+                         limit: int | None = None) -> LabelReport:
+    """Label ``configs`` into ``out`` (extxyz) with a named protocol; resumable (see module docstring).
+
+    ``workers``: local processes (ignored with ``scheduler``, a Dask scheduler address such as
+    ``"tcp://host:8786"`` or a :class:`distributed.LocalCluster`'s address). ``limit``: label at most this many
+    now (for chunked runs).
+    """
+    get_protocol(protocol)  # fail early on a bad name
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    done = read_done_ids(out)
+    failed = {} if retry_failed else read_failed(out)
+    todo, seen = [], set()
+    n_done = n_failed = 0
+    for atoms in configs:
+        cid = ensure_config_id(atoms)
+        if cid in done:
+            n_done += 1
+            continue
+        if cid in failed:
+            n_failed += 1
+            continue
+        if cid in seen:
+            continue
+        seen.add(cid)
+        todo.append(atoms)
+    if limit is not None:
+        todo = todo[:limit]
+    report = LabelReport(total=len(configs), skipped_done=n_done, skipped_failed=n_failed, labelled=0, failed=0,
+                         wall_s=0.0)
+    if not todo:
+        return report
+    if scheduler:
+        ex = _DaskExecutor(scheduler)
+    elif workers > 1:
+        ex = _LocalExecutor(workers)
+    else:
+        ex = None
+    bar = _progress(len(todo), f"label {out.name} [{protocol}]", progress)
+    try:
+        results: Iterable
+        if ex is None:
+            results = (_label_worker(a, protocol) for a in todo)
+        else:
+            futures = [ex.submit(_label_worker, a, protocol) for a in todo]
+            results = (ex.result(f) for f in ex.as_completed(futures))
+        for cid, labelled, err in results:
+            if labelled is not None:
+                atomic_append(out, _frame_text(labelled))
+                report.labelled += 1
+            else:
+                rec = {"config_id": cid, "protocol": protocol, "error": err, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                atomic_append(failure_path(out), json.dumps(rec) + "\n")
+                report.failed += 1
+            bar.update(1)
+            bar.set_postfix(ok=report.labelled, failed=report.failed)
+    finally:
+        bar.close()
+        if ex is not None:
+            ex.close(cancel=True)
+    report.wall_s = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def label_file(inp: str | Path, out: str | Path, **kwargs) -> LabelReport:
+    """:func:`label_configurations` on every frame of an extxyz (or any ASE-readable) file."""
+    from limace.data.io import read_configurations
+
+    configs = read_configurations(inp, labelled=False)
+    if not configs:
+        raise LimaceInputError(f"{inp}: no configurations")
+    return label_configurations(configs, out, **kwargs)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="cfg", dynamic_ncols=True)

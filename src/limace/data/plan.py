@@ -1,0 +1,173 @@
+"""What goes into the dataset ``li-in-sn-v1``: a deterministic, seeded list of configurations, cheapest first.
+
+``plan_v1()`` returns unlabelled ASE Atoms (each with ``config_type``, ``config_id`` and a ``stage``);
+the labelling job (:mod:`limace.data.label`) works through them in order and resumes where it stopped, so the
+cheap, diverse small cells are labelled before the expensive large ones.
+
+Stages (cost grows with electrons x irreducible k-points; Li-only cells are cheap):
+
+1. elements (bcc Li, tI2 In, beta/alpha Sn): equilibrium, +-2.5/5 % volume, shear, rattled
+2. orderings of Li-In and Li-Sn on bcc/fcc/bct parents with 1-4 atoms (icet), plus Li-In-Sn ternaries of 3 atoms
+3. the library phases with <= 24 atoms in the primitive cell at equilibrium
+4. rattled and strained copies of the 2-4 atom orderings
+5. Li-only cells of 12-24 atoms: vacancies and vacancy-hop images in bcc Li
+6. library phases: strained (+-5 %), sheared and rattled (up to 0.15 A)
+7. 12-24-atom cells with In/Sn: one Li vacancy per library phase, IDPP and linear hop images, random alloys
+8. orderings with 6-8 atoms (sampled)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+
+from limace.data import generate as g
+from limace.data.hashing import ensure_config_id
+from limace.data.structures import get_structure, list_phases, sort_species
+
+ELEMENT_PHASES = ("Li_bcc", "In_tI2", "Sn_beta", "Sn_alpha")
+RATTLE_AMPLITUDES = (0.03, 0.07, 0.11, 0.15)
+
+
+def _stage(configs: list[Atoms], stage: int) -> list[Atoms]:
+    for a in configs:
+        a.info["stage"] = stage
+    return configs
+
+
+def _equilibrium(atoms: Atoms, **info) -> Atoms:
+    a = atoms.copy()
+    a.info = dict(atoms.info)
+    a.info["config_type"] = "equilibrium"
+    a.info.update(info)
+    return a
+
+
+def _has_li_and_host(a: Atoms) -> bool:
+    s = set(a.get_chemical_symbols())
+    return "Li" in s and len(s) > 1
+
+
+def library_phases(max_prim_atoms: int = 24) -> list[Atoms]:
+    """Primitive cells of the buildable compound phases with at most ``max_prim_atoms`` atoms."""
+    out = []
+    for p in list_phases(buildable=True):
+        if p.system == "element":
+            continue
+        prim = p.build(primitive=True)
+        if len(prim) <= max_prim_atoms:
+            out.append(prim)
+    return out
+
+
+def plan_v1(seed: int = 20261128) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    plan: list[Atoms] = []
+
+    # 1. elements
+    s1 = []
+    for pid in ELEMENT_PHASES:
+        conv = get_structure(pid)
+        s1.append(_equilibrium(conv))
+        s1 += g.strained(conv, (-0.05, -0.025, 0.025, 0.05), "iso", seed=rng)
+        s1 += g.strained(conv, (0.03, 0.05), "shear", seed=rng)
+        s1 += g.rattled(conv, RATTLE_AMPLITUDES, seed=rng)
+    plan += _stage(s1, 1)
+
+    # 2. orderings with 1-4 atoms (binaries) and 3-atom ternaries containing all three elements
+    s2, small = [], []
+    for parent in g.PARENTS:
+        for els in (("Li", "In"), ("Li", "Sn")):
+            for a in g.enumerate_orderings(parent, els, range(1, 5)):
+                s2.append(a)
+                if len(a) >= 2:
+                    small.append(a)
+        for a in g.enumerate_orderings(parent, ("Li", "In", "Sn"), [3]):
+            if len(set(a.get_chemical_symbols())) == 3:
+                s2.append(a)
+                small.append(a)
+    plan += _stage(s2, 2)
+
+    # 3. library phases at equilibrium
+    phases = library_phases()
+    plan += _stage([_equilibrium(p) for p in phases], 3)
+
+    # 4. rattled / strained small orderings (alloys get both, pure cells one rattle)
+    s4 = []
+    for a in small:
+        amp = float(rng.choice(RATTLE_AMPLITUDES))
+        s4 += g.rattled(a, (amp,), seed=rng)
+        if _has_li_and_host(a):
+            e = float(rng.choice((-0.05, -0.03, 0.03, 0.05)))
+            s4 += g.strained(a, (e,), "iso" if rng.random() < 0.5 else "shear", seed=rng)
+    plan += _stage(s4, 4)
+
+    # 5. bcc Li, 16-site cell: vacancies (relaxed-like and rattled) and hop images
+    li = get_structure("Li_bcc")
+    s5 = [g.li_vacancy(li, repeat=(2, 2, 2), seed=rng)]
+    s5 += g.rattled(s5[0], (0.05, 0.1), seed=rng)
+    s5 += g.vacancy_hops(li, repeat=(2, 2, 2), n_hops=2, n_images=3, method="idpp", seed=rng)
+    s5 += g.vacancy_hops(li, repeat=(2, 2, 2), n_hops=1, n_images=2, method="linear", seed=rng)
+    s5 += g.rattled(li.repeat((2, 2, 2)), (0.05, 0.1, 0.15), seed=rng)
+    s5 += g.rattled(g.strained(li.repeat((2, 2, 2)), (-0.04, 0.04), "iso", seed=rng)[0], (0.1,), seed=rng)
+    plan += _stage(s5, 5)
+
+    # 6. library phases distorted
+    s6 = []
+    for p in phases:
+        s6 += g.strained(p, (-0.05, 0.05), "iso", seed=rng)
+        s6 += g.strained(p, (0.04,), "shear", seed=rng)
+        s6 += g.rattled(p, (0.05, 0.1, 0.15), seed=rng)
+    plan += _stage(s6, 6)
+
+    # 7. large cells with hosts: vacancies and hops in the library phases, random alloys
+    s7 = []
+    for p in phases:
+        reps = _repeat_for(p, 12, 24)
+        s7.append(g.li_vacancy(p, repeat=reps, seed=rng))
+        s7 += g.vacancy_hops(p, repeat=reps, n_hops=1, n_images=3, method="idpp", seed=rng)
+    for parent in ("bcc", "fcc"):
+        for frac_li in (0.25, 0.5, 0.75, 0.875):
+            for host in ("In", "Sn"):
+                s7.append(g.random_alloy(parent, ("Li", host), (frac_li, 1 - frac_li), repeat=(2, 2, 2) if parent == "bcc" else (2, 2, 1), seed=rng))
+    plan += _stage(s7, 7)
+
+    # 8. larger orderings, sampled
+    s8 = []
+    for parent in g.PARENTS:
+        for els in (("Li", "In"), ("Li", "Sn")):
+            cands = list(g.enumerate_orderings(parent, els, [6]))
+            cands = [a for a in cands if _has_li_and_host(a)]
+            for k in rng.choice(len(cands), size=min(8, len(cands)), replace=False):
+                s8.append(cands[int(k)])
+    plan += _stage(s8, 8)
+
+    seen, out = set(), []
+    for a in plan:
+        a = sort_species(a)
+        a.info.pop("config_id", None)
+        cid = ensure_config_id(a)
+        if cid not in seen:
+            seen.add(cid)
+            out.append(a)
+    return out
+
+
+def _repeat_for(atoms: Atoms, lo: int, hi: int, min_width: float = 3.9) -> tuple[int, int, int]:
+    """Diagonal repetition with every cell width >= ``min_width`` (so a Li hop never joins an atom to its own
+    image) and lo..hi atoms if possible, preferring the most isotropic, then the smallest cell."""
+    n = len(atoms)
+    base = np.diag(g.supercell_matrix(atoms, min_width)).astype(int)
+    best = None
+    widths = np.array([atoms.cell.volume / np.linalg.norm(np.cross(atoms.cell[(i + 1) % 3], atoms.cell[(i + 2) % 3]))
+                       for i in range(3)])
+    for i in range(base[0], base[0] + 3):
+        for j in range(base[1], base[1] + 3):
+            for k in range(base[2], base[2] + 3):
+                m = n * i * j * k
+                ws = widths * (i, j, k)
+                aniso = ws.max() / ws.min()
+                score = (0, aniso, m) if lo <= m <= hi else (1, m, aniso)
+                if best is None or score < best[0]:
+                    best = (score, (i, j, k))
+    return best[1]

@@ -1,0 +1,29 @@
+"""Exception hierarchy.
+
+User/setup mistakes (bad files, keys, values) derive from :class:`LimaceInputError` and are reported by the CLI as
+one line with exit code 2. Failures of a calculation (SCF not converged, calculator crash) derive from
+:class:`CalculationError` and are recorded, not raised through long jobs.
+"""
+
+
+class LimaceError(Exception):
+    """Base class of every error limace raises on purpose."""
+
+
+class LimaceInputError(LimaceError, ValueError):
+    """Bad input: a file, key or value the user gave. The message names it."""
+
+
+class ValidationError(LimaceInputError):
+    """A configuration or file failed validation (names file, frame and key)."""
+
+
+class UnknownNameError(LimaceInputError, KeyError):
+    """A name (phase, protocol, potential) that is not known; the message lists the closest ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want the plain line
+        return str(self.args[0]) if self.args else ""
+
+
+class CalculationError(LimaceError, RuntimeError):
+    """A calculation failed (SCF not converged, calculator crash, non-finite result)."""
