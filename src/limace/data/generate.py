@@ -174,7 +174,7 @@ def hop_images(initial: Atoms, final: Atoms, n_images: int = 5, method: str = "i
     if method not in ("linear", "idpp"):
         raise LimaceInputError(f"unknown interpolation {method!r}; use 'linear' or 'idpp'")
     images = [initial.copy()] + [initial.copy() for _ in range(n_images)] + [final.copy()]
-    neb = NEB(images)
+    neb = NEB(images, method="improvedtangent")
     if method == "idpp":
         neb.interpolate(method="idpp", mic=True)
     else:

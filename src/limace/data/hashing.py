@@ -1,4 +1,8 @@
-"""A stable identity for a structure: species, cell and wrapped positions rounded to 1e-5 A, hashed."""
+"""A stable identity for a structure: species, cell and wrapped positions rounded to 1e-8 A, hashed.
+
+1e-8 A is the precision extxyz files are written with (``%.8f``), so a structure hashes the same before and after
+a round trip through a file (a coarser grid would flip coordinates that sit near a rounding boundary).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from ase import Atoms
 from limace.keys import CONFIG_ID_KEY
 
 
-def structure_hash(atoms: Atoms, decimals: int = 5) -> str:
+def structure_hash(atoms: Atoms, decimals: int = 8) -> str:
     """16-hex-digit SHA-256 of (numbers, pbc, cell, wrapped Cartesian positions), rounded to ``decimals``.
 
-    Independent of labels, info and calculators; equal for copies, different after any move > 1e-5 A.
+    Independent of labels, info and calculators; equal for copies and extxyz round trips, different after any
+    move > 1e-8 A.
     """
     cell = np.round(np.asarray(atoms.cell[:], dtype=float), decimals) + 0.0
     frac = atoms.get_scaled_positions(wrap=True) if atoms.pbc.any() else None

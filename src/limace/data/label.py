@@ -359,7 +359,7 @@ def label_file(inp: str | Path, out: str | Path, **kwargs) -> LabelReport:
     """:func:`label_configurations` on every frame of an extxyz (or any ASE-readable) file."""
     from limace.data.io import read_configurations
 
-    configs = read_configurations(inp, labelled=False)
+    configs = read_configurations(inp, labelled=False, allowed_elements=None)
     if not configs:
         raise LimaceInputError(f"{inp}: no configurations")
     return label_configurations(configs, out, **kwargs)

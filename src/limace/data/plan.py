@@ -105,7 +105,7 @@ def plan_v1(seed: int = 20261128) -> list[Atoms]:
     # 5. bcc Li, 16-site cell: vacancies (relaxed-like and rattled) and hop images
     li = get_structure("Li_bcc")
     s5 = [g.li_vacancy(li, repeat=(2, 2, 2), seed=rng)]
-    s5 += g.rattled(s5[0], (0.05, 0.1), seed=rng)
+    s5 += g.rattled(s5[0], (0.05, 0.1, 0.15), seed=rng)
     s5 += g.vacancy_hops(li, repeat=(2, 2, 2), n_hops=2, n_images=3, method="idpp", seed=rng)
     s5 += g.vacancy_hops(li, repeat=(2, 2, 2), n_hops=1, n_images=2, method="linear", seed=rng)
     s5 += g.rattled(li.repeat((2, 2, 2)), (0.05, 0.1, 0.15), seed=rng)

@@ -1,0 +1,46 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create/update .venv idempotently.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.limace-installed
+SYSDEPS := libxc-dev libopenblas-dev libfftw3-dev
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: venv sysdeps demo test test-fast dataset label clean-venv
+
+# System libraries GPAW builds against (Debian). Installed when missing and we are root; otherwise a hint.
+sysdeps:
+	@missing=""; for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "limace: GPAW needs:$$missing (sudo apt-get install$$missing)"; fi; fi
+
+$(STAMP): pyproject.toml .ci/gpaw-siteconfig.py
+	@$(MAKE) --no-print-directory sysdeps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	GPAW_CONFIG=$(CURDIR)/.ci/gpaw-siteconfig.py $(PIP) install -q -e ".[dft,test,baselines]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/limace demo
+
+test: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" --durations=10
+
+test-fast: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not dft" -x
+
+# The dataset: plan -> label (resumable, background-friendly) -> pack into the package with its manifest.
+label: venv
+	$(VENV)/bin/limace data plan dft/li-in-sn-v1/inputs.extxyz
+	$(VENV)/bin/limace data label dft/li-in-sn-v1/inputs.extxyz dft/li-in-sn-v1/labels.extxyz --workers $$(nproc)
+
+dataset: venv
+	$(VENV)/bin/limace data pack dft/li-in-sn-v1/labels.extxyz --name li-in-sn-v1
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,156 @@
+"""The labelling job: labels, provenance, resume, kill-and-resume, failures, Dask, and GPAW at the reference protocol."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import read, write
+
+from limace.data.hashing import structure_hash
+from limace.data.label import failure_path, label_configurations, read_done_ids
+from limace.keys import CONFIG_ID_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY
+
+from conftest import needs_gpaw
+
+
+def emt_configs(n, size=2, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((size, size, size))
+        a.symbols[rng.integers(len(a))] = "Au"
+        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
+        a.info["config_type"] = "rattle"
+        out.append(a)
+    return out
+
+
+def test_labels_equal_the_calculator_and_carry_provenance(tmp_path):
+    configs = emt_configs(3)
+    out = tmp_path / "out.extxyz"
+    rep = label_configurations(configs, out, protocol="emt", progress=False)
+    assert rep.labelled == 3 and rep.failed == 0
+    frames = read(out, ":")
+    assert len(frames) == 3
+    for src, lab in zip(configs, frames):
+        ref = src.copy()
+        ref.calc = EMT()
+        assert lab.info[ENERGY_KEY] == pytest.approx(ref.get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(lab.arrays[FORCES_KEY], ref.get_forces(), atol=1e-8)
+        np.testing.assert_allclose(lab.info[STRESS_KEY], ref.get_stress(voigt=True), atol=1e-8)
+        assert lab.info[CONFIG_ID_KEY] == structure_hash(src)
+        assert lab.info["label_protocol"] == "emt" and "label_version_ase" in lab.info
+        assert lab.info["label_wall_s"] >= 0 and lab.info["config_type"] == "rattle"
+        assert lab.calc is None or ENERGY_KEY not in getattr(lab.calc, "results", {})
+
+
+def test_rerun_skips_finished_work(tmp_path):
+    configs = emt_configs(4)
+    out = tmp_path / "out.extxyz"
+    label_configurations(configs[:2], out, protocol="emt", progress=False)
+    rep = label_configurations(configs, out, protocol="emt", progress=False)
+    assert rep.skipped_done == 2 and rep.labelled == 2
+    ids = [a.info[CONFIG_ID_KEY] for a in read(out, ":")]
+    assert len(ids) == len(set(ids)) == 4
+
+
+def test_failures_are_recorded_and_do_not_stop_the_job(tmp_path):
+    configs = emt_configs(2)
+    bad = bulk("Li", "bcc", a=3.5, cubic=True)  # EMT has no Li parameters -> the calculator raises
+    out = tmp_path / "out.extxyz"
+    rep = label_configurations([configs[0], bad, configs[1]], out, protocol="emt", progress=False)
+    assert rep.labelled == 2 and rep.failed == 1
+    recs = [json.loads(line) for line in failure_path(out).read_text().splitlines()]
+    assert recs[0]["config_id"] == structure_hash(bad) and "Li" in recs[0]["error"]
+    # a re-run does not retry recorded failures unless asked
+    rep2 = label_configurations([configs[0], bad, configs[1]], out, protocol="emt", progress=False)
+    assert rep2.skipped_failed == 1 and rep2.labelled == 0
+
+
+def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path, limace_exe):
+    configs = emt_configs(60, size=4)  # 256-atom cells: long enough to be killed mid-run
+    inp, out = tmp_path / "in.extxyz", tmp_path / "out.extxyz"
+    write(inp, configs, format="extxyz")
+    cmd = [limace_exe, "data", "label", str(inp), str(out), "--protocol", "emt"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        if out.exists() and len(read_done_ids(out)) >= 3:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = read_done_ids(out)  # OUT must parse completely after the kill
+    assert 3 <= len(done_before) < 60, "the job was not killed mid-run; make the configurations bigger"
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["skipped_done"] == len(done_before)
+    frames = read(out, ":")
+    ids = [a.info[CONFIG_ID_KEY] for a in frames]
+    assert len(ids) == len(set(ids)) == 60
+    assert set(ids) == {structure_hash(a) for a in configs}
+    assert not list(tmp_path.glob(".out.extxyz.tmp*"))
+
+
+def test_local_workers_and_dask_give_the_same_labels(tmp_path):
+    from distributed import LocalCluster
+
+    configs = emt_configs(4)
+    serial = tmp_path / "serial.extxyz"
+    label_configurations(configs, serial, protocol="emt", progress=False)
+    pool = tmp_path / "pool.extxyz"
+    label_configurations(configs, pool, protocol="emt", workers=2, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        dask_out = tmp_path / "dask.extxyz"
+        rep = label_configurations(configs, dask_out, protocol="emt", scheduler=cluster.scheduler_address, progress=False)
+    assert rep.labelled == 4
+    ref = {a.info[CONFIG_ID_KEY]: a.info[ENERGY_KEY] for a in read(serial, ":")}
+    for path in (pool, dask_out):
+        got = {a.info[CONFIG_ID_KEY]: a.info[ENERGY_KEY] for a in read(path, ":")}
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert got[k] == pytest.approx(ref[k], abs=1e-10)
+
+
+def test_unknown_protocol_is_a_one_line_error(tmp_path, limace_exe):
+    inp = tmp_path / "in.extxyz"
+    write(inp, emt_configs(1), format="extxyz")
+    res = subprocess.run([limace_exe, "data", "label", str(inp), str(tmp_path / "o.extxyz"), "--protocol", "vasp"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "unknown labelling protocol 'vasp'" in res.stderr
+
+
+@needs_gpaw
+@pytest.mark.dft
+def test_gpaw_reference_label_matches_a_direct_gpaw_call(tmp_path, limace_exe):
+    """One small cell through `limace data label` at the reference protocol equals GPAW called directly (1e-6 eV)."""
+    from gpaw import GPAW, PW, MethfesselPaxton
+
+    from limace.data import get_structure
+
+    atoms = get_structure("Li_bcc", primitive=True)
+    atoms.info["config_type"] = "equilibrium"
+    inp, out = tmp_path / "in.extxyz", tmp_path / "out.extxyz"
+    write(inp, [atoms], format="extxyz")
+    res = subprocess.run([limace_exe, "data", "label", str(inp), str(out)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    lab = read(out)
+    direct = atoms.copy()
+    direct.calc = GPAW(mode=PW(400), xc="PBE", kpts={"density": 6.0, "gamma": True},
+                       occupations=MethfesselPaxton(0.2, order=1), txt=None)
+    e = direct.get_potential_energy(force_consistent=True)
+    assert lab.info[ENERGY_KEY] == pytest.approx(e, abs=1e-6)
+    np.testing.assert_allclose(lab.arrays[FORCES_KEY], direct.get_forces(), atol=1e-6)
+    np.testing.assert_allclose(lab.info[STRESS_KEY], direct.get_stress(voigt=True), atol=1e-6)
+    assert lab.info["label_protocol"] == "pbe-pw400"
+    assert lab.info["label_version_gpaw"] == "26.7.0" and lab.info["label_version_gpaw_data"] == "1.2.1"
