@@ -118,6 +118,12 @@ def data_validate(files: list[Path] = typer.Argument(..., help="labelled files t
         typer.echo(f"{f}: {len(frames)} configurations OK")
 
 
+# -- potentials (src/limace/potentials/cli.py) -----------------------------------------------------------------------
+from limace.potentials.cli import register as _register_potentials  # noqa: E402
+
+_register_potentials(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     from limace.errors import LimaceInputError
 

@@ -27,3 +27,19 @@ class UnknownNameError(LimaceInputError, KeyError):
 
 class CalculationError(LimaceError, RuntimeError):
     """A calculation failed (SCF not converged, calculator crash, non-finite result)."""
+
+
+class ChecksumError(LimaceInputError):
+    """A file's SHA-256 differs from the one recorded for it; the file is removed or quarantined, never used."""
+
+
+class DownloadError(LimaceInputError):
+    """A file could not be downloaded (no network, server error) and no verified cached copy exists."""
+
+
+class ModelFileError(LimaceInputError):
+    """A model file is missing, unreadable or not a MACE model."""
+
+
+class UnsupportedElementError(LimaceInputError):
+    """A structure contains elements the potential was not trained on."""
