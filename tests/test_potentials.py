@@ -1,0 +1,477 @@
+"""limace.potentials: registry, verified download/cache against a real local HTTP server, loading, CLI, example."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import limace.potentials as lp
+from limace.errors import (
+    ChecksumError,
+    DownloadError,
+    LimaceInputError,
+    ModelFileError,
+    UnknownNameError,
+    UnsupportedElementError,
+    ValidationError,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+
+
+class ModelServer:
+    """A real HTTP server on 127.0.0.1 serving bytes from ``files``; ``drop_after`` cuts the connection mid-file."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.drop_after: int | None = None
+        self.requests: list[str] = []
+        srv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                srv.requests.append(self.path)
+                body = srv.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if srv.drop_after is None:
+                    self.wfile.write(body)
+                    return
+                self.wfile.write(body[: srv.drop_after])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.running = True
+
+    def stop(self):
+        if self.running:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join(5)
+            self.running = False
+
+
+@pytest.fixture
+def server():
+    srv = ModelServer()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Each test has its own cache and no extra registry or offline setting from the caller's environment."""
+    monkeypatch.setenv("LIMACE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LIMACE_REGISTRY", raising=False)
+    monkeypatch.delenv("LIMACE_OFFLINE", raising=False)
+    return tmp_path / "cache"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def entry(name: str, sha: str, url: str | None = None, file: str | None = None, **extra) -> dict:
+    weights = {"sha256": sha}
+    if url:
+        weights["url"] = url
+    if file:
+        weights["file"] = file
+    return {"name": name, "version": "1.0", "description": "tiny random-weight MACE for tests",
+            "elements": ["Li", "In", "Sn"], "license": "MIT", "weights": weights, **extra}
+
+
+def write_registry(path: Path, entries: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"schema": 1, "potentials": entries}, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def served_model(tiny_mace_model_path, server, tmp_path, monkeypatch):
+    """The tiny model served at <server>/models/tiny.model and registered as 'lab-tiny' via LIMACE_REGISTRY."""
+    data = Path(tiny_mace_model_path).read_bytes()
+    server.files["/models/tiny.model"] = data
+    reg = write_registry(tmp_path / "lab.yaml", [entry("lab-tiny", sha256(data), url=f"{server.url}/models/tiny.model")])
+    monkeypatch.setenv("LIMACE_REGISTRY", str(reg))
+    return data
+
+
+def cache_files(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+
+
+def alloy_cell(seed: int = 0):
+    """A strained, rattled 6-atom Li-In-Sn cell (LiSn with one Sn replaced by In)."""
+    from limace.data import get_structure
+
+    atoms = get_structure("LiSn")
+    sn = [i for i, s in enumerate(atoms.get_chemical_symbols()) if s == "Sn"]
+    atoms.numbers[sn[0]] = 49
+    rng = np.random.default_rng(seed)
+    atoms.set_cell(atoms.cell[:] @ (np.eye(3) + 0.02 * rng.standard_normal((3, 3))), scale_atoms=True)
+    atoms.positions += 0.08 * rng.standard_normal(atoms.positions.shape)
+    return atoms
+
+
+# -- registry --------------------------------------------------------------------------------------------------------
+
+
+def test_shipped_registry_parses_with_full_provenance():
+    from limace.potentials.registry import _shipped
+
+    for e in _shipped():  # empty until limace-lisnin-small ships; then each entry must be complete
+        assert e.dft_protocol and e.dataset and e.metrics and e.license
+        assert e.weights.file is not None or e.weights.url is not None
+    assert lp.list_potentials() == list(_shipped())
+
+
+def test_registry_rejects_unknown_keys_and_bad_values(tmp_path, monkeypatch):
+    good = entry("lab-a", "0" * 64, url="http://127.0.0.1:1/a.model")
+    cases = [
+        ({**good, "weigths": {}}, "unknown key 'weigths'"),
+        ({**good, "version": 1.0}, "version must be a non-empty string"),
+        ({**good, "weights": {"sha256": "abc", "url": "http://x/a.model"}}, "64 hex digits"),
+        ({**good, "weights": {"sha256": "0" * 64}}, "need a file (bundled) or a url"),
+        ({**good, "elements": ["Li", "Xx"]}, "'Xx' is not a chemical symbol"),
+        ({**good, "name": "../evil"}, "may only use letters"),
+    ]
+    for raw, msg in cases:
+        reg = write_registry(tmp_path / "r.yaml", [raw])
+        monkeypatch.setenv("LIMACE_REGISTRY", str(reg))
+        with pytest.raises(ValidationError, match=re.escape(msg)) as exc:
+            lp.list_potentials()
+        assert str(reg) in str(exc.value) and "\n" not in str(exc.value)
+    reg = write_registry(tmp_path / "r.yaml", [good, good])
+    with pytest.raises(ValidationError, match="listed twice"):
+        lp.list_potentials()
+    monkeypatch.setenv("LIMACE_REGISTRY", str(tmp_path / "missing.yaml"))
+    with pytest.raises(LimaceInputError, match="missing.yaml does not exist"):
+        lp.list_potentials()
+
+
+def test_same_name_in_two_registries_is_an_error(tmp_path, monkeypatch):
+    import os
+
+    a = write_registry(tmp_path / "a.yaml", [entry("lab-x", "0" * 64, url="http://h/x.model")])
+    b = write_registry(tmp_path / "b.yaml", [entry("lab-x", "1" * 64, url="http://h/y.model")])
+    monkeypatch.setenv("LIMACE_REGISTRY", f"{a}{os.pathsep}{b}")
+    with pytest.raises(ValidationError, match="defined in both"):
+        lp.get_potential("lab-x")
+
+
+def test_unknown_name_lists_closest(tmp_path, monkeypatch):
+    reg = write_registry(tmp_path / "r.yaml", [entry(n, "0" * 64, url="http://h/m.model")
+                                               for n in ("lab-lisn-small", "lab-lisn-large", "other")])
+    monkeypatch.setenv("LIMACE_REGISTRY", str(reg))
+    with pytest.raises(UnknownNameError) as exc:
+        lp.get_potential("lab-lisn-smal")
+    msg = str(exc.value)
+    assert msg.startswith("unknown potential 'lab-lisn-smal'; closest: lab-lisn-small")
+    assert "other" not in msg
+    with pytest.raises(UnknownNameError, match="closest: lab-lisn-small"):
+        lp.load("lab-lisn-smal")
+
+
+def test_cache_dir_from_env_or_platformdirs(monkeypatch, tmp_path):
+    import platformdirs
+
+    assert lp.cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("LIMACE_CACHE_DIR")
+    assert lp.cache_dir() == Path(platformdirs.user_cache_dir("limace"))
+
+
+def test_registry_env_accepts_urls_and_paths(monkeypatch):
+    from limace.potentials.registry import registry_sources
+
+    monkeypatch.setenv("LIMACE_REGISTRY", "http://127.0.0.1:8000/lab/reg.yaml:/data/reg.yaml:https://lab.org/r.yaml")
+    if __import__("os").pathsep == ":":
+        assert registry_sources() == ["http://127.0.0.1:8000/lab/reg.yaml", "/data/reg.yaml", "https://lab.org/r.yaml"]
+
+
+# -- download and cache ----------------------------------------------------------------------------------------------
+
+
+def test_first_download_then_cached_reuse_with_server_stopped(served_model, server, isolated_env):
+    path = lp.fetch("lab-tiny", progress=False)
+    assert path.parent == isolated_env / "potentials" and path.read_bytes() == served_model
+    assert cache_files(isolated_env) == [path]  # no temporary file left behind
+    assert server.requests == ["/models/tiny.model"]
+    server.stop()
+    assert lp.fetch("lab-tiny") == path  # online, but the verified cache needs no network
+    assert lp.fetch("lab-tiny", offline=True) == path
+    calc = lp.load("lab-tiny", offline=True)
+    atoms = alloy_cell()
+    atoms.calc = calc
+    assert np.isfinite(atoms.get_potential_energy())
+
+
+def test_offline_without_cache_never_touches_network(served_model, server, isolated_env, monkeypatch):
+    monkeypatch.setenv("LIMACE_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="not in the cache .* offline mode is on") as exc:
+        lp.load("lab-tiny")
+    assert "\n" not in str(exc.value)
+    assert server.requests == [] and cache_files(isolated_env) == []
+
+
+def test_no_network_and_no_cache(served_model, server, isolated_env):
+    server.stop()
+    with pytest.raises(DownloadError, match=r"cannot download lab-tiny 1\.0 .*connection failed") as exc:
+        lp.fetch("lab-tiny", progress=False)
+    assert "\n" not in str(exc.value)
+    assert cache_files(isolated_env) == []
+
+
+def test_corrupted_download_is_deleted_not_loaded(served_model, server, isolated_env):
+    bad = bytearray(served_model)
+    bad[len(bad) // 2] ^= 0xFF
+    server.files["/models/tiny.model"] = bytes(bad)
+    with pytest.raises(ChecksumError, match="deleted, not used") as exc:
+        lp.load("lab-tiny", progress=False)
+    assert sha256(bytes(bad))[:12] in str(exc.value)
+    assert cache_files(isolated_env) == []
+
+
+def test_corrupted_cache_is_quarantined(served_model, server, isolated_env):
+    path = lp.fetch("lab-tiny", progress=False)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="corrupt .* moved to .*quarantine"):
+        lp.load("lab-tiny", offline=True)
+    assert not path.exists()
+    quarantined = list((path.parent / "quarantine").iterdir())
+    assert len(quarantined) == 1 and quarantined[0].read_bytes() == bytes(data)
+    # online: quarantined again (silently replaced files would hide a problem) and downloaded anew
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = lp.fetch("lab-tiny", progress=False)
+    assert again == path and path.read_bytes() == served_model
+    assert len(list((path.parent / "quarantine").iterdir())) == 2
+
+
+def test_interrupted_download_leaves_no_file(served_model, server, isolated_env):
+    server.drop_after = len(served_model) // 2
+    with pytest.raises(DownloadError, match="connection dropped mid-file") as exc:
+        lp.fetch("lab-tiny", progress=False)
+    assert "nothing was written" in str(exc.value)
+    assert server.requests  # the server was reached and cut the transfer
+    assert cache_files(isolated_env) == []
+    server.drop_after = None
+    assert lp.fetch("lab-tiny", progress=False).read_bytes() == served_model
+
+
+def test_remote_registry_with_relative_url(tiny_mace_model_path, server, isolated_env, monkeypatch):
+    data = Path(tiny_mace_model_path).read_bytes()
+    server.files["/lab/tiny.model"] = data
+    server.files["/lab/registry.yaml"] = yaml.safe_dump(
+        {"schema": 1, "potentials": [entry("remote-tiny", sha256(data), url="tiny.model")]}).encode()
+    monkeypatch.setenv("LIMACE_REGISTRY", f"{server.url}/lab/registry.yaml")
+    e = lp.get_potential("remote-tiny")
+    assert e.weights.url == f"{server.url}/lab/tiny.model" and e.source == f"{server.url}/lab/registry.yaml"
+    assert lp.fetch(e, progress=False).read_bytes() == data
+    server.stop()
+    # offline (and with the server gone) the cached copy of the registry and of the weights serve
+    assert lp.fetch("remote-tiny", offline=True).read_bytes() == data
+    with pytest.warns(UserWarning, match="unreachable"):
+        assert lp.get_potential("remote-tiny").name == "remote-tiny"
+
+
+def test_remote_registry_may_not_point_at_local_files(server, monkeypatch):
+    server.files["/r.yaml"] = yaml.safe_dump(
+        {"schema": 1, "potentials": [entry("x", "0" * 64, file="/etc/passwd")]}).encode()
+    monkeypatch.setenv("LIMACE_REGISTRY", f"{server.url}/r.yaml")
+    with pytest.raises(ValidationError, match="not allowed in a remote registry"):
+        lp.list_potentials()
+
+
+def test_local_registry_file_weights_are_verified(tiny_mace_model_path, tmp_path, monkeypatch):
+    data = Path(tiny_mace_model_path).read_bytes()
+    (tmp_path / "w.model").write_bytes(data)
+    reg = write_registry(tmp_path / "r.yaml", [entry("lab-local", sha256(data), file="w.model"),
+                                               entry("lab-wrong", sha256(b"other"), file="w.model")])
+    monkeypatch.setenv("LIMACE_REGISTRY", str(reg))
+    assert lp.fetch("lab-local") == tmp_path / "w.model"
+    with pytest.raises(ChecksumError, match="fix the file or the registry entry"):
+        lp.load("lab-wrong")
+
+
+def test_registry_elements_must_match_the_weights(tiny_mace_model_path, tmp_path, monkeypatch):
+    data = Path(tiny_mace_model_path).read_bytes()
+    (tmp_path / "w.model").write_bytes(data)
+    reg = write_registry(tmp_path / "r.yaml", [{**entry("lab-lisn", sha256(data), file="w.model"),
+                                                "elements": ["Li", "Sn"]}])
+    monkeypatch.setenv("LIMACE_REGISTRY", str(reg))
+    with pytest.raises(ModelFileError, match="know Li, In, Sn but its registry entry"):
+        lp.load("lab-lisn")
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
+
+
+def test_predictions_equal_mace_calculator(tiny_mace_model_path):
+    from mace.calculators import MACECalculator
+
+    atoms = alloy_cell()
+    for dtype, tol in (("float64", 1e-12), ("float32", 1e-5)):
+        ours, ref = atoms.copy(), atoms.copy()
+        ours.calc = lp.load(tiny_mace_model_path, dtype=dtype)
+        ref.calc = MACECalculator(model_paths=str(tiny_mace_model_path), device="cpu", default_dtype=dtype)
+        e = ours.get_potential_energy()
+        assert e == pytest.approx(ref.get_potential_energy(), rel=tol, abs=tol)
+        np.testing.assert_allclose(ours.get_forces(), ref.get_forces(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(ours.get_stress(), ref.get_stress(), rtol=tol, atol=tol)
+    assert np.abs(ours.get_forces()).max() > 1e-2  # the test cell is far from equilibrium: a real comparison
+
+
+def test_forces_and_stress_are_derivatives_of_energy(tiny_mace_model_path):
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+    atoms = alloy_cell(seed=3)
+    atoms.calc = lp.load(str(tiny_mace_model_path), dtype="float64")
+    f = atoms.get_forces()
+    s = atoms.get_stress(voigt=True)
+    assert np.abs(f).max() > 1e-2 and np.abs(s).max() > 1e-4
+    np.testing.assert_allclose(f, calculate_numerical_forces(atoms, eps=1e-4), atol=1e-7)
+    np.testing.assert_allclose(s, calculate_numerical_stress(atoms, eps=1e-5, voigt=True), atol=1e-8)
+
+
+def test_committee_reports_mean_and_spread(tiny_mace_model_factory):
+    paths = [tiny_mace_model_factory(0), tiny_mace_model_factory(1)]
+    atoms = alloy_cell()
+    singles = []
+    for p in paths:
+        a = atoms.copy()
+        a.calc = lp.load(p)
+        singles.append((a.get_potential_energy(), a.get_forces(), a.get_stress()))
+    calc = lp.load(paths)
+    atoms.calc = calc
+    e = atoms.get_potential_energy()
+    (e0, f0, s0), (e1, f1, s1) = singles
+    assert e0 != pytest.approx(e1)
+    assert e == pytest.approx((e0 + e1) / 2, abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), (f0 + f1) / 2, atol=1e-10)
+    assert calc.results["energy_std"] == pytest.approx(abs(e0 - e1) / 2, abs=1e-10)
+    np.testing.assert_allclose(calc.results["forces_std"], np.abs(f0 - f1) / 2, atol=1e-10)
+    np.testing.assert_allclose(calc.results["stress_std"], np.abs(s0 - s1) / 2, atol=1e-12)
+    assert calc.get_property("energy_std", atoms) == pytest.approx(abs(e0 - e1) / 2, abs=1e-10)
+
+
+def test_committee_members_must_agree(tiny_mace_model_path, tmp_path):
+    import torch
+    from conftest import build_tiny_mace
+
+    model = build_tiny_mace(2)
+    model.r_max.fill_(4.0)
+    other = tmp_path / "r4.model"
+    torch.save(model, other)
+    with pytest.raises(LimaceInputError, match="differ in cutoff"):
+        lp.load([tiny_mace_model_path, other])
+
+
+def test_unknown_elements_refused_before_computing(tiny_mace_model_path):
+    atoms = alloy_cell()
+    atoms.numbers[0] = 29  # Cu
+    calc = lp.load(tiny_mace_model_path)
+    atoms.calc = calc
+    with pytest.raises(UnsupportedElementError) as exc:
+        atoms.get_potential_energy()
+    assert str(exc.value) == (f"the structure contains Cu (Z=29), which {tiny_mace_model_path} was not trained on "
+                              "(it knows Li, In, Sn)")
+    assert calc.results == {}
+
+
+def test_unreadable_model_files(tmp_path, tiny_mace_model_path):
+    import torch
+
+    garbage = tmp_path / "garbage.model"
+    garbage.write_bytes(b"not a model at all\n" * 10)
+    truncated = tmp_path / "truncated.model"
+    truncated.write_bytes(Path(tiny_mace_model_path).read_bytes()[:5000])
+    state = tmp_path / "state.model"
+    torch.save({"weights": torch.zeros(3)}, state)
+    for path, msg in ((garbage, "not a readable MACE model"), (truncated, "not a readable MACE model"),
+                      (state, "holds a dict, not a MACE model"), (tmp_path / "none.model", "no such model file"),
+                      (tmp_path, "is not a file")):
+        with pytest.raises(ModelFileError, match=re.escape(msg)) as exc:
+            lp.load(path)
+        assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_bad_dtype_device_and_batched_committee(tiny_mace_model_path):
+    with pytest.raises(LimaceInputError, match="dtype 'float16' is not supported"):
+        lp.load(tiny_mace_model_path, dtype="float16")
+    with pytest.raises(LimaceInputError, match="not a torch device"):
+        lp.load(tiny_mace_model_path, device="gpu0")
+    with pytest.raises(LimaceInputError, match="batched=True takes one potential"):
+        lp.load([tiny_mace_model_path, tiny_mace_model_path], batched=True)
+
+
+# -- command line and example ----------------------------------------------------------------------------------------
+
+
+def run_cli(argv, capsys):
+    from limace.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_list_info_fetch(served_model, server, isolated_env, capsys):
+    code, out, _ = run_cli(["potentials", "list"], capsys)
+    assert code == 0 and "lab-tiny" in out and "download" in out
+    code, out, _ = run_cli(["potentials", "fetch", "lab-tiny"], capsys)
+    assert code == 0 and str(isolated_env / "potentials") in out
+    code, out, _ = run_cli(["potentials", "info", "lab-tiny"], capsys)
+    assert code == 0 and f"sha256: {sha256(served_model)}" in out and "weights_at: cached" in out
+    code, out, err = run_cli(["potentials", "info", "lab-tiyn"], capsys)
+    assert code == 2 and err.strip() == "limace: error: unknown potential 'lab-tiyn'; closest: lab-tiny"
+
+
+def test_cli_list_when_nothing_is_registered(limace_exe, tmp_path):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "LIMACE_REGISTRY"}
+    res = subprocess.run([limace_exe, "potentials", "list"], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0 and "no potentials registered yet" in res.stdout
+
+
+def test_example_ase_md_runs_with_a_model_path(tiny_mace_model_path, monkeypatch):
+    src = (ROOT / "examples" / "ase_md.py").read_text()
+    assert '"limace-lisnin-small"' in src
+    src = src.replace('"limace-lisnin-small"', repr(str(tiny_mace_model_path)))
+    src, n = re.subn(r"\.run\(\d+\)", ".run(3)", src)
+    assert n == 1
+    scope: dict = {}
+    exec(compile(src, "ase_md.py", "exec"), scope)
+    atoms = scope["atoms"]
+    assert atoms.get_chemical_formula() == "Li52Sn20" and np.isfinite(atoms.get_potential_energy())
