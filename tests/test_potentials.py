@@ -157,6 +157,7 @@ def test_registry_rejects_unknown_keys_and_bad_values(tmp_path, monkeypatch):
         ({**good, "weights": {"sha256": "abc", "url": "http://x/a.model"}}, "64 hex digits"),
         ({**good, "weights": {"sha256": "0" * 64}}, "need a file (bundled) or a url"),
         ({**good, "elements": ["Li", "Xx"]}, "'Xx' is not a chemical symbol"),
+        ({**good, "elements": [["Li"]]}, "['Li'] is not a chemical symbol"),
         ({**good, "name": "../evil"}, "may only use letters"),
     ]
     for raw, msg in cases:

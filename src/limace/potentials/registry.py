@@ -201,7 +201,7 @@ def _parse_entry(raw, where: str, source: str, base_dir: Path | None, base_url: 
     if not isinstance(elements, list) or not elements:
         raise ValidationError(f"{where}: elements must be a non-empty list of symbols, got {elements!r}")
     for el in elements:
-        if el not in atomic_numbers or not isinstance(el, str):
+        if not isinstance(el, str) or el not in atomic_numbers:
             raise ValidationError(f"{where}: elements: {el!r} is not a chemical symbol")
 
     dataset = raw.get("dataset")
