@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _metrics_short(metrics: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in metrics.items()) if metrics else "-"
+    return "\n".join(f"{k}={v}" for k, v in metrics.items()) if metrics else "-"
 
 
 def _where(entry) -> str:
@@ -47,7 +47,8 @@ def potentials_list(as_json: bool = typer.Option(False, "--json", help="print JS
         table.add_column(col, overflow="fold")
     for e in entries:
         table.add_row(e.name, e.version, " ".join(e.elements), e.dft_protocol or "-",
-                      (e.dataset or {}).get("name", "-"), _metrics_short(e.metrics), e.license, _where(e), e.source)
+                      (e.dataset or {}).get("name", "-"), _metrics_short(e.metrics), e.license, _where(e),
+                      "shipped" if e.source == "limace" else e.source)
     Console(width=max(120, Console().width)).print(table)
     typer.echo(f"cache: {cache_dir() / 'potentials'}")
 
