@@ -32,6 +32,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+@app.command("demo")
+def demo(out: Path = typer.Option(Path("limace-demo"), help="output directory"),
+         workers: int = typer.Option(1, help="worker processes")):
+    """Run the main job on a small example and say where the results are."""
+    from limace.demo import run_demo
+
+    run_demo(out, workers=workers)
+
+
 # -- data ------------------------------------------------------------------------------------------------------------
 
 
@@ -108,6 +117,18 @@ def data_info(target: str = typer.Argument("li-in-sn-v1", help="a data file, or 
             typer.echo(f"  {key}: {val}")
 
 
+@data_app.command("pack")
+def data_pack(labels: Path = typer.Argument(..., help="labelled extxyz (one protocol)"),
+              name: str = typer.Option("li-in-sn-v1", help="dataset name"),
+              dest: Optional[Path] = typer.Option(None, help="directory (default: inside the package)")):
+    """Split (stratified, fixed in the manifest), compress and checksum labels into a shipped dataset."""
+    from limace.data.datasets import pack
+
+    man = pack(labels, name=name, dest=dest)
+    c = man["counts"]
+    typer.echo(f"{name}: {man['n_configs']} configurations (train {c['train']['n']}, test {c['test']['n']})")
+
+
 @data_app.command("validate")
 def data_validate(files: list[Path] = typer.Argument(..., help="labelled files to validate")):
     """Validate labelled files; the first problem is reported as one line (exit code 2)."""
@@ -122,6 +143,16 @@ def data_validate(files: list[Path] = typer.Argument(..., help="labelled files t
 from limace.potentials.cli import register as _register_potentials  # noqa: E402
 
 _register_potentials(app)
+
+# -- training (src/limace/training/cli.py) -------------------------------------------------------------------------
+from limace.training.cli import register as _register_training  # noqa: E402
+
+_register_training(app)
+
+# -- md (src/limace/md/cli.py) ---------------------------------------------------------------------------------------
+from limace.md.cli import register as _register_md  # noqa: E402
+
+_register_md(app)
 
 
 def main(argv: list[str] | None = None) -> None:

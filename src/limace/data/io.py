@@ -24,7 +24,6 @@ _FORMATS = {
     ".traj": "traj",
     ".xml": "vasp-xml",
     ".gpw": "gpw",
-    ".txt": "gpaw-out",
 }
 
 
@@ -34,10 +33,13 @@ def guess_format(path: Path) -> str:
         return "vasp-xml"
     if name.startswith("outcar"):
         return "vasp-out"
+    if path.suffix.lower() == ".txt":
+        raise ValidationError(f"{path}: GPAW text logs hold neither forces nor stress at full precision; "
+                              "read the .gpw file instead (calc.write('name.gpw'))")
     for suffix in reversed(path.suffixes):
         if suffix.lower() in _FORMATS:
             return _FORMATS[suffix.lower()]
-    raise ValidationError(f"{path}: unknown file type (use .extxyz/.xyz, .traj, vasprun.xml, OUTCAR, .gpw or GPAW .txt)")
+    raise ValidationError(f"{path}: unknown file type (use .extxyz/.xyz, .traj, vasprun.xml, OUTCAR or GPAW .gpw)")
 
 
 def _to_labelled(atoms: Atoms) -> Atoms:
@@ -130,7 +132,7 @@ def validate(atoms: Atoms, where: str = "configuration", labelled: bool = True,
         raise ValidationError(f"{where}: key '{ENERGY_KEY}' is not a number ({e!r})") from None
     if not np.isfinite(e):
         raise ValidationError(f"{where}: key '{ENERGY_KEY}' is {e}")
-    f = atoms.arrays.get(FORCES_KEY)
+    f = atoms.arrays.get(FORCES_KEY, atoms.info.get(FORCES_KEY))  # a per-frame (info) entry has the wrong shape
     if f is None:
         raise ValidationError(f"{where}: missing key '{FORCES_KEY}'")
     if np.shape(f) != (n, 3):

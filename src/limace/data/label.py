@@ -228,6 +228,19 @@ def read_failed(out: Path) -> dict[str, str]:
 # -- executors -------------------------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, ask the kernel to end this worker when the job process dies (kill -9 of the
+    job must not leave orphans computing results nobody will write)."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class _LocalExecutor:
     def __init__(self, workers: int):
         import multiprocessing as mp
@@ -235,7 +248,8 @@ class _LocalExecutor:
 
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, "1")
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                        initializer=_die_with_parent)
 
     def submit(self, fn, *args):
         return self.pool.submit(fn, *args)

@@ -1,0 +1,198 @@
+"""Datasets shipped inside the package: compressed extxyz per split plus a JSON manifest.
+
+Layout: ``src/limace/data/datasets/<name>/{manifest.json, train.extxyz.xz, test.extxyz.xz}``.
+
+The manifest records the protocol, code/setup versions, counts per config_type / composition / size for each split,
+the split itself (the test ``config_id`` list, fixed once written) and a SHA-256 per file.
+
+The held-out test split (>= 10 % of every config_type, never used for training or model selection) is chosen by a
+hash of ``config_id`` so it does not depend on the order of the labels; once a configuration is in a manifest's
+train or test list it stays there when the dataset grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import lzma
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from importlib import resources
+from pathlib import Path
+
+from ase import Atoms
+
+from limace.errors import UnknownNameError, ValidationError
+from limace.keys import CONFIG_ID_KEY, CONFIG_TYPE_KEY
+
+SPLITS = ("train", "test")
+TEST_FRACTION = 0.12  # hash rule; every config_type is then topped up to >= 10 %
+MIN_TEST_FRACTION = 0.10
+
+
+def datasets_root() -> Path:
+    return Path(str(resources.files("limace.data.datasets")))
+
+
+def available() -> list[str]:
+    return sorted(p.name for p in datasets_root().iterdir() if (p / "manifest.json").exists())
+
+
+def _dir(name: str) -> Path:
+    d = datasets_root() / name
+    if not (d / "manifest.json").exists():
+        import difflib
+
+        close = difflib.get_close_matches(name, available(), n=3)
+        known = ", ".join(available()) or "none shipped yet"
+        raise UnknownNameError(f"unknown dataset or missing file {name!r}" + (f"; closest: {', '.join(close)}" if close else f"; shipped: {known}"))
+    return d
+
+
+def manifest(name: str = "li-in-sn-v1") -> dict:
+    return json.loads((_dir(name) / "manifest.json").read_text())
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_xz(path: Path) -> list[Atoms]:
+    from ase.io import read
+
+    with lzma.open(path, "rt") as fh:
+        text = fh.read()
+    if not text.strip():
+        return []
+    return read(io.StringIO(text), index=":", format="extxyz")
+
+
+def load_dataset(name: str = "li-in-sn-v1", split: str = "all", verify: bool = True) -> list[Atoms]:
+    """The configurations of a shipped dataset: ``split`` is ``"train"``, ``"test"`` or ``"all"``.
+
+    With ``verify`` the files' SHA-256 are checked against the manifest first.
+    """
+    if split not in (*SPLITS, "all"):
+        raise ValidationError(f"unknown split {split!r}; use train, test or all")
+    d = _dir(name)
+    man = manifest(name)
+    out: list[Atoms] = []
+    for s in SPLITS if split == "all" else (split,):
+        entry = man["files"][s]
+        path = d / entry["path"]
+        if verify and sha256(path) != entry["sha256"]:
+            raise ValidationError(f"{path}: checksum does not match the manifest (file damaged or edited)")
+        frames = _read_xz(path)
+        for a in frames:
+            a.info["split"] = s
+        out += frames
+    return out
+
+
+def dataset_info(name: str = "li-in-sn-v1") -> dict:
+    man = manifest(name)
+    return {k: man[k] for k in ("name", "version", "protocol", "code_versions", "n_configs", "counts") if k in man}
+
+
+def _composition(a: Atoms) -> str:
+    from limace.data.io import composition_label
+
+    return composition_label(a)
+
+
+def _counts(frames: list[Atoms]) -> dict:
+    return {
+        "n": len(frames),
+        "config_type": dict(sorted(Counter(str(a.info.get(CONFIG_TYPE_KEY)) for a in frames).items())),
+        "composition": dict(sorted(Counter(_composition(a) for a in frames).items())),
+        "size": {str(k): v for k, v in sorted(Counter(len(a) for a in frames).items())},
+    }
+
+
+def _hash_unit(cid: str) -> float:
+    return int(hashlib.sha256(f"split:{cid}".encode()).hexdigest()[:12], 16) / 16**12
+
+
+def assign_split(frames: list[Atoms], previous: dict | None = None) -> dict[str, str]:
+    """config_id -> "train"/"test", stratified by config_type (see module docstring)."""
+    previous = previous or {}
+    split: dict[str, str] = {}
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for a in frames:
+        cid = str(a.info[CONFIG_ID_KEY])
+        by_type[str(a.info.get(CONFIG_TYPE_KEY))].append(cid)
+        split[cid] = previous.get(cid) or ("test" if _hash_unit(cid) < TEST_FRACTION else "train")
+    for ctype, ids in by_type.items():
+        need = math.ceil(MIN_TEST_FRACTION * len(ids)) - sum(split[c] == "test" for c in ids)
+        movable = sorted((c for c in ids if split[c] == "train" and c not in previous), key=_hash_unit)
+        for c in movable[:max(0, need)]:
+            split[c] = "test"
+    return split
+
+
+def _write_xz(path: Path, frames: list[Atoms]) -> None:
+    from ase.io import write
+
+    buf = io.StringIO()
+    for a in frames:
+        a = a.copy()
+        a.info.pop("split", None)
+        write(buf, a, format="extxyz")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with lzma.open(tmp, "wt", preset=9) as fh:
+        fh.write(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def pack(labels: str | Path, name: str = "li-in-sn-v1", version: str = "1", dest: Path | None = None) -> dict:
+    """Validate ``labels`` and write the dataset (split files + manifest) into the package (or ``dest``)."""
+    from limace.data.io import read_configurations, summarize
+    from limace.data.label import get_protocol
+
+    frames = read_configurations(labels)
+    d = Path(dest) if dest else datasets_root() / name
+    d.mkdir(parents=True, exist_ok=True)
+    prev_path = d / "manifest.json"
+    previous = {}
+    if prev_path.exists():
+        old = json.loads(prev_path.read_text())
+        previous = {c: s for s in SPLITS for c in old["split"][s]}
+    protocols = {a.info.get("label_protocol") for a in frames}
+    if len(protocols) != 1:
+        raise ValidationError(f"{labels}: mixes labelling protocols {sorted(map(str, protocols))}; one dataset, one protocol")
+    protocol = protocols.pop()
+    versions = {k[len("label_version_"):]: v for k, v in frames[0].info.items() if k.startswith("label_version_")}
+    split = assign_split(frames, previous)
+    parts = {s: [a for a in frames if split[str(a.info[CONFIG_ID_KEY])] == s] for s in SPLITS}
+    files = {}
+    for s, fr in parts.items():
+        path = d / f"{s}.extxyz.xz"
+        _write_xz(path, fr)
+        files[s] = {"path": path.name, "sha256": sha256(path), "n": len(fr)}
+    man = {
+        "name": name,
+        "version": version,
+        "created": time.strftime("%Y-%m-%d"),
+        "protocol": {"name": protocol, "description": get_protocol(protocol).description,
+                     "reference": "shared/reference/dft-protocol.md"},
+        "code_versions": versions,
+        "n_configs": len(frames),
+        "counts": {"all": _counts(frames), **{s: _counts(fr) for s, fr in parts.items()}},
+        "summary": summarize(frames),
+        "split_rule": f"stratified by config_type: sha256('split:'+config_id) < {TEST_FRACTION} -> test, then each "
+                      f"config_type topped up to >= {MIN_TEST_FRACTION:.0%}; assignments in earlier manifests are kept",
+        "split": {s: sorted(str(a.info[CONFIG_ID_KEY]) for a in fr) for s, fr in parts.items()},
+        "files": files,
+        "source": {"labels": str(labels), "sha256": sha256(Path(labels))},
+    }
+    tmp = prev_path.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(man, indent=1) + "\n")
+    os.replace(tmp, prev_path)
+    return man

@@ -1,0 +1,86 @@
+"""Packing labels into a shipped dataset: split, manifest counts and checksums; the shipped dataset itself."""
+
+import json
+
+import numpy as np
+import pytest
+from ase.io import write
+
+from limace.data import generate as g
+from limace.data import get_structure
+from limace.data.datasets import MIN_TEST_FRACTION, _read_xz, available, load_dataset, manifest, pack, sha256
+from limace.data.hashing import ensure_config_id
+from limace.keys import CONFIG_ID_KEY, CONFIG_TYPE_KEY
+
+
+def fake_labelled(n_rattle=25, n_strain=12, seed=0):
+    """Configurations with made-up labels: this tests packing only, never used as data."""
+    rng = np.random.default_rng(seed)
+    base = get_structure("LiSn", primitive=True)
+    frames = g.rattled(base, [0.05] * n_rattle, seed=rng) + g.strained(base, list(np.linspace(-0.05, 0.05, n_strain)), "iso")
+    for a in frames:
+        ensure_config_id(a)
+        a.info["REF_energy"] = float(rng.normal())
+        a.arrays["REF_forces"] = rng.normal(size=(len(a), 3))
+        a.info["REF_stress"] = rng.normal(size=6) * 1e-3
+        a.info["label_protocol"] = "pbe-pw400"
+        a.info["label_version_gpaw"] = "26.7.0"
+    return frames
+
+
+def test_pack_splits_by_config_type_and_counts_match_files(tmp_path):
+    frames = fake_labelled()
+    labels = tmp_path / "labels.extxyz"
+    write(labels, frames, format="extxyz")
+    man = pack(labels, name="toy", dest=tmp_path / "toy")
+    d = tmp_path / "toy"
+    total = 0
+    for split in ("train", "test"):
+        entry = man["files"][split]
+        assert sha256(d / entry["path"]) == entry["sha256"]
+        got = _read_xz(d / entry["path"])
+        assert len(got) == entry["n"] == man["counts"][split]["n"]
+        assert sorted(a.info[CONFIG_ID_KEY] for a in got) == man["split"][split]
+        total += len(got)
+    assert total == len(frames) == man["n_configs"]
+    for ctype, n in man["counts"]["all"]["config_type"].items():
+        assert man["counts"]["test"]["config_type"].get(ctype, 0) >= MIN_TEST_FRACTION * n
+    assert not set(man["split"]["train"]) & set(man["split"]["test"])
+
+
+def test_split_is_kept_when_the_dataset_grows(tmp_path):
+    frames = fake_labelled()
+    labels = tmp_path / "labels.extxyz"
+    write(labels, frames[:20], format="extxyz")
+    first = pack(labels, name="toy", dest=tmp_path / "toy")
+    write(labels, frames, format="extxyz")
+    second = pack(labels, name="toy", dest=tmp_path / "toy")
+    for split in ("train", "test"):
+        assert set(first["split"][split]) <= set(second["split"][split])
+
+
+def test_pack_refuses_mixed_protocols(tmp_path):
+    from limace.errors import ValidationError
+
+    frames = fake_labelled(5, 2)
+    frames[0].info["label_protocol"] = "gpaw-test"
+    write(tmp_path / "l.extxyz", frames, format="extxyz")
+    with pytest.raises(ValidationError, match="mixes labelling protocols"):
+        pack(tmp_path / "l.extxyz", name="toy", dest=tmp_path / "toy")
+
+
+@pytest.mark.skipif("li-in-sn-v1" not in available(), reason="dataset not packed yet")
+def test_shipped_dataset_manifest_matches_its_files():
+    man = manifest("li-in-sn-v1")
+    train, test = load_dataset("li-in-sn-v1", "train"), load_dataset("li-in-sn-v1", "test")
+    assert len(train) == man["counts"]["train"]["n"] and len(test) == man["counts"]["test"]["n"]
+    assert len(test) >= 0.1 * (len(train) + len(test))
+    from collections import Counter
+
+    assert dict(Counter(a.info[CONFIG_TYPE_KEY] for a in train + test)) == man["counts"]["all"]["config_type"]
+    assert {a.info[CONFIG_ID_KEY] for a in test} == set(man["split"]["test"])
+    assert man["protocol"]["name"] == "pbe-pw400"
+    from limace.data.io import validate
+
+    for k, a in enumerate(train + test):
+        validate(a, where=f"li-in-sn-v1 frame {k}")
