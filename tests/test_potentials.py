@@ -431,6 +431,28 @@ def test_bad_dtype_device_and_batched_committee(tiny_mace_model_path):
         lp.load([tiny_mace_model_path, tiny_mace_model_path], batched=True)
 
 
+def test_batched_model_gives_the_calculator_numbers(tiny_mace_model_path):
+    batched = pytest.importorskip("limace.potentials.batched")
+    import torch
+
+    from limace.data import get_structure
+    from limace.md.state import BatchedState
+
+    structures = [alloy_cell(0), alloy_cell(1), get_structure("Li13Sn5")]
+    for dtype, tol in (("float64", 1e-9), ("float32", 2e-4)):
+        model = lp.load(tiny_mace_model_path, dtype=dtype, batched=True)
+        assert isinstance(model, batched.BatchedMACE)
+        out = model(BatchedState.from_atoms(structures, dtype=torch.float64), compute_stress=True)
+        calc = lp.load(tiny_mace_model_path, dtype=dtype)
+        for k, atoms in enumerate(structures):
+            atoms.calc = calc
+            assert float(out["energy"][k]) == pytest.approx(atoms.get_potential_energy(), rel=tol, abs=tol)
+            stress = atoms.get_stress(voigt=False)
+            np.testing.assert_allclose(out["stress"][k].numpy(), stress, rtol=tol, atol=tol)
+        forces = np.concatenate([a.get_forces() for a in structures])
+        np.testing.assert_allclose(out["forces"].numpy(), forces, rtol=tol, atol=tol)
+
+
 # -- command line and example ----------------------------------------------------------------------------------------
 
 
