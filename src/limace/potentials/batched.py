@@ -1,0 +1,160 @@
+"""A MACE model as a batched potential: one forward call for many systems, neighbour lists on the device.
+
+:class:`BatchedMACE` maps a :class:`limace.md.state.BatchedState` to the fixed output contract of our engines:
+``energy [S]`` (eV), ``forces [N, 3]`` (eV/A) and, when asked, ``stress [S, 3, 3]`` (eV/A^3, ASE sign: positive
+under tension). It builds mace-torch's input graph for all systems at once from a :class:`VerletList` (skin, rebuilt
+only when needed), computes forces by autograd and skips the virial/stress graph unless stress is asked for.
+Results equal mace-torch's :class:`~mace.calculators.MACECalculator` on the same model (see tests/test_batched_mace.py).
+
+>>> model = BatchedMACE.from_file("my.model", device="cuda", dtype="float32")      # doctest: +SKIP
+>>> out = model(state)   # {"energy": [S], "forces": [N, 3]}                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 + torch >= 2.6 (see helper notes)
+
+import torch  # noqa: E402
+
+from limace.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
+from limace.md.state import BatchedState, as_dtype  # noqa: E402
+from limace.potentials.neighbors import VerletList  # noqa: E402
+
+
+class BatchedMACE:
+    """A mace-torch model evaluated on a whole :class:`BatchedState` per call.
+
+    Args:
+        model: a mace-torch model (``MACE``, ``ScaleShiftMACE``, ...), e.g. ``torch.load`` of a ``.model`` file.
+        device, dtype: where and in which precision to evaluate (the weights are converted); states of another
+            float dtype are cast in and the results cast back.
+        compute_stress: also return ``stress`` (costs the virial graph; NPT needs it, NVE/NVT do not).
+        skin: neighbour-list skin (Angstrom); the list is rebuilt when an atom moved more than ``skin / 2``.
+        head: output head of a multi-head model (default: the only head, else ``"Default"``, else the last).
+        max_atoms_per_call: evaluate at most this many atoms per forward call (whole systems per call; ``None`` =
+            all at once). On CPUs, moderate chunks keep the working set in cache.
+    """
+
+    implemented_properties = ("energy", "forces", "stress")
+
+    def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str = torch.float64, compute_stress: bool = False, skin: float = 0.5,
+                 head: str | None = None, max_atoms_per_call: int | None = None):
+        if not (isinstance(model, torch.nn.Module) and hasattr(model, "atomic_numbers") and hasattr(model, "r_max")):
+            raise ModelFileError(f"BatchedMACE needs a mace-torch model (atomic_numbers, r_max), got "
+                                 f"{type(model).__name__}")
+        self.device = torch.device(device)
+        self.dtype = as_dtype(dtype)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.compute_stress = bool(compute_stress)
+        self.r_max = float(self.model.r_max)
+        self.atomic_numbers = [int(z) for z in self.model.atomic_numbers]
+        z_to_index = torch.full((119,), -1, dtype=torch.long)
+        z_to_index[torch.tensor(self.atomic_numbers)] = torch.arange(len(self.atomic_numbers))
+        self._z_to_index = z_to_index.to(self.device)
+        heads = list(getattr(self.model, "heads", ["Default"]))
+        if head is None:
+            head = heads[0] if len(heads) == 1 else ("Default" if "Default" in heads else heads[-1])
+        if head not in heads:
+            raise LimaceInputError(f"head {head!r} is not in the model (heads: {', '.join(heads)})")
+        self.head = head
+        self._head_index = heads.index(head)
+        if max_atoms_per_call is not None and max_atoms_per_call < 1:
+            raise LimaceInputError(f"max_atoms_per_call must be >= 1, got {max_atoms_per_call}")
+        self.max_atoms_per_call = max_atoms_per_call
+        self.neighbors = VerletList(self.r_max, skin)
+        self._attrs_key: torch.Tensor | None = None
+        self._node_attrs: torch.Tensor | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float64,
+                  **kwargs) -> "BatchedMACE":
+        """Load a mace-torch ``.model`` file (``torch.save`` of the model; a pickle: only load files you trust)."""
+        from limace.potentials.calculator import read_model
+
+        return cls(read_model(path, device=str(torch.device(device))), device=device, dtype=dtype, **kwargs)
+
+    # -- graph ---------------------------------------------------------------------------------------------------------
+
+    def _node_attrs_for(self, numbers: torch.Tensor) -> torch.Tensor:
+        if self._attrs_key is not None and self._attrs_key.shape == numbers.shape and \
+                torch.equal(self._attrs_key, numbers):
+            return self._node_attrs
+        idx = self._z_to_index[numbers.clamp(0, 118)]
+        if bool((idx < 0).any()):
+            from ase.data import chemical_symbols
+
+            bad = sorted({int(z) for z in numbers[idx < 0].tolist()})
+            known = ", ".join(chemical_symbols[z] for z in self.atomic_numbers)
+            raise UnsupportedElementError(f"the structures contain {', '.join(chemical_symbols[z] for z in bad)}, "
+                                          f"which the model was not trained on (it knows {known})")
+        self._attrs_key = numbers.clone()
+        self._node_attrs = torch.nn.functional.one_hot(idx, len(self.atomic_numbers)).to(self.dtype)
+        return self._node_attrs
+
+    def __call__(self, state: BatchedState, compute_stress: bool | None = None) -> dict[str, torch.Tensor]:
+        """``{"energy": [S], "forces": [N, 3]}`` plus ``"stress": [S, 3, 3]`` when asked (here or at construction)."""
+        stress = self.compute_stress if compute_stress is None else bool(compute_stress)
+        if state.device != self.device:
+            raise LimaceInputError(f"state on {state.device}, model on {self.device}; move one of them (state.to())")
+        out_dtype = state.dtype
+        pos = state.positions.detach().to(self.dtype)
+        cell = state.cell.detach().to(self.dtype)
+        node_attrs = self._node_attrs_for(state.numbers)
+        edge_index, unit_shifts = self.neighbors.get(pos, cell, state.pbc, state.system_idx)
+        unit_shifts = unit_shifts.to(self.dtype)
+        chunks = self._chunks(state)
+        if len(chunks) == 1:
+            res = self._forward(pos, cell, node_attrs, state.system_idx, edge_index, unit_shifts, stress)
+        else:
+            parts = []
+            edge_sys = state.system_idx[edge_index[0]]
+            for (s0, s1), (a0, a1) in chunks:
+                e = (edge_sys >= s0) & (edge_sys < s1)
+                parts.append(self._forward(pos[a0:a1], cell[s0:s1], node_attrs[a0:a1], state.system_idx[a0:a1] - s0,
+                                           edge_index[:, e] - a0, unit_shifts[e], stress))
+            res = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return {k: v.to(out_dtype) for k, v in res.items()}
+
+    def _chunks(self, state: BatchedState) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """``[((first system, end system), (first atom, end atom)), ...]`` of at most ``max_atoms_per_call`` atoms."""
+        if self.max_atoms_per_call is None or state.n_atoms <= self.max_atoms_per_call:
+            return [((0, state.n_systems), (0, state.n_atoms))]
+        chunks, s0, a0 = [], 0, 0
+        for k, (a, b) in enumerate(state.atom_ranges()):
+            if b - a0 > self.max_atoms_per_call and k > s0:
+                chunks.append(((s0, k), (a0, a)))
+                s0, a0 = k, a
+        chunks.append(((s0, state.n_systems), (a0, state.n_atoms)))
+        return chunks
+
+    def _forward(self, pos, cell, node_attrs, batch, edge_index, unit_shifts, stress: bool) -> dict:
+        n_sys = cell.shape[0]
+        counts = torch.bincount(batch, minlength=n_sys)
+        ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        positions = pos.detach().clone()
+        data = {
+            "positions": positions,
+            "node_attrs": node_attrs,
+            "edge_index": edge_index,
+            "unit_shifts": unit_shifts,
+            "shifts": torch.einsum("ei,eij->ej", unit_shifts, cell[batch[edge_index[0]]]),
+            "cell": cell,
+            "batch": batch,
+            "ptr": ptr,
+            "head": torch.full((n_sys,), self._head_index, dtype=torch.long, device=self.device),
+        }
+        out = self.model(data, training=False, compute_force=True, compute_stress=stress, compute_virials=False)
+        res = {"energy": out["energy"].detach(), "forces": out["forces"].detach()}
+        if stress:
+            res["stress"] = out["stress"].detach()
+        return res
+
+    def __repr__(self) -> str:
+        return (f"BatchedMACE({type(self.model).__name__}, elements={self.atomic_numbers}, r_max={self.r_max:g}, "
+                f"device={self.device}, dtype={self.dtype}, compute_stress={self.compute_stress})")
