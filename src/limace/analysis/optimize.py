@@ -33,6 +33,10 @@ The update is ASE's FIRE (``ase.optimize.FIRE``: unit masses, Euler step) applie
 - then ``v += dt F``, ``dx = dt v``, and each row's step is capped to length ``max_step`` (per row; ASE caps the norm
   of the whole step vector instead, which is the same whenever the cap is not hit, i.e. near convergence).
 
+To drop finished groups from a batch or add new ones, use :func:`fire_select` (``keep [G]`` bool) and
+:func:`fire_concat`, and select/concatenate the rows of ``x`` the same way (``x[keep[fire.group_idx]]``,
+``torch.cat``); :func:`limace.analysis.relax.relax_structures` refills its batch like that.
+
 All tensors stay on the device and dtype of ``x``; nothing is synchronised with the host except what the caller asks
 (``bool(fire.converged.all())``). Both functions are pure: they return new tensors and a new :class:`FireState`.
 """
