@@ -58,8 +58,11 @@ def neighbor_list(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor
     per = pbc[system_idx]
     n_img = torch.where(per, torch.floor(frac), torch.zeros_like(frac))
     frac = frac - n_img
-    frac = torch.where(per & (frac >= 1), frac - 1, frac)  # floor round-off
-    n_img = n_img.long()
+    # floor round-off: x = -1e-17 gives frac = 1.0 exactly; wrap it and count the image, so that
+    # positions == wrapped + n_img @ cell stays exact (an uncounted wrap shifts every pair of that atom)
+    round_off = per & (frac >= 1)
+    frac = torch.where(round_off, frac - 1, frac)
+    n_img = n_img.long() + round_off.long()
     wrapped = torch.einsum("ni,nij->nj", frac, h[system_idx])
     # images per direction: planes of lattice direction k are 1/|column k of inv| apart
     reach = torch.ceil(cutoff * torch.linalg.norm(inv, dim=1)).long()  # [S, 3]
