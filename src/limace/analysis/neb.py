@@ -1,0 +1,281 @@
+"""Batched climbing-image NEB: many bands (hops) at once, every image of every band in one model call per step.
+
+One :class:`BatchedNEB` holds all bands; each step it evaluates the interior images of all bands together
+(:class:`limace.potentials.batched.BatchedMACE`, no stress), projects forces with the improved tangent
+(Henkelman & Jonsson, J. Chem. Phys. 113, 9978 (2000)), applies the climbing image (highest interior image,
+Henkelman, Uberuaga & Jonsson, J. Chem. Phys. 113, 9901 (2000)) and moves all images with batched FIRE in which
+each band is its own optimizer group and stops when converged. Convergence: max over atoms of the NEB force
+(perpendicular force + spring, and the inverted parallel force on the climbing image) below ``fmax``,
+as ASE measures it. Each image is evaluated exactly once per step.
+
+>>> result = run_neb([[initial, *images, final]], model, fmax=0.03)[0]      # doctest: +SKIP
+>>> result.barrier_forward, result.converged                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from limace.errors import LimaceInputError
+
+
+@dataclass
+class NEBResult:
+    """Energies along the path (eV, endpoints included), barriers, saddle, convergence."""
+
+    energies: np.ndarray
+    positions: list[np.ndarray]
+    converged: bool
+    steps: int
+    fmax: float
+    max_force: float
+    climbing_image: int
+    images: list[Atoms] = field(repr=False, default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def barrier_forward(self) -> float:
+        return float(self.energies.max() - self.energies[0])
+
+    @property
+    def barrier_backward(self) -> float:
+        return float(self.energies.max() - self.energies[-1])
+
+    @property
+    def saddle(self) -> Atoms:
+        return self.images[int(np.argmax(self.energies))]
+
+    @property
+    def path_length(self) -> np.ndarray:
+        """Cumulative distance along the path (A), for plots."""
+        d = [0.0]
+        for a, b in zip(self.positions[:-1], self.positions[1:]):
+            d.append(d[-1] + float(np.linalg.norm(b - a)))
+        return np.asarray(d)
+
+    def as_dict(self) -> dict:
+        return {
+            "energies_eV": [float(e) for e in self.energies],
+            "relative_energies_eV": [float(e - self.energies[0]) for e in self.energies],
+            "path_A": [float(x) for x in self.path_length],
+            "barrier_forward_eV": self.barrier_forward if self.converged else None,
+            "barrier_backward_eV": self.barrier_backward if self.converged else None,
+            "unconverged_estimate_eV": None if self.converged else self.barrier_forward,
+            "converged": self.converged,
+            "steps": self.steps,
+            "fmax": self.fmax,
+            "max_force": self.max_force,
+            "climbing_image": self.climbing_image,
+            **({"info": self.info} if self.info else {}),
+        }
+
+    def plot(self, ax=None, label: str | None = None):
+        """Energy profile relative to the initial state; returns the matplotlib Axes."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.5, 3.2))
+        x = self.path_length
+        y = self.energies - self.energies[0]
+        style = "o-" if self.converged else "o--"
+        ax.plot(x, y, style, label=label if self.converged else f"{label or ''} (not converged)".strip())
+        ax.set_xlabel("path length (Å)")
+        ax.set_ylabel("E − E(initial) (eV)")
+        if label:
+            ax.legend(fontsize=8)
+        return ax
+
+
+def check_band(band: Sequence[Atoms], where: str = "band") -> None:
+    """One-line errors for endpoints/images that cannot form a band."""
+    if len(band) < 3:
+        raise LimaceInputError(f"{where}: needs the two endpoints and at least one image, got {len(band)} structures")
+    ref = band[0]
+    for k, im in enumerate(band[1:], start=1):
+        if len(im) != len(ref):
+            raise LimaceInputError(f"{where}: image {k} has {len(im)} atoms, image 0 has {len(ref)}")
+        if not np.array_equal(im.numbers, ref.numbers):
+            raise LimaceInputError(f"{where}: image {k} has a different species order than image 0")
+        if not np.allclose(im.cell[:], ref.cell[:], atol=1e-6):
+            raise LimaceInputError(f"{where}: image {k} has a different cell (NEB runs at fixed cell)")
+    from ase.neighborlist import neighbor_list
+
+    for k, im in enumerate(band):
+        d = neighbor_list("d", im, 0.6)
+        if len(d):
+            raise LimaceInputError(f"{where}: image {k} has atoms closer than 0.6 A ({d.min():.2f} A); "
+                                   "check the endpoints' atom order")
+
+
+def improved_tangent(pos: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
+    """Unit tangents [n, m, 3] at the n interior images of a band with positions [n+2, m, 3] and energies [n+2]."""
+    tp = pos[2:] - pos[1:-1]
+    tm = pos[1:-1] - pos[:-2]
+    e_prev, e, e_next = energies[:-2], energies[1:-1], energies[2:]
+    up = (e_next > e) & (e > e_prev)
+    down = (e_next < e) & (e < e_prev)
+    dmax = torch.maximum((e_next - e).abs(), (e_prev - e).abs())
+    dmin = torch.minimum((e_next - e).abs(), (e_prev - e).abs())
+    w_plus = torch.where(e_next > e_prev, dmax, dmin)
+    w_minus = torch.where(e_next > e_prev, dmin, dmax)
+    w_plus = torch.where(up, torch.ones_like(w_plus), torch.where(down, torch.zeros_like(w_plus), w_plus))
+    w_minus = torch.where(up, torch.zeros_like(w_minus), torch.where(down, torch.ones_like(w_minus), w_minus))
+    tau = w_plus[:, None, None] * tp + w_minus[:, None, None] * tm
+    norm = tau.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return tau / norm[:, None, None]
+
+
+def neb_forces(pos: torch.Tensor, energies: torch.Tensor, forces: torch.Tensor, k: float, climb: bool
+               ) -> tuple[torch.Tensor, int]:
+    """NEB forces [n, m, 3] on the interior images and the index (0-based among interior images) of the climber."""
+    tau = improved_tangent(pos, energies)
+    f_par = (forces * tau).flatten(1).sum(dim=1)
+    f_perp = forces - f_par[:, None, None] * tau
+    lp = (pos[2:] - pos[1:-1]).flatten(1).norm(dim=1)
+    lm = (pos[1:-1] - pos[:-2]).flatten(1).norm(dim=1)
+    spring = k * (lp - lm)
+    out = f_perp + spring[:, None, None] * tau
+    ci = int(torch.argmax(energies[1:-1]))
+    if climb:
+        out[ci] = forces[ci] - 2.0 * f_par[ci] * tau[ci]
+    return out, ci
+
+
+class BatchedNEB:
+    """All bands of a set of NEB calculations, evaluated together. See the module docstring."""
+
+    def __init__(self, bands: Sequence[Sequence[Atoms]], model, k: float = 0.1, climb: bool = True,
+                 endpoint_energies: Sequence[tuple[float, float]] | None = None):
+        from limace.md.state import BatchedState
+
+        self.bands = [list(b) for b in bands]
+        for n, b in enumerate(self.bands):
+            check_band(b, where=f"band {n}")
+        self.model = model
+        self.k = float(k)
+        self.climb = bool(climb)
+        interior = [im for b in self.bands for im in b[1:-1]]
+        self.state = BatchedState.from_atoms(interior, device=model.device, dtype=model.dtype)
+        self.n_images = [len(b) - 2 for b in self.bands]
+        self.n_atoms = [len(b[0]) for b in self.bands]
+        # row ranges of each band's interior images in the flat position tensor
+        starts = np.cumsum([0] + [n * m for n, m in zip(self.n_images, self.n_atoms)])
+        self.rows = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        self.group_idx = torch.repeat_interleave(
+            torch.arange(len(self.bands), device=model.device),
+            torch.as_tensor([n * m for n, m in zip(self.n_images, self.n_atoms)], device=model.device))
+        dt = model.dtype
+        self.end_pos = [(torch.as_tensor(b[0].positions, dtype=dt, device=model.device),
+                         torch.as_tensor(b[-1].positions, dtype=dt, device=model.device)) for b in self.bands]
+        if endpoint_energies is None:
+            ends = BatchedState.from_atoms([a for b in self.bands for a in (b[0], b[-1])], device=model.device,
+                                           dtype=dt)
+            e = model(ends)["energy"].detach().reshape(-1, 2)
+            endpoint_energies = [(float(x), float(y)) for x, y in e]
+        self.end_e = [torch.as_tensor(pair, dtype=dt, device=model.device) for pair in endpoint_energies]
+        self.evaluations = 0  # image evaluations
+        self.calls = 0  # model calls
+
+    def forces(self, positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        """NEB forces [N, 3] for all interior images, the band energies (endpoints included) and climbers."""
+        self.state.positions = positions
+        out = self.model(self.state)
+        self.calls += 1
+        self.evaluations += self.state.n_systems
+        e_all = out["energy"].detach()
+        f_all = out["forces"].detach()
+        neb_f = torch.empty_like(f_all)
+        energies, climbers = [], []
+        e0 = 0
+        for b, (r0, r1) in enumerate(self.rows):
+            n, m = self.n_images[b], self.n_atoms[b]
+            pos = torch.cat([self.end_pos[b][0][None], positions[r0:r1].reshape(n, m, 3), self.end_pos[b][1][None]])
+            en = torch.cat([self.end_e[b][:1], e_all[e0:e0 + n], self.end_e[b][1:]])
+            fb, ci = neb_forces(pos, en, f_all[r0:r1].reshape(n, m, 3), self.k, self.climb)
+            neb_f[r0:r1] = fb.reshape(-1, 3)
+            energies.append(en)
+            climbers.append(ci)
+            e0 += n
+        return neb_f, energies, climbers
+
+
+def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_steps: int = 500, k: float = 0.1,
+            climb: bool = True, dt: float = 0.1, max_dt: float = 1.0, max_step: float = 0.2,
+            endpoint_energies=None, progress: bool = False) -> list[NEBResult]:
+    """Run CI-NEB on all ``bands`` (each ``[initial, *images, final]``) at once; one :class:`NEBResult` per band.
+
+    FIRE parameters follow ASE's defaults (dt 0.1, dtmax 1.0, maxstep 0.2 A). Converged bands leave the batch (they
+    are not evaluated again). A band that does not reach ``fmax`` within ``max_steps`` is returned with
+    ``converged=False`` (its barrier fields are None in ``as_dict``).
+    """
+    from limace.analysis.optimize import fire_init, fire_select, fire_step
+
+    bands = [list(b) for b in bands]
+    n_bands = len(bands)
+    if n_bands == 0:
+        raise LimaceInputError("run_neb: no bands given")
+    neb = BatchedNEB(bands, model, k=k, climb=climb, endpoint_energies=endpoint_energies)
+    end_e = [tuple(float(v) for v in e) for e in neb.end_e]
+    active = list(range(n_bands))  # original band numbers, in the order of the current batch
+    x = neb.state.positions.detach().clone()
+    fire = fire_init(x, neb.group_idx, n_bands, dt_start=dt, dt_max=max_dt, max_step=max_step)
+    final: dict[int, dict] = {}
+    calls = evaluations = 0
+    bar = _bar(max_steps, progress)
+    for step in range(max_steps + 1):
+        f, energies, climbers = neb.forces(x)
+        x_new, fire = fire_step(fire, x, f, fmax=fmax)
+        conv = fire.converged.cpu()
+        out_of_steps = step == max_steps
+        for pos_in_batch, b in enumerate(active):
+            if bool(conv[pos_in_batch]) or out_of_steps:
+                r0, r1 = neb.rows[pos_in_batch]
+                final[b] = {"x": x[r0:r1].detach().cpu().double().numpy().reshape(neb.n_images[pos_in_batch], -1, 3),
+                            "energies": energies[pos_in_batch].cpu().double().numpy(),
+                            "climber": climbers[pos_in_batch], "converged": bool(conv[pos_in_batch]),
+                            "steps": step, "max_force": float(fire.max_force[pos_in_batch])}
+        if out_of_steps or bool(conv.all()):
+            calls += neb.calls
+            evaluations += neb.evaluations
+            break
+        if bool(conv.any()):
+            keep = ~conv
+            calls += neb.calls
+            evaluations += neb.evaluations
+            x_new = x_new[keep.to(x.device)[fire.group_idx]]
+            fire = fire_select(fire, keep)
+            active = [b for b, c in zip(active, conv.tolist()) if not c]
+            neb = BatchedNEB([bands[b] for b in active], model, k=k, climb=climb,
+                             endpoint_energies=[end_e[b] for b in active])
+        x = x_new
+        bar.update(1)
+        bar.set_postfix(fmax=f"{float(fire.max_force.max()):.3f}", left=len(active))
+    bar.close()
+    results = []
+    for b, band in enumerate(bands):
+        rec = final[b]
+        pos = [band[0].positions.copy(), *rec["x"], band[-1].positions.copy()]
+        imgs = []
+        for p, src in zip(pos, band):
+            a = src.copy()
+            a.positions = p
+            imgs.append(a)
+        results.append(NEBResult(energies=rec["energies"], positions=pos, converged=rec["converged"],
+                                 steps=rec["steps"], fmax=fmax, max_force=rec["max_force"],
+                                 climbing_image=rec["climber"] + 1, images=imgs,
+                                 info={"model_calls": calls, "image_evaluations": evaluations}))
+    return results
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="NEB", disable=not enabled, unit="step", dynamic_ncols=True)
