@@ -1,0 +1,63 @@
+"""``limace train`` and ``limace evaluate``. Only typer is imported here; the work is imported inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def train_cmd(config: Path = typer.Argument(..., help="training config (YAML); see examples/train_small.yaml"),
+              resume: Optional[Path] = typer.Option(None, help="checkpoint to resume from (default: RUN_DIR/checkpoints/last.ckpt when it exists)"),
+              run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir")):
+    """Train a MACE potential (or a committee) with Lightning; resumes automatically after a kill."""
+    from limace.training.config import load_config
+
+    cfg = load_config(config)  # validated before anything heavy is imported
+    if run_dir is not None:
+        cfg.run_dir = str(run_dir.resolve())
+    from limace.training.run import train
+
+    result = train(cfg, resume=resume, log=lambda m: typer.echo(m, err=True))
+    for m in result.members:
+        if m.model_path is None:  # not rank zero
+            continue
+        line = f"{m.model_path}: step {m.global_step}"
+        if m.valid:
+            line += (f", valid E MAE {m.valid['energy_mae']:.2f} meV/atom, F MAE {m.valid['forces_mae']:.1f} meV/A")
+        typer.echo(line)
+
+
+def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace or mace_run_train)"),
+                 data: Path = typer.Argument(..., help="labelled configurations (extxyz with REF_* keys)"),
+                 out: Optional[Path] = typer.Option(None, help="directory for summary.json and parity plots (default: MODEL's name + '_eval/' next to it)"),
+                 batch_size: int = typer.Option(16, help="configurations per model call"),
+                 device: str = typer.Option("cpu", help="cpu or cuda"),
+                 dtype: Optional[str] = typer.Option(None, help="float32 or float64 (default: the model's)"),
+                 fit_offsets: bool = typer.Option(False, "--fit-offsets", help="fit one energy per element first (other DFT code or potential)"),
+                 plots: bool = typer.Option(True, help="write parity plots (PNG)")):
+    """Errors of MODEL on DATA: E (meV/atom), F (meV/A), stress (GPa) MAE/RMSE per config_type; JSON and plots."""
+    from limace.errors import ValidationError
+
+    if dtype not in (None, "float32", "float64"):
+        raise ValidationError(f"--dtype must be float32 or float64, not {dtype!r}")
+    if batch_size < 1:
+        raise ValidationError(f"--batch-size must be >= 1, not {batch_size}")
+    from limace.training.evaluate import evaluate_model
+
+    res = evaluate_model(model, data, batch_size=batch_size, device=device, dtype=dtype,
+                         fit_energy_offsets=fit_offsets)
+    out = out if out is not None else model.with_name(f"{model.stem}_eval")
+    paths = res.save(out, plots=plots)
+    typer.echo(f"{model} on {data}")
+    typer.echo(res.table())
+    if res.energy_offsets:
+        typer.echo("energy offsets (eV/atom): " + ", ".join(f"{k} {v:+.4f}" for k, v in res.energy_offsets.items()))
+    typer.echo(f"-> {paths['summary']}" + (f" and parity_*.png in {out}" if plots else ""))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``evaluate`` to the ``limace`` app."""
+    app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)

@@ -1,0 +1,280 @@
+"""A thin LightningModule around mace-torch's ScaleShiftMACE.
+
+The model is built exactly as mace-torch's ``tools/model_script_utils`` builds its default ``MACE`` model (a
+``ScaleShiftMACE``), from a :class:`~limace.training.config.TrainConfig` and the
+:class:`~limace.training.data.DataStatistics` of the training split; both are the module's hyperparameters, so a
+checkpoint alone rebuilds the model. Loss (mace-torch's weighted energy/forces/stress loss), optimizer parameter
+groups and schedule follow mace_run_train. EMA weights live in a ``torch.optim.swa_utils.AveragedModel`` submodule
+(its state is in every checkpoint); validation and export use them.
+
+Logged metrics (stable names; energies in meV/atom, forces in meV/A, stress in GPa):
+``train/loss``, ``train/rmse_e``, ``train/rmse_f`` (per step), ``val/loss``, ``val/rmse_e``, ``val/mae_e``,
+``val/rmse_f``, ``val/mae_f``, ``val/rmse_s``, ``val/mae_s`` (per validation), ``train/stage``, ``lr``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+from limace.keys import EV_PER_A3_TO_GPA
+from limace.training._mace import dtype_of, import_mace
+from limace.training.config import TrainConfig
+from limace.training.data import DataStatistics
+
+import_mace()
+
+import lightning.pytorch as pl  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from e3nn import o3  # noqa: E402
+from mace import modules  # noqa: E402
+from mace.tools.torch_tools import default_dtype  # noqa: E402
+from torch.optim.swa_utils import AveragedModel  # noqa: E402
+
+
+_VI, _VJ = [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]  # Voigt components, as limace.training.evaluate
+
+
+def hidden_irreps(channels: int, max_L: int) -> o3.Irreps:
+    """``channels`` x (0e + 1o + ... up to max_L), as mace_run_train's num_channels / max_L."""
+    return o3.Irreps((channels * o3.Irreps.spherical_harmonics(max_L)).sort().irreps.simplify())
+
+
+def build_model(cfg: TrainConfig, stats: DataStatistics) -> torch.nn.Module:
+    """A mace-torch ScaleShiftMACE (mace_run_train's default ``--model MACE``), in the config's precision."""
+    m = cfg.model
+    zs = list(stats.atomic_numbers)
+    atomic_energies = np.array([stats.e0s[z] for z in zs])
+    with default_dtype(dtype_of(cfg.trainer.precision)), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+        return modules.ScaleShiftMACE(
+            r_max=m.r_max,
+            num_bessel=m.num_radial_basis,
+            num_polynomial_cutoff=m.num_cutoff_basis,
+            max_ell=m.max_ell,
+            interaction_cls=modules.interaction_classes[m.interaction],
+            interaction_cls_first=modules.interaction_classes[m.interaction_first],
+            num_interactions=m.num_interactions,
+            num_elements=len(zs),
+            hidden_irreps=hidden_irreps(m.channels, m.max_L),
+            MLP_irreps=o3.Irreps(m.mlp_irreps),
+            atomic_energies=atomic_energies,
+            avg_num_neighbors=stats.avg_num_neighbors,
+            atomic_numbers=zs,
+            correlation=m.correlation,
+            gate=modules.gate_dict[m.gate],
+            pair_repulsion=False,
+            distance_transform="None",
+            apply_cutoff=True,
+            use_reduced_cg=False,
+            use_so3=False,
+            edge_irreps=None,
+            use_edge_irreps_first=False,
+            radial_MLP=list(m.radial_mlp),
+            radial_type="bessel",
+            heads=["Default"],
+            atomic_inter_scale=stats.std,
+            atomic_inter_shift=stats.mean if m.shift else 0.0,
+        )
+
+
+def make_loss(kind: str, energy: float, forces: float, stress: float, huber_delta: float) -> torch.nn.Module:
+    if kind == "huber":
+        return modules.WeightedHuberEnergyForcesStressLoss(energy_weight=energy, forces_weight=forces,
+                                                           stress_weight=stress, huber_delta=huber_delta)
+    return modules.WeightedEnergyForcesStressLoss(energy_weight=energy, forces_weight=forces, stress_weight=stress)
+
+
+def _ema_avg(decay: float):
+    """torch_ema's update (mace_run_train's EMA): decay min(d, (1+k)/(10+k)) at optimizer step k.
+
+    The average starts from the initial weights (one update at construction), so at step k AveragedModel passes
+    ``num_averaged`` = k.
+    """
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged + (1.0 - d) * (current - averaged)
+
+    return avg
+
+
+class MaceModule(pl.LightningModule):
+    """Training of one MACE model. ``config``/``statistics`` are plain dicts (they are the saved hyperparameters)."""
+
+    def __init__(self, config: dict, statistics: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = TrainConfig.from_dict(config, source="checkpoint config", check_files=False)
+        self.stats = DataStatistics.from_dict(statistics)
+        self.model = build_model(self.cfg, self.stats)
+        self.ema_model: Optional[AveragedModel] = None
+        if self.cfg.ema.enabled:
+            self.ema_model = AveragedModel(self.model, avg_fn=_ema_avg(self.cfg.ema.decay), use_buffers=False)
+            for p in self.ema_model.parameters():
+                p.requires_grad_(False)
+            self.ema_model.update_parameters(self.model)  # n=1: the initial weights count, as in torch_ema
+        L, S = self.cfg.loss, self.cfg.stage_two
+        with default_dtype(dtype_of(self.cfg.trainer.precision)):
+            self.loss_fn = make_loss(L.kind, L.energy_weight, L.forces_weight, L.stress_weight, L.huber_delta)
+            self.loss_fn_two = make_loss(L.kind, S.energy_weight, S.forces_weight, S.stress_weight, L.huber_delta)
+        self._stage_two_start = self.cfg.stage_two_start()
+        self._val: Optional[torch.Tensor] = None
+        self._val_ran = False
+        self._sched_epoch = -1  # last epoch whose end stepped the scheduler
+        self._scheduler = None
+        self._pending_state: Optional[dict] = None
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> int:
+        s = self._stage_two_start
+        return 2 if s is not None and self.current_epoch >= s else 1
+
+    def _loss(self) -> torch.nn.Module:
+        return self.loss_fn_two if self.stage == 2 else self.loss_fn
+
+    def _compute_stress(self) -> bool:
+        w = self.cfg.stage_two.stress_weight if self.stage == 2 else self.cfg.loss.stress_weight
+        return w > 0
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights to evaluate and export: the EMA average when EMA is on."""
+        return self.ema_model.module if self.ema_model is not None else self.model
+
+    def forward(self, batch, training: bool = False, compute_stress: bool = True) -> dict[str, Any]:
+        return self.model(batch.to_dict(), training=training, compute_force=True, compute_stress=compute_stress)
+
+    # -- training -------------------------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(batch.to_dict(), training=True, compute_force=True, compute_stress=self._compute_stress())
+        loss = self._loss()(pred=out, ref=batch)
+        n = batch.num_graphs
+        with torch.no_grad():
+            natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
+            rmse_e = torch.sqrt(torch.mean(((out["energy"] - batch.energy) / natoms) ** 2)) * 1000.0
+            rmse_f = torch.sqrt(torch.mean((out["forces"] - batch.forces) ** 2)) * 1000.0
+        self.log("train/loss", loss, batch_size=n, on_step=True, on_epoch=False)
+        self.log("train/rmse_e", rmse_e, batch_size=n, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/rmse_f", rmse_f, batch_size=n, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.stage == 2:  # constant small lr in stage two (as mace_run_train's SWA lr)
+            for opt in self.trainer.optimizers:
+                for g in opt.param_groups:
+                    g["lr"] = self.cfg.stage_two.lr
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end: step checkpoints are saved by a callback before that hook runs
+        if self.ema_model is not None:
+            self.ema_model.update_parameters(self.model)
+
+    def on_train_epoch_end(self):
+        # The module steps its epoch scheduler itself, here: after this epoch's validation and before checkpoint
+        # callbacks save (Lightning steps its schedulers after on_train_epoch_end and skips that step in a resumed
+        # epoch, so a resumed job would drift from the uninterrupted one).
+        sched = self._scheduler
+        if sched is None or self.current_epoch <= self._sched_epoch:  # Lightning may replay this hook on resume
+            return
+        self._sched_epoch = self.current_epoch
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if self._val_ran:
+                sched.step(float(self.trainer.callback_metrics["val/loss"]))
+        else:
+            sched.step()
+        self._val_ran = False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["limace"] = {"scheduler": self._scheduler.state_dict() if self._scheduler is not None else None,
+                                "val_ran": self._val_ran, "sched_epoch": self._sched_epoch}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_state = checkpoint.get("limace")
+        if self._scheduler is not None:
+            self._apply_pending_state()
+
+    def _apply_pending_state(self) -> None:
+        st, self._pending_state = self._pending_state, None
+        if st is not None:
+            if st.get("scheduler") is not None and self._scheduler is not None:
+                self._scheduler.load_state_dict(st["scheduler"])
+            self._val_ran = bool(st.get("val_ran", False))
+            self._sched_epoch = int(st.get("sched_epoch", -1))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        opt = self.trainer.optimizers[0]
+        self.log("lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch.num_graphs)
+        self.log("train/stage", float(self.stage), on_step=True, on_epoch=False, batch_size=batch.num_graphs)
+
+    # -- validation: sums over all configurations of all ranks -----------------------------------------------------
+
+    def on_validation_epoch_start(self):
+        # loss*n, n_cfg, se_e, ae_e, n_f, se_f, ae_f, n_s, se_s, ae_s
+        self._val = torch.zeros(10, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        model = self.eval_model()
+        with torch.enable_grad():
+            out = model(batch.to_dict(), training=False, compute_force=True, compute_stress=True)
+        loss = self._loss()(pred={k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}, ref=batch)
+        natoms = (batch.ptr[1:] - batch.ptr[:-1]).double()
+        de = (out["energy"].detach().double() - batch.energy.double()) / natoms
+        df = (out["forces"].detach().double() - batch.forces.double()).reshape(-1)
+        has_s = batch.stress_weight > 0
+        ds = (out["stress"].detach().double() - batch.stress.double())[has_s][:, _VI, _VJ].reshape(-1) * EV_PER_A3_TO_GPA
+        n = batch.num_graphs
+        self._val += torch.stack([
+            loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=self.device),
+            (de ** 2).sum(), de.abs().sum(),
+            torch.tensor(float(df.numel()), dtype=torch.float64, device=self.device), (df ** 2).sum(), df.abs().sum(),
+            torch.tensor(float(ds.numel()), dtype=torch.float64, device=self.device), (ds ** 2).sum(), ds.abs().sum(),
+        ])
+
+    def on_validation_epoch_end(self):
+        if self._val is None:
+            return
+        s = self.trainer.strategy.reduce(self._val, reduce_op="sum")
+        n, nf, ns = s[1].clamp(min=1), s[4].clamp(min=1), s[7].clamp(min=1)
+        metrics = {
+            "val/loss": s[0] / n,
+            "val/rmse_e": torch.sqrt(s[2] / n) * 1000.0, "val/mae_e": s[3] / n * 1000.0,
+            "val/rmse_f": torch.sqrt(s[5] / nf) * 1000.0, "val/mae_f": s[6] / nf * 1000.0,
+        }
+        if s[7] > 0:
+            metrics.update({"val/rmse_s": torch.sqrt(s[8] / ns), "val/mae_s": s[9] / ns})
+        for k, v in metrics.items():
+            self.log(k, v.float(), prog_bar=k in ("val/rmse_e", "val/rmse_f"), sync_dist=False)
+        self._val = None
+        self._val_ran = not self.trainer.sanity_checking
+
+    # -- optimizer -----------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        o, m = self.cfg.optimizer, self.model
+        decay, no_decay = [], []
+        for name, p in m.interactions.named_parameters():
+            (decay if ("linear.weight" in name or "skip_tp_full.weight" in name) else no_decay).append(p)
+        groups = [  # mace-torch's tools/scripts_utils.get_params_options
+            {"name": "embedding", "params": list(m.node_embedding.parameters()), "weight_decay": 0.0},
+            {"name": "interactions_decay", "params": decay, "weight_decay": o.weight_decay},
+            {"name": "interactions_no_decay", "params": no_decay, "weight_decay": 0.0},
+            {"name": "products", "params": list(m.products.parameters()), "weight_decay": o.weight_decay},
+            {"name": "readouts", "params": list(m.readouts.parameters()), "weight_decay": 0.0},
+        ]
+        opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        opt = opt_cls(groups, lr=o.lr, amsgrad=o.amsgrad, betas=(o.beta1, 0.999))
+        sc = self.cfg.scheduler
+        if sc.name == "exponential":
+            self._scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=sc.gamma)
+        elif sc.name == "plateau":
+            self._scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=sc.factor, patience=sc.patience)
+        else:
+            self._scheduler = None
+        self._apply_pending_state()  # a checkpoint's scheduler state (on_load_checkpoint runs before this)
+        return opt  # the scheduler is stepped in on_train_epoch_end and saved in on_save_checkpoint
