@@ -1,0 +1,379 @@
+"""limace.training: config validation, training, exact resume after kill -9, export to MACECalculator, evaluation.
+
+Tiny MACE models (8 channels) on tests/data/labels_small.extxyz (real DFT labels, copied from the li-in-sn-v1
+labelling run), CPU, one thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+DATA = Path(__file__).parent / "data" / "labels_small.extxyz"
+
+
+def tiny(tmp_path: Path, name: str = "tiny", **sections) -> dict:
+    """A tiny, fast config (as a dict); ``sections`` update its sections."""
+    cfg = {
+        "name": name,
+        "seed": 7,
+        "run_dir": str(tmp_path / name),
+        "data": {"train_file": str(DATA), "valid_fraction": 0.2},
+        "model": {"channels": 8, "max_L": 0, "r_max": 4.5, "num_interactions": 2, "correlation": 2, "max_ell": 2,
+                  "radial_mlp": [16, 16]},
+        "trainer": {"max_epochs": 4, "batch_size": 4, "precision": "float64", "accelerator": "cpu", "devices": 1,
+                    "progress_bar": False, "log_every_n_steps": 1},
+        "checkpoint": {"every_n_steps": 3, "keep": -1},
+    }
+    for k, v in sections.items():
+        if isinstance(v, dict):
+            cfg.setdefault(k, {}).update(v)
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def write_cfg(tmp_path: Path, cfg: dict, fname: str = "c.yaml") -> Path:
+    p = tmp_path / fname
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def load(cfg: dict):
+    from limace.training.config import TrainConfig
+
+    return TrainConfig.from_dict(cfg, source="test")
+
+
+def ckpt(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Model, EMA, optimizer and scheduler state, bit for bit."""
+    import torch
+
+    assert a["global_step"] == b["global_step"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    oa, ob = a["optimizer_states"][0], b["optimizer_states"][0]
+    assert [g["lr"] for g in oa["param_groups"]] == [g["lr"] for g in ob["param_groups"]]
+    for i in oa["state"]:
+        for k in oa["state"][i]:
+            assert torch.equal(oa["state"][i][k], ob["state"][i][k]), (i, k)
+    assert a["limace"] == b["limace"]  # scheduler state
+
+
+# -- config: one-line errors ---------------------------------------------------------------------------------------
+
+
+def run_cli(args, capsys):
+    from limace.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    return exc.value.code, err
+
+
+@pytest.mark.parametrize("mutate, expect", [
+    (lambda c: c["model"].update(chanels=8), "unknown key 'model.chanels' (did you mean 'model.channels'?)"),
+    (lambda c: c.update(epochs=3), "unknown key 'epochs'"),
+    (lambda c: c["model"].update(channels="many"), "key 'model.channels' must be an integer, got 'many'"),
+    (lambda c: c["trainer"].update(precision="float16"), "key 'trainer.precision' must be 'float32' or 'float64'"),
+    (lambda c: c["model"].update(r_max=-1.0), "key 'model.r_max' must be > 0"),
+    (lambda c: c["data"].update(train_file="nowhere.extxyz"), "key 'data.train_file' names"),
+    (lambda c: c.update(data={"valid_fraction": 0.1}), "key 'data.train_file' is required"),
+    (lambda c: c.update(model=[1, 2]), "key 'model' must be a section"),
+])
+def test_bad_config_is_one_line_error(tmp_path, capsys, mutate, expect):
+    cfg = tiny(tmp_path)
+    mutate(cfg)
+    code, err = run_cli(["train", str(write_cfg(tmp_path, cfg))], capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("limace: error: ") and str(tmp_path / "c.yaml") in err
+    assert expect in err
+    if "nowhere" in expect or "names" in expect:
+        assert "nowhere.extxyz: no such file" in err
+
+
+def test_config_paths_relative_to_config_file(tmp_path):
+    from limace.training.config import load_config
+
+    (tmp_path / "sub").mkdir()
+    shutil.copy(DATA, tmp_path / "sub" / "d.extxyz")
+    cfg = tiny(tmp_path)
+    cfg["data"]["train_file"] = "d.extxyz"
+    cfg["run_dir"] = "out"
+    c = load_config(write_cfg(tmp_path / "sub", cfg))
+    assert c.data.train_file == str(tmp_path / "sub" / "d.extxyz")
+    assert c.run_dir == str(tmp_path / "sub" / "out")
+
+
+# -- training ------------------------------------------------------------------------------------------------------
+
+
+def _weighted_loss(model, frames, w=(1.0, 100.0, 1.0)) -> float:
+    """mace's weighted loss (energy per atom, forces, stress), over all frames."""
+    from limace.training.evaluate import evaluate_predictions, predict_mace
+
+    r = evaluate_predictions(frames, predict_mace(model, frames))
+    de = (r.energy_pred - r.energy_ref) / r.n_atoms
+    return float(w[0] * np.mean(de ** 2) + w[1] * np.mean((r.forces_pred - r.forces_ref) ** 2)
+                 + w[2] * np.mean((r.stress_pred - r.stress_ref) ** 2))
+
+
+def test_loss_falls(tmp_path):
+    import lightning.pytorch as pl
+
+    from limace.training.data import LimaceDataModule
+    from limace.training.export import load_model
+    from limace.training.module import MaceModule
+    from limace.training.run import train
+
+    cfg = load(tiny(tmp_path, trainer={"max_epochs": 8}, ema={"enabled": False}))
+    dm = LimaceDataModule(cfg)
+    stats = dm.load()
+    pl.seed_everything(cfg.seed, verbose=False)  # as train() does before building the model
+    before = _weighted_loss(MaceModule(cfg.as_dict(), stats.as_dict()).model, dm.train_frames)
+    res = train(cfg, log=lambda m: None)
+    after = _weighted_loss(load_model(res.members[0].model_path), dm.train_frames)
+    assert after < 0.6 * before, (before, after)
+
+
+def test_stage_two_and_validation_metrics_equal_evaluation_of_exported_model(tmp_path):
+    """Stage two switches loss and lr at its epoch; the logged val/* of the last epoch (EMA weights) are the
+    `limace evaluate` numbers of the exported model."""
+    from limace.training.run import train
+
+    res = train(load(tiny(tmp_path, stage_two={"enabled": True, "start_epoch": 2, "lr": 0.002})),
+                log=lambda m: None)
+    (m,) = res.members
+    rows = list(csv.DictReader(open(m.run_dir / "logs" / "version_0" / "metrics.csv")))
+    steps = [r for r in rows if r.get("train/stage")]
+    assert [float(r["train/stage"]) for r in steps] == [1.0 if int(r["epoch"]) < 2 else 2.0 for r in steps]
+    assert all(float(r["lr"]) == pytest.approx(0.002) for r in steps if int(r["epoch"]) >= 2)
+    assert all(float(r["lr"]) == pytest.approx(0.01) for r in steps if int(r["epoch"]) < 2)
+    # the CSV log has the live metrics the progress bar shows, and validation metrics every epoch
+    assert {"train/rmse_e", "train/rmse_f", "val/rmse_e", "val/rmse_f", "val/mae_s"} <= set(rows[0])
+    vals = [r for r in rows if r.get("val/loss")]
+    assert [int(r["epoch"]) for r in vals] == [0, 1, 2, 3]
+    summ = json.loads((m.run_dir / "valid" / "summary.json").read_text())["summary"]["all"]
+    for key, logged in (("energy_mae", "val/mae_e"), ("forces_rmse", "val/rmse_f"), ("stress_mae", "val/mae_s")):
+        assert summ[key] == pytest.approx(float(vals[-1][logged]), rel=1e-5), key
+    for png in ("parity_energy.png", "parity_forces.png", "parity_stress.png"):
+        assert (m.run_dir / "valid" / png).stat().st_size > 1000
+
+
+def test_resume_from_mid_epoch_and_epoch_end_checkpoints_is_exact(tmp_path):
+    """Restarting from a step checkpoint (inside an epoch or at its end) ends in the uninterrupted run's state."""
+    from limace.training.run import train
+
+    cfg = tiny(tmp_path, name="full", trainer={"max_epochs": 5}, scheduler={"name": "plateau", "patience": 0},
+               checkpoint={"every_n_steps": 2, "keep": -1}, model={"num_interactions": 1})
+    train(load(cfg), log=lambda m: None)
+    full = tmp_path / "full" / "checkpoints"
+    n_batches = 4  # 15 training configurations, batch 4
+    chosen = {"mid-epoch": 6, "epoch end": 8}
+    assert chosen["epoch end"] % n_batches == 0 and chosen["mid-epoch"] % n_batches
+    final = ckpt(full / "last.ckpt")
+    assert final["global_step"] == 5 * n_batches
+    for label, step in chosen.items():
+        run = tmp_path / f"from{step}"
+        (run / "checkpoints").mkdir(parents=True)
+        shutil.copy(full / f"step={step}.ckpt", run / "checkpoints" / "last.ckpt")
+        c = dict(cfg, run_dir=str(run), name="full")
+        r = train(load(c), log=lambda m: None)
+        assert r.members[0].resumed_from == run / "checkpoints" / "last.ckpt"
+        assert_same_state(final, ckpt(run / "checkpoints" / "last.ckpt"))
+
+
+def test_kill9_then_restart_continues_with_same_state(tmp_path, limace_exe):
+    """SIGKILL a training job after its first checkpoint; rerunning the same command finishes it in the state of
+    an uninterrupted run (model, EMA, optimizer, scheduler, step counter)."""
+    from limace.training.run import latest_checkpoint, train
+
+    base = tiny(tmp_path, trainer={"max_epochs": 6}, checkpoint={"every_n_steps": 3, "keep": 2},
+                model={"num_interactions": 1})
+    ref = dict(base, run_dir=str(tmp_path / "ref"))
+    train(load(ref), log=lambda m: None)
+    final = ckpt(tmp_path / "ref" / "checkpoints" / "last.ckpt")
+
+    job = dict(base, run_dir=str(tmp_path / "job"))
+    cfg_path = write_cfg(tmp_path, job)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    ckdir = tmp_path / "job" / "checkpoints"
+    p = subprocess.Popen([limace_exe, "train", str(cfg_path)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < 120:
+        if ckdir.is_dir() and any(ckdir.glob("*.ckpt")):
+            p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    killed_at = latest_checkpoint(ckdir)
+    step_at_kill = ckpt(killed_at)["global_step"]
+    assert 0 < step_at_kill < final["global_step"]
+
+    r = subprocess.run([limace_exe, "train", str(cfg_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming {tmp_path / 'job'} from" in r.stderr
+    logs = sorted((tmp_path / "job" / "logs").glob("version_*/metrics.csv"))
+    resumed_steps = [int(row["step"]) for row in csv.DictReader(open(logs[-1])) if row.get("train/loss")]
+    assert min(resumed_steps) >= step_at_kill  # the step counter continues, it does not restart at 0
+    assert_same_state(final, ckpt(ckdir / "last.ckpt"))
+    assert (tmp_path / "job" / "tiny.model").is_file()
+
+
+def test_committee_members_differ(tmp_path):
+    from limace.training.export import load_model
+    from limace.training.run import train
+
+    res = train(load(tiny(tmp_path, committee_size=2, trainer={"max_epochs": 1}, model={"num_interactions": 1})),
+                log=lambda m: None)
+    assert [m.seed for m in res.members] == [7, 8]
+    a, b = (load_model(p) for p in res.model_paths)
+    assert [p.parent.name for p in res.model_paths] == ["member_0", "member_1"]
+    assert any(not np.allclose(x.detach(), y.detach()) for x, y in zip(a.parameters(), b.parameters()))
+
+
+# -- export / evaluate ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny float64 model trained for a few steps (in process), with its module and data."""
+    from limace.training.run import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    res = train(load(tiny(tmp, trainer={"max_epochs": 2}, model={"max_L": 1})), log=lambda m: None)
+    return res.members[0]
+
+
+def test_export_roundtrips_through_mace_calculator(trained, tmp_path):
+    from ase.io import read
+    from mace.calculators import MACECalculator
+
+    from limace.training.evaluate import predict_mace
+    from limace.training.export import export_model, load_model, module_from_checkpoint
+
+    module = module_from_checkpoint(trained.checkpoint)
+    path = export_model(module, tmp_path / "m.model")
+    frames = read(DATA, ":")
+    ours = predict_mace(module.eval_model(), frames)  # batched, from the in-memory training module
+    calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+    off = 0
+    for k, a in enumerate(frames):
+        b = a.copy()
+        b.calc = calc
+        assert abs(b.get_potential_energy() - ours.energy[k]) < 1e-6
+        n = len(a)
+        np.testing.assert_allclose(b.get_forces(), ours.forces[off:off + n], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(b.get_stress(), ours.stress[k], atol=1e-8, rtol=0)
+        off += n
+    # the export of the run (EMA weights) is the same model, and our own loader reads it
+    m2 = load_model(trained.model_path)
+    assert all(np.array_equal(x.detach(), y.detach())
+               for x, y in zip(m2.parameters(), module.eval_model().parameters()))
+    assert np.ptp(ours.energy / np.array([len(a) for a in frames])) > 0.01  # not a constant model
+
+
+def test_evaluate_cli_reports_per_config_type(trained, tmp_path, capsys):
+    from ase.io import read
+    from mace.calculators import MACECalculator
+
+    from limace.cli import main
+
+    out = tmp_path / "ev"
+    main(["evaluate", str(trained.model_path), str(DATA), "--out", str(out)])
+    text = capsys.readouterr().out
+    frames = read(DATA, ":")
+    for ct in {a.info["config_type"] for a in frames}:
+        assert any(line.startswith(ct) for line in text.splitlines()), ct
+    summ = json.loads((out / "summary.json").read_text())["summary"]
+    assert set(summ["by_config_type"]) == {a.info["config_type"] for a in frames}
+    assert summ["all"]["n_configs"] == len(frames)
+    # the numbers are those of an independent path: mace's ASE calculator, one configuration at a time
+    calc = MACECalculator(model_paths=str(trained.model_path), device="cpu", default_dtype="float64")
+    de, df, ds = [], [], []
+    for a in frames:
+        b = a.copy()
+        b.calc = calc
+        de.append((b.get_potential_energy() - a.info["REF_energy"]) / len(a))
+        df.append((b.get_forces() - a.arrays["REF_forces"]).ravel())
+        ds.append(b.get_stress() - a.info["REF_stress"])
+    assert summ["all"]["energy_mae"] == pytest.approx(1000 * np.mean(np.abs(de)), rel=1e-9)
+    assert summ["all"]["forces_rmse"] == pytest.approx(1000 * np.sqrt(np.mean(np.concatenate(df) ** 2)), rel=1e-9)
+    assert summ["all"]["stress_mae"] == pytest.approx(160.21766208 * np.mean(np.abs(ds)), rel=1e-9)
+    for png in ("parity_energy.png", "parity_forces.png", "parity_stress.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_evaluation_result_roundtrip_and_offsets(trained):
+    from ase.io import read
+
+    from limace.training.evaluate import EvaluationResult, evaluate_model
+
+    frames = read(DATA, ":")
+    res = evaluate_model(trained.model_path, frames)
+    again = EvaluationResult.from_dict(json.loads(json.dumps(res.as_dict())))
+    assert again.summary() == res.summary()
+    # a constant energy shift per atom (another code's energy zero) disappears with fitted offsets
+    for a in frames:
+        a.info["REF_energy"] += 0.25 * a.get_chemical_symbols().count("Li") - 0.5 * a.get_chemical_symbols().count("In")
+    shifted = evaluate_model(trained.model_path, frames)
+    fitted = evaluate_model(trained.model_path, frames, fit_energy_offsets=True)
+    assert shifted.summary()["all"]["energy_mae"] > 100
+    assert fitted.summary()["all"]["energy_mae"] <= res.summary()["all"]["energy_mae"] + 1e-6
+    assert fitted.summary()["all"]["forces_mae"] == res.summary()["all"]["forces_mae"]
+    ax = res.plot_parity("forces")
+    assert ax.get_xlabel().startswith("reference")
+
+
+def test_evaluate_bad_inputs_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "x.model"
+    bad.write_text("not a model")
+    code, err = run_cli(["evaluate", str(bad), str(DATA)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "not a MACE .model file" in err
+    code, err = run_cli(["evaluate", str(tmp_path / "missing.model"), str(DATA)], capsys)
+    assert code == 2 and "no such model file" in err
+
+
+# -- DDP -------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path, limace_exe):
+    """Lightning DDP (gloo) with 2 CPU processes: each rank trains on half the data, so an epoch has half the steps
+    of a single-process run, and the result is a working model."""
+    from limace.training.export import load_model
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cfg = tiny(tmp_path, name="ddp", trainer={"max_epochs": 3, "devices": 2, "strategy": "ddp"})
+    r = subprocess.run([limace_exe, "train", str(write_cfg(tmp_path, cfg))], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Starting with 2 processes" in r.stdout + r.stderr
+    final = ckpt(tmp_path / "ddp" / "checkpoints" / "last.ckpt")
+    n_train = 15
+    assert final["global_step"] == 3 * int(np.ceil(np.ceil(n_train / 2) / 4))  # 2 batches per rank and epoch
+    model = load_model(tmp_path / "ddp" / "ddp.model")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert json.loads((tmp_path / "ddp" / "result.json").read_text())["valid"]["n_configs"] == 4
