@@ -84,6 +84,14 @@ def test_refilled_small_batches_give_the_same_structures(batched, relaxed):
         np.testing.assert_allclose(b.positions, a.positions, atol=1e-8)
 
 
+def test_a_symmetric_cell_relaxes_the_same_alone_and_in_a_batch(batched):
+    alone = relax_structures([get_structure("Li_bcc")], batched, fmax=FMAX, progress=False)[0]
+    together = relax_structures([get_structure("Li_bcc"), _cells()[2]], batched, fmax=FMAX, progress=False)[0]
+    assert alone.info["converged"] and together.info["relax_steps"] == alone.info["relax_steps"]
+    assert together.info["energy"] == pytest.approx(alone.info["energy"], abs=1e-9)
+    np.testing.assert_allclose(together.cell[:], alone.cell[:], atol=1e-8)
+
+
 def test_fixed_cell_and_step_limit(batched):
     start = _cells()[2]
     fixed = relax_structures([start], batched, fmax=0.02, max_steps=400, relax_cell=False, progress=False)[0]
@@ -121,3 +129,14 @@ def test_bad_input(batched):
         relax_structures(_cells()[:1], batched, fire={"dtmax": 1.0})
     with pytest.raises(LimaceInputError, match="fmax must be a positive number"):
         relax_structures(_cells()[:1], batched, fmax=0)
+
+
+def test_atom_a_hair_below_a_cell_face(batched, mace_calc):
+    # Symmetric cells relax with forces of ~1e-19 on atoms at the origin, which then sit at -1e-20 (fixed in the
+    # neighbour list by 329fa5f; before, every edge of such an atom was shifted by a lattice vector).
+    atoms = get_structure("Li_bcc")
+    atoms.positions[0] = [-1e-20, 0.0, 0.0]
+    ours = relax_structures([atoms], batched, max_steps=0, progress=False)[0]
+    ref = atoms.copy()
+    ref.calc = mace_calc
+    assert ours.info["energy"] == pytest.approx(ref.get_potential_energy(), abs=1e-8)
