@@ -154,9 +154,18 @@ from limace.md.cli import register as _register_md  # noqa: E402
 
 _register_md(app)
 
+from limace.analysis.cli import register as _register_analysis  # noqa: E402
+
+_register_analysis(app)
+
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
     from limace.errors import LimaceInputError
+
+    # e3nn 0.4.4 under torch >= 2.6 warns on every import about the weights-only workaround mace sets; not for users
+    warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
 
     try:
         app(args=argv, standalone_mode=False)

@@ -1,0 +1,88 @@
+"""`limace barriers`: hops -> relaxed endpoints -> batched NEB -> percolation -> barriers.json, resumable."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import write
+
+from limace.analysis.barriers import BarrierSettings, run_barriers
+from limace.analysis.neb import run_neb
+from limace.potentials.pair import BatchedMorse
+
+MORSE = dict(epsilon=0.15, rho0=4.0, r0=3.0, rcut1=1.6, rcut2=2.1)
+
+
+@pytest.fixture
+def fcc_file(tmp_path):
+    path = tmp_path / "morse_fcc.extxyz"
+    write(path, bulk("Li", "fcc", a=3.0 * np.sqrt(2)))
+    return path
+
+
+def test_barriers_of_a_phase_and_resume(fcc_file, tmp_path):
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=True)
+    out = tmp_path / "out"
+    rep = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=out, potential_name="morse", settings=settings,
+                       progress=False)
+    [phase] = rep["phases"]
+    assert phase["phase"] == "morse_fcc"
+    # fcc: only the nearest-neighbour hop lies within 3.6 A; it percolates in 3D at its barrier
+    [hop] = phase["hops"]
+    assert hop["converged"] and hop["multiplicity"] == 6
+    assert 0.1 < hop["barrier_eV"] < 1.0
+    assert hop["forward_eV"] == pytest.approx(hop["backward_eV"], abs=1e-4)  # symmetric hop
+    assert hop["li_coordination"]["initial_site"] == {"n": 12, "Li": 12}
+    assert phase["percolation"]["3d"] == {"barrier_eV": hop["barrier_eV"], "hops": [0]}
+    data = json.loads((out / "barriers.json").read_text())
+    assert data["phases"][0]["hops"][0]["barrier_eV"] == hop["barrier_eV"]
+    assert "profile" not in data["phases"][0]["hops"][0]
+    assert (out / "barriers.md").read_text().count("morse_fcc") == 2
+    assert (out / "morse_fcc" / "neb_profiles.png").stat().st_size > 1000 and (out / "barriers.png").exists()
+    # resume: nothing is recomputed
+    stamp = (out / "morse_fcc" / "neb.json").stat().st_mtime_ns
+    rep2 = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=out, potential_name="morse", settings=settings,
+                        progress=False)
+    assert (out / "morse_fcc" / "neb.json").stat().st_mtime_ns == stamp
+    assert rep2["phases"][0]["hops"] == phase["hops"]
+
+
+def test_pipeline_barrier_equals_a_direct_neb_on_the_same_endpoints(fcc_file, tmp_path):
+    from limace.analysis.hops import distinct_hops, hop_endpoints_for
+    from limace.analysis.relax import relax_structures
+    from limace.data.generate import hop_images
+    from ase.io import read
+
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False)
+    rep = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=settings, progress=False)
+    atoms = read(fcc_file)
+    ep = hop_endpoints_for(atoms, distinct_hops(atoms)[0], 8.0)
+    ini, fin = relax_structures([ep.initial, ep.final], BatchedMorse(**MORSE), fmax=0.01, relax_cell=False,
+                                progress=False)
+    res = run_neb([[ini, *hop_images(ini, fin, 3), fin]], BatchedMorse(**MORSE))[0]
+    assert rep["phases"][0]["hops"][0]["forward_eV"] == pytest.approx(res.barrier_forward, abs=1e-6)
+
+
+def test_cli_writes_the_documented_schema(tiny_mace_model_path, tmp_path, limace_exe):
+    out = tmp_path / "b"
+    res = subprocess.run([limace_exe, "barriers", "Li", "--potential", str(tiny_mace_model_path), "--out", str(out),
+                          "--min-image-distance", "6", "--n-images", "3", "--max-steps", "3"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    data = json.loads((out / "barriers.json").read_text())
+    [phase] = data["phases"]
+    assert phase["phase"] == "Li_bcc"
+    for hop in phase["hops"]:
+        assert {"length_A", "barrier_eV", "converged", "li_coordination"} <= set(hop)
+        # three NEB steps are not enough: reported as not converged, never as a barrier
+        assert hop["converged"] is False and hop["barrier_eV"] is None
+    assert set(phase["percolation"]) == {"1d", "2d", "3d"}
+    assert all(v["barrier_eV"] is None for v in phase["percolation"].values())
+
+
+def test_unknown_phase_is_a_one_line_error(tiny_mace_model_path, limace_exe):
+    res = subprocess.run([limace_exe, "barriers", "LiSnn", "--potential", str(tiny_mace_model_path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown phase 'LiSnn'" in res.stderr and res.stderr.count("\n") == 1
