@@ -27,6 +27,7 @@ import numpy as np
 from ase import Atoms
 
 from limace.data.hashing import ensure_config_id
+from limace.parallel import make_executor
 from limace.errors import LimaceInputError, UnknownNameError
 from limace.keys import CONFIG_ID_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
@@ -225,70 +226,6 @@ def read_failed(out: Path) -> dict[str, str]:
     return failed
 
 
-# -- executors -------------------------------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Worker initializer: on Linux, ask the kernel to end this worker when the job process dies (kill -9 of the
-    job must not leave orphans computing results nobody will write)."""
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class _LocalExecutor:
-    def __init__(self, workers: int):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                        initializer=_die_with_parent)
-
-    def submit(self, fn, *args):
-        return self.pool.submit(fn, *args)
-
-    def as_completed(self, futures):
-        from concurrent.futures import as_completed
-
-        return as_completed(futures)
-
-    @staticmethod
-    def result(fut):
-        return fut.result()
-
-    def close(self, cancel: bool = False):
-        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
-
-
-class _DaskExecutor:
-    def __init__(self, address: str):
-        from distributed import Client
-
-        self.client = Client(address)
-
-    def submit(self, fn, *args):
-        return self.client.submit(fn, *args, pure=False)
-
-    def as_completed(self, futures):
-        from distributed import as_completed
-
-        return as_completed(futures)
-
-    @staticmethod
-    def result(fut):
-        return fut.result()
-
-    def close(self, cancel: bool = False):
-        self.client.close()
-
-
 @dataclass
 class LabelReport:
     total: int
@@ -337,12 +274,7 @@ def label_configurations(configs: Sequence[Atoms], out: str | Path, protocol: st
                          wall_s=0.0)
     if not todo:
         return report
-    if scheduler:
-        ex = _DaskExecutor(scheduler)
-    elif workers > 1:
-        ex = _LocalExecutor(workers)
-    else:
-        ex = None
+    ex = make_executor(workers, scheduler)
     bar = _progress(len(todo), f"label {out.name} [{protocol}]", progress)
     try:
         results: Iterable
