@@ -1,1 +1,31 @@
-"""limace.md"""
+"""limace.md: batched molecular dynamics of many systems at once, and diffusion analysis.
+
+- :mod:`limace.md.state`: :class:`~limace.md.state.BatchedState` / :class:`~limace.md.state.MDState`.
+- :mod:`limace.md.integrators`: NVE, Langevin (BAOAB), Nose-Hoover chain, CSVR, NPT (stochastic cell rescaling).
+- :mod:`limace.md.runner`: :func:`~limace.md.runner.run_md` (logs, trajectories, checkpoints, blow-up guard).
+- :mod:`limace.md.config`: :class:`~limace.md.config.MDConfig`, the typed config of ``limace md CONFIG.yaml``.
+- :mod:`limace.md.diffusion`: MSD, diffusion coefficients, Arrhenius fits.
+
+Importing this package is light; the names below are imported on first use.
+"""
+
+_LAZY = {
+    "BatchedState": "limace.md.state",
+    "MDState": "limace.md.state",
+    "MDConfig": "limace.md.config",
+    "run_md": "limace.md.runner",
+    "run_config": "limace.md.runner",
+    "MDResult": "limace.md.runner",
+    "DiffusionAnalysis": "limace.md.diffusion",
+    "ArrheniusFit": "limace.md.diffusion",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'limace.md' has no attribute {name!r}")

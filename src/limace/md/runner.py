@@ -1,0 +1,475 @@
+"""The MD runner: loops an integrator over a batch, logs, writes trajectories and checkpoints, guards against blow-ups.
+
+:func:`run_md` is the Python API, :func:`run_config` what ``limace md CONFIG.yaml`` calls. Outputs in ``output_dir``:
+
+- ``thermo.csv``: one row per system every ``log_every`` steps: step, time_fs, system, T_K, E_pot_eV, E_kin_eV,
+  E_cons_eV (the quantity the integrator conserves: E_pot + E_kin, NHC adds its chain), P_GPa (with the kinetic
+  term), volume_A3.
+- ``traj_0000.extxyz`` ...: one file per system, a frame every ``trajectory_every`` steps (unwrapped positions,
+  momenta, energy, forces; ``info`` has step and time_fs).
+- ``checkpoint.pt``: everything needed to continue (state, thermostat, random generators, stopped systems, the sizes
+  of the output files); written atomically. A run started again on the same ``output_dir`` continues from it and cuts
+  the outputs back to the checkpoint, so a kill at any moment loses at most the steps since the last checkpoint.
+- ``final.extxyz`` (every system's last frame) and ``summary.json`` (status of each system, timings).
+
+Blow-up guard: every ``guard.check_every`` steps (and before each output) a system with non-finite numbers, a
+temperature above ``max_temperature_K`` or two atoms closer than ``min_distance_A`` is stopped, its last frame is
+written to ``stopped_KKKK.extxyz`` and the reason to ``summary.json``; the other systems go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from ase import Atoms, units
+
+from limace.errors import LimaceInputError, ValidationError
+from limace.md import integrators as integ
+from limace.md.config import GuardConfig, MDConfig
+from limace.md.state import BatchedState, MDState, per_system
+
+CHECKPOINT = "checkpoint.pt"
+THERMO = "thermo.csv"
+THERMO_COLUMNS = ("step", "time_fs", "system", "T_K", "E_pot_eV", "E_kin_eV", "E_cons_eV", "P_GPa", "volume_A3")
+
+
+@dataclass
+class StoppedSystem:
+    system: int
+    step: int
+    reason: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class MDResult:
+    """What a run gives back: the last frame of every system, which were stopped and why, and timings."""
+
+    final: list[Atoms]
+    stopped: list[StoppedSystem]
+    steps: int
+    wall_s: float
+    atom_steps_per_s: float
+    output_dir: Path | None = None
+    thermo: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "wall_s": round(self.wall_s, 3), "atom_steps_per_s": round(self.atom_steps_per_s, 2),
+                "n_systems": len(self.final), "stopped": [s.as_dict() for s in self.stopped],
+                "output_dir": str(self.output_dir) if self.output_dir else None}
+
+
+# -- integrator table ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Targets:
+    """Per-system tensors of the run's parameters (subset with the state when systems stop)."""
+
+    temperature: torch.Tensor | None
+    pressure: torch.Tensor
+    friction: torch.Tensor
+    compressibility: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> "_Targets":
+        return _Targets(*(None if v is None else v[keep] for v in
+                          (self.temperature, self.pressure, self.friction, self.compressibility)))
+
+
+def _step(cfg: MDConfig, state, model, t: _Targets, gens, stress: bool):
+    dt = cfg.timestep_fs
+    ens = cfg.ensemble
+    if ens == "nve":
+        return integ.nve_step(state, model, dt=dt, stress=stress)
+    if ens == "nvt_langevin":
+        return integ.langevin_step(state, model, dt=dt, temperature=t.temperature, friction=t.friction, generator=gens,
+                                   stress=stress)
+    if ens == "nvt_nhc":
+        return integ.nhc_step(state, model, dt=dt, temperature=t.temperature, stress=stress)
+    if ens == "nvt_csvr":
+        return integ.csvr_step(state, model, dt=dt, temperature=t.temperature, tau=cfg.tau_fs, generator=gens,
+                               stress=stress)
+    return integ.npt_step(state, model, dt=dt, temperature=t.temperature, pressure=t.pressure, friction=t.friction,
+                          tau_p=cfg.tau_p_fs, compressibility=t.compressibility, generator=gens)
+
+
+def _conserved(cfg: MDConfig, state, t: _Targets) -> torch.Tensor:
+    if cfg.ensemble == "nvt_nhc":
+        return integ.nhc_conserved(state, t.temperature)
+    return state.energy + state.kinetic_energy()
+
+
+# -- guard -----------------------------------------------------------------------------------------------------------
+
+
+def _min_distances(state: BatchedState, model, limit: float) -> torch.Tensor:
+    """``[S]`` shortest interatomic distance per system (inf when none below the list's cutoff)."""
+    from limace.potentials.neighbors import VerletList, neighbor_list
+
+    nl = getattr(model, "neighbors", None)
+    if isinstance(nl, VerletList) and nl.cutoff >= limit:
+        edge_index, shifts = nl.get(state.positions, state.cell, state.pbc, state.system_idx)
+    else:
+        edge_index, shifts = neighbor_list(state.positions, state.cell, state.pbc, state.system_idx, limit,
+                                           n_systems=state.n_systems)
+    out = torch.full((state.n_systems,), float("inf"), dtype=state.dtype, device=state.device)
+    if edge_index.shape[1] == 0:
+        return out
+    snd, rcv = edge_index
+    sys_e = state.system_idx[snd]
+    vec = state.positions[rcv] - state.positions[snd] + torch.einsum("ei,eij->ej", shifts.to(state.dtype),
+                                                                      state.cell[sys_e])
+    return out.scatter_reduce_(0, sys_e, torch.linalg.norm(vec, dim=1), "amin", include_self=True)
+
+
+def check_systems(state: MDState, model, guard: GuardConfig) -> list[tuple[int, str]]:
+    """``[(system, reason), ...]`` for the systems of ``state`` that blew up (see the module docstring)."""
+    bad: dict[int, str] = {}
+
+    def flag(mask: torch.Tensor, reason: Callable[[int], str]):
+        for k in torch.nonzero(mask).flatten().tolist():
+            bad.setdefault(k, reason(k))
+
+    nonfinite_atom = ~torch.isfinite(state.positions).all(1) | ~torch.isfinite(state.momenta).all(1)
+    if state.forces is not None:
+        nonfinite_atom |= ~torch.isfinite(state.forces).all(1)
+    nonfinite = state.sum_per_system(nonfinite_atom.to(state.dtype)) > 0
+    nonfinite |= ~torch.isfinite(state.cell).all(dim=(1, 2))
+    if state.energy is not None:
+        nonfinite |= ~torch.isfinite(state.energy)
+    flag(nonfinite, lambda k: "non-finite positions, momenta, forces or energy")
+    temp = state.temperature()
+    flag(temp > guard.max_temperature_K, lambda k: f"temperature {float(temp[k]):.0f} K > {guard.max_temperature_K:g} K")
+    if guard.min_distance_A > 0 and not bool(nonfinite.all()):
+        ok = ~nonfinite
+        dmin = torch.full((state.n_systems,), float("inf"), dtype=state.dtype, device=state.device)
+        if bool(ok.all()):
+            dmin = _min_distances(state, model, guard.min_distance_A)
+        else:
+            dmin[ok] = _min_distances(state.select(ok), model, guard.min_distance_A)
+        flag(dmin < guard.min_distance_A,
+             lambda k: f"atoms {float(dmin[k]):.3f} A apart < min_distance_A {guard.min_distance_A:g}")
+    return sorted(bad.items())
+
+
+# -- outputs ---------------------------------------------------------------------------------------------------------
+
+
+class _Outputs:
+    """The run's files; appended to as the run goes, cut back to the checkpoint's sizes on restart."""
+
+    def __init__(self, out: Path | None, n_systems: int):
+        self.out = out
+        self.n = n_systems
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def traj(self, k: int) -> Path:
+        return self.out / f"traj_{k:04d}.extxyz"
+
+    def files(self) -> list[Path]:
+        return [self.out / THERMO] + [self.traj(k) for k in range(self.n)]
+
+    def sizes(self) -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in self.files() if p.exists()}
+
+    def fresh(self) -> None:
+        if self.out is None:
+            return
+        for p in self.files() + [self.out / CHECKPOINT, self.out / "final.extxyz", self.out / "summary.json"]:
+            p.unlink(missing_ok=True)
+        for p in self.out.glob("stopped_*.extxyz"):
+            p.unlink()
+        (self.out / THERMO).write_text(",".join(THERMO_COLUMNS) + "\n")
+
+    def cut_back(self, sizes: dict[str, int]) -> None:
+        for p in self.files():
+            size = sizes.get(p.name, 0)
+            if p.exists() and p.stat().st_size > size:
+                with open(p, "r+b") as fh:
+                    fh.truncate(size)
+            elif not p.exists() and p.name == THERMO:
+                p.write_text(",".join(THERMO_COLUMNS) + "\n")
+
+    def thermo(self, rows: list[dict]) -> None:
+        if self.out is None or not rows:
+            return
+        with open(self.out / THERMO, "a") as fh:
+            for r in rows:
+                fh.write(",".join(_fmt(r[c]) for c in THERMO_COLUMNS) + "\n")
+
+    def frames(self, atoms: list[Atoms], systems: list[int]) -> None:
+        from ase.io import write
+
+        for a, k in zip(atoms, systems):
+            with open(self.traj(k), "a") as fh:
+                write(fh, a, format="extxyz")
+
+
+def _say(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _fmt(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.10g}"
+
+
+def _frames(state: MDState, step: int, dt_fs: float, systems: list[int]) -> list[Atoms]:
+    atoms = state.to_atoms()
+    for a, k in zip(atoms, systems):
+        a.info.update(step=step, time_fs=round(step * dt_fs, 6), system=k)
+    return atoms
+
+
+def _thermo_rows(state: MDState, step: int, cfg: MDConfig, t: _Targets, systems: list[int]) -> list[dict]:
+    temp = state.temperature().tolist()
+    epot = state.energy.tolist()
+    ekin = state.kinetic_energy().tolist()
+    econs = _conserved(cfg, state, t).tolist()
+    vol = state.volume().tolist()
+    pres = (state.pressure() / units.GPa).tolist() if state.stress is not None else [float("nan")] * len(systems)
+    return [dict(step=step, time_fs=step * cfg.timestep_fs, system=k, T_K=temp[i], E_pot_eV=epot[i], E_kin_eV=ekin[i],
+                 E_cons_eV=econs[i], P_GPa=pres[i], volume_A3=vol[i]) for i, k in enumerate(systems)]
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# -- the run ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Live:
+    """What changes as systems are stopped: the state of the running systems, their targets and generators, their
+    original indices, and the stopped systems' reports and last frames."""
+
+    state: MDState | None
+    targets: _Targets
+    gens: list
+    active: list[int]
+    stopped: list[StoppedSystem] = field(default_factory=list)
+    final: dict[int, Atoms] = field(default_factory=dict)
+
+    def stop_bad(self, step: int, model, cfg: MDConfig, out: Path | None, say: Callable[[str], None]) -> None:
+        bad = check_systems(self.state, model, cfg.guard)
+        if not bad:
+            return
+        local = [k for k, _ in bad]
+        frames = _frames(self.state.select(local), step, cfg.timestep_fs, [self.active[k] for k in local])
+        for (k, reason), frame in zip(bad, frames):
+            system = self.active[k]
+            self.stopped.append(StoppedSystem(system, step, reason))
+            self.final[system] = frame
+            if out is not None:
+                from ase.io import write
+
+                write(out / f"stopped_{system:04d}.extxyz", frame, format="extxyz")
+            say(f"md: system {system} stopped at step {step}: {reason}")
+        keep = torch.ones(self.state.n_systems, dtype=torch.bool, device=self.state.device)
+        keep[local] = False
+        self.active = [a for i, a in enumerate(self.active) if bool(keep[i])]
+        self.gens = [g for i, g in enumerate(self.gens) if bool(keep[i])]
+        if self.active:
+            self.state = self.state.select(keep)
+            self.targets = self.targets.select(keep)
+
+
+def make_generators(n_systems: int, seed: int, device) -> list[torch.Generator]:
+    """One generator per system, system ``k`` seeded with ``seed + k`` (so a system's trajectory does not depend on
+    the batch it runs in)."""
+    return [torch.Generator(device=device).manual_seed(int(seed) + k) for k in range(n_systems)]
+
+
+def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig | None = None, *,
+           output_dir: str | Path | None = None, generators: Sequence[torch.Generator] | None = None,
+           restart: bool = True, keep_thermo: bool = True, **overrides) -> MDResult:
+    """Run MD of many systems at once.
+
+    Args:
+        structures: ASE Atoms (one system each; momenta are used for NVE without ``init_temperature_K``) or a
+            :class:`BatchedState`.
+        model: a batched potential (``state -> {"energy", "forces", ("stress")}``), e.g.
+            :class:`limace.potentials.batched.BatchedMACE`; NPT needs one that gives stress.
+        config: an :class:`MDConfig`; keyword ``overrides`` replace its fields (``run_md(atoms, model,
+            ensemble="nve", steps=100, timestep_fs=1.0)``).
+        output_dir: where to write (default ``config.output_dir`` when a config is given, else nothing is written).
+        generators: one torch.Generator per system (default: seeded ``config.seed + k``).
+        restart: continue from ``output_dir/checkpoint.pt`` when it exists (else start afresh, deleting old outputs).
+        keep_thermo: also keep the thermo rows in memory (``MDResult.thermo``).
+    """
+    import dataclasses
+
+    if config is None:
+        cfg = MDConfig(**overrides)
+        out = Path(output_dir) if output_dir is not None else None
+    else:
+        cfg = dataclasses.replace(config, **overrides) if overrides else config
+        out = Path(output_dir if output_dir is not None else cfg.output_dir)
+    dtype = getattr(model, "dtype", None) or getattr(torch, cfg.dtype)
+    device = getattr(model, "device", None) or torch.device(cfg.device)
+    if isinstance(structures, BatchedState):
+        state0 = structures
+    else:
+        state0 = BatchedState.from_atoms(list(structures), device=device, dtype=dtype)
+    n_sys = state0.n_systems
+    like = state0.positions
+    targets = _Targets(
+        temperature=None if cfg.temperature_K is None else per_system(cfg.temperature_K, n_sys, like, "temperature_K"),
+        pressure=per_system(cfg.pressure_GPa, n_sys, like, "pressure_GPa") * units.GPa,
+        friction=per_system(cfg.friction_per_fs, n_sys, like, "friction_per_fs"),
+        compressibility=1 / (per_system(cfg.bulk_modulus_GPa, n_sys, like, "bulk_modulus_GPa") * units.GPa),
+    )
+    gens = list(generators) if generators is not None else make_generators(n_sys, cfg.seed, state0.device)
+    if len(gens) != n_sys:
+        raise ValidationError(f"generators: got {len(gens)} for {n_sys} systems")
+    outputs = _Outputs(out, n_sys)
+    npt = cfg.ensemble == "npt"
+    run = _Live(state=None, targets=targets, gens=gens, active=list(range(n_sys)))
+    start = 0
+    thermo_mem: list[dict] = []
+    ckpt_path = out / CHECKPOINT if out is not None else None
+    if restart and ckpt_path is not None and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=state0.device, weights_only=False)
+        if ck["ensemble"] != cfg.ensemble or ck["n_systems"] != n_sys:
+            raise LimaceInputError(f"{ckpt_path}: checkpoint of a {ck['ensemble']} run of {ck['n_systems']} systems, "
+                                   f"config asks for {cfg.ensemble} with {n_sys}; use another output_dir or start "
+                                   "afresh (--fresh)")
+        start = ck["step"]
+        run.state = ck["state_type"](**ck["state"])
+        run.active = list(ck["active"])
+        run.stopped = [StoppedSystem(**s) for s in ck["stopped"]]
+        run.final = {int(k): v for k, v in ck["final"].items()}
+        keep = torch.tensor([k in set(run.active) for k in range(n_sys)], device=state0.device)
+        run.targets = targets.select(keep)
+        run.gens = [gens[k] for k in run.active]
+        for g, s in zip(run.gens, ck["generators"]):
+            g.set_state(s)
+        outputs.cut_back(ck["sizes"])
+    else:
+        outputs.fresh()
+        init_t = cfg.init_temperature_K if cfg.init_temperature_K is not None else (
+            None if cfg.ensemble == "nve" else cfg.temperature_K)
+        state = integ.init_md(state0, model, temperature=init_t, generator=gens if init_t is not None else None,
+                              compute_stress=True)
+        if cfg.ensemble == "nvt_nhc":
+            state = integ.nhc_init(state, temperature=targets.temperature, tau=cfg.tau_fs,
+                                   chain_length=cfg.chain_length)
+        run.state = state
+        run.stop_bad(0, model, cfg, out, _say)
+        if run.active:
+            rows = _thermo_rows(run.state, 0, cfg, run.targets, run.active)
+            outputs.thermo(rows)
+            thermo_mem.extend(rows if keep_thermo else [])
+            if cfg.trajectory_every and out is not None:
+                outputs.frames(_frames(run.state, 0, cfg.timestep_fs, run.active), run.active)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"md {cfg.ensemble} x{n_sys}", unit="step",
+               disable=not cfg.progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    atom_steps = 0
+    step = start
+    try:
+        while step < cfg.steps and run.active:
+            nxt = step + 1
+            log_due = nxt % cfg.log_every == 0 or nxt == cfg.steps
+            traj_due = out is not None and cfg.trajectory_every and nxt % cfg.trajectory_every == 0
+            ckpt_due = out is not None and cfg.checkpoint_every and nxt % cfg.checkpoint_every == 0
+            run.state = _step(cfg, run.state, model, run.targets, run.gens, stress=npt or log_due)
+            atom_steps += run.state.n_atoms
+            step = nxt
+            if log_due or traj_due or ckpt_due or step % cfg.guard.check_every == 0:
+                run.stop_bad(step, model, cfg, out, _say)
+            if run.active and log_due:
+                rows = _thermo_rows(run.state, step, cfg, run.targets, run.active)
+                outputs.thermo(rows)
+                thermo_mem.extend(rows if keep_thermo else [])
+                bar.set_postfix(T=f"{float(run.state.temperature().mean()):.0f}K", active=len(run.active))
+            if run.active and traj_due:
+                outputs.frames(_frames(run.state, step, cfg.timestep_fs, run.active), run.active)
+            if ckpt_due or (out is not None and (step == cfg.steps or not run.active)):
+                _atomic_save({"step": step, "ensemble": cfg.ensemble, "n_systems": n_sys, "active": run.active,
+                              "state_type": type(run.state), "state": dict(run.state.__dict__),
+                              "generators": [g.get_state() for g in run.gens],
+                              "stopped": [s.as_dict() for s in run.stopped], "final": run.final,
+                              "sizes": outputs.sizes(), "config": cfg.as_dict()}, ckpt_path)
+            bar.update(1)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    if run.active:
+        for a, k in zip(_frames(run.state, step, cfg.timestep_fs, run.active), run.active):
+            run.final[k] = a
+    final_list = [run.final[k] for k in range(n_sys)]
+    result = MDResult(final=final_list, stopped=sorted(run.stopped, key=lambda s: s.system), steps=step, wall_s=wall,
+                      atom_steps_per_s=atom_steps / wall if wall > 0 else 0.0, output_dir=out, thermo=thermo_mem)
+    if out is not None:
+        from ase.io import write
+
+        tmp = out / ".final.extxyz.tmp"
+        write(tmp, final_list, format="extxyz")
+        os.replace(tmp, out / "final.extxyz")
+        summary = {**result.as_dict(), "config": cfg.as_dict()}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return result
+
+
+def load_structures(paths: Sequence[str | Path]) -> list[Atoms]:
+    """Every frame of every file, in order (extxyz, traj, cif, POSCAR... anything ASE reads)."""
+    from ase.io import read
+
+    frames: list[Atoms] = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise ValidationError(f"{p}: no such structure file")
+        try:
+            got = read(p, index=":")
+        except Exception as exc:
+            raise ValidationError(f"{p}: cannot read structures ({type(exc).__name__}: {exc})") from None
+        frames.extend(got if isinstance(got, list) else [got])
+    if not frames:
+        raise ValidationError("no structures in " + ", ".join(map(str, paths)))
+    return frames
+
+
+def load_potential(spec: str, device: str, dtype: str, skin: float = 0.5, max_atoms_per_call: int | None = None,
+                   compute_stress: bool = False):
+    """A batched potential from a registry name (``limace.potentials.load(..., batched=True)``) or a .model path."""
+    from limace.potentials.batched import BatchedMACE
+
+    try:
+        from limace.potentials import load
+    except ImportError:  # pragma: no cover - registry not available: a path only
+        load = None
+    if load is not None:
+        model = load(spec, device=device, dtype=dtype, batched=True)
+    else:
+        model = BatchedMACE.from_file(spec, device=device, dtype=dtype)
+    model.neighbors.skin = float(skin)
+    model.max_atoms_per_call = max_atoms_per_call
+    model.compute_stress = compute_stress
+    return model
+
+
+def run_config(cfg: MDConfig, restart: bool = True) -> MDResult:
+    """Run what an :class:`MDConfig` describes (what ``limace md CONFIG.yaml`` does)."""
+    structures = load_structures(cfg.structures)
+    model = load_potential(cfg.potential, cfg.device, cfg.dtype, cfg.skin_A, cfg.max_atoms_per_call)
+    return run_md(structures, model, cfg, restart=restart)
