@@ -14,6 +14,9 @@ def _die_with_parent() -> None:
     job must not leave orphans computing results nobody will write)."""
     import signal
     import sys
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")  # e3nn 0.4.4 on torch >= 2.6
 
     if sys.platform.startswith("linux"):
         import ctypes

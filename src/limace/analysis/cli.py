@@ -9,6 +9,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add the analysis commands to the main ``limace`` app."""
     app.command("barriers")(barriers)
+    app.command("screen")(screen)
 
 
 def barriers(phases: list[str] = typer.Argument(..., help="structure-library names (LiSn, Li13Sn5, Li, ...) or files"),
@@ -37,3 +38,38 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     typer.echo(markdown_table(report))
     if out is not None:
         typer.echo(f"wrote {out / 'barriers.json'}, {out / 'barriers.md'} and NEB profile plots")
+
+
+def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
+           potential: str = typer.Option(..., "--potential", "-p", help="registered potential name or .model path"),
+           out: Path = typer.Option(Path("screen-report"), "--out", "-o", help="report directory"),
+           max_atoms: int = typer.Option(4, help="structure search: orderings with up to this many atoms"),
+           prototypes: bool = typer.Option(True, help="structure search: decorate the library's prototypes"),
+           barrier_phases: Optional[list[str]] = typer.Option(None, "--barrier-phase",
+                                                              help="phases for barriers (default: stable ones)"),
+           max_barrier_phases: Optional[int] = typer.Option(None, help="at most this many barrier phases per system"),
+           max_barrier_atoms: int = typer.Option(160, help="skip phases whose vacancy supercell is larger"),
+           min_image_distance: float = typer.Option(9.0, help="distance between vacancy images (A)"),
+           n_images: int = typer.Option(5, help="NEB images"),
+           neb_steps: int = typer.Option(400, help="NEB steps before a hop counts as not converged"),
+           sn_reference: str = typer.Option("lowest", help="Sn reference: lowest, beta or alpha"),
+           verify_dft: bool = typer.Option(False, "--verify-dft", help="DFT single points of near-hull structures"),
+           workers: int = typer.Option(1, help="local worker processes for independent tasks"),
+           scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (instead of local workers)"),
+           device: str = typer.Option("cpu", help="cpu or cuda"),
+           dtype: str = typer.Option("float64", help="float64 or float32")):
+    """Hull, voltage, structure search and Li barriers in one report (resumable: finished tasks are kept)."""
+    from limace.analysis.barriers import BarrierSettings
+    from limace.analysis.screen import ScreenSettings, run_screen
+    from limace.analysis.search import SearchSettings
+
+    settings = ScreenSettings(
+        search=SearchSettings(max_atoms=max_atoms, prototypes=prototypes),
+        barriers=BarrierSettings(min_image_distance=min_image_distance, n_images=n_images, max_steps=neb_steps),
+        barrier_phases=tuple(barrier_phases) if barrier_phases else None, max_barrier_phases=max_barrier_phases,
+        max_barrier_atoms=max_barrier_atoms, sn_reference=sn_reference, verify_dft=verify_dft)
+    results = run_screen(systems, potential, out, settings, workers=workers, scheduler=scheduler, device=device,
+                         dtype=dtype)
+    for s, r in results["systems"].items():
+        typer.echo(f"{s}: stable {', '.join(r['stable'])}; average voltage {r['voltage']['average_V']} V")
+    typer.echo(f"report: {(out / 'report.md').resolve()}")

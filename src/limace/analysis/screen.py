@@ -1,0 +1,372 @@
+"""``limace screen``: hull + voltage + structure search + barriers for Li-In and Li-Sn, in one report directory.
+
+Tasks and their order:
+
+1. per system (independent, in parallel): relax the library phases and the search candidates with the potential,
+   build the hull (:class:`~limace.analysis.hull.HullAnalysis`) and the voltage curve, list near-hull candidates
+   (and, with ``verify_dft``, label them with the reference DFT protocol and report the model's error);
+2. per stable Li-containing phase (independent, in parallel): vacancy-hop barriers and percolation
+   (:func:`~limace.analysis.barriers.run_barriers`);
+3. the report: ``report.md`` (tables), ``results.json`` and PNG plots (hull, voltage, barriers, NEB profiles).
+
+Every task writes its result atomically under ``OUT/work/`` and is skipped when that result exists with the same
+settings, so a killed screen resumes without recomputing finished work. Tasks run on local processes
+(``workers``) or on a Dask cluster (``scheduler``).
+
+``results.json`` schema (per system ``"Li-In"`` / ``"Li-Sn"``)::
+
+    {"potential": str, "settings": {...},
+     "systems": {"Li-Sn": {
+        "hull": [{"formula", "name", "x_Li", "formation_energy_eV_per_atom", "e_above_hull_eV_per_atom", "stable",
+                  "source": "library" | "search"}],
+        "stable": [formula, ...], "references": {...}, "sn_reference": "Sn_alpha" | "Sn_beta",
+        "voltage": {"average_V", "average_kind", "max_li_per_host", "plateaus": [{"y_start", "y_end", "voltage_V",
+                    "phases"}]},
+        "near_hull": [{"name", "formula", "e_above_hull_eV_per_atom", "source", "dft_error_meV_per_atom"?}],
+        "barriers": {"phases": [... as in barriers.json of `limace barriers` ...]}}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from limace.analysis.barriers import BarrierSettings
+from limace.analysis.search import SearchSettings
+from limace.errors import LimaceInputError
+
+
+@dataclass(frozen=True)
+class ScreenSettings:
+    search: SearchSettings = field(default_factory=SearchSettings)
+    barriers: BarrierSettings = field(default_factory=BarrierSettings)
+    barrier_phases: tuple[str, ...] | None = None  # None: every stable Li-containing phase (Li metal included)
+    max_barrier_phases: int | None = None  # at most this many per system (cheapest first)
+    max_barrier_atoms: int = 160  # skip phases whose vacancy supercell is larger (reported as skipped)
+    sn_reference: str = "lowest"
+    near_hull: float = 0.025  # eV/atom: candidates listed for DFT verification
+    verify_dft: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _atomic_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _cached(path: Path, key: dict):
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("key") == json.loads(json.dumps(key)):  # as stored: tuples became lists
+            return data["result"]
+    return None
+
+
+def _model(potential: str, device: str, dtype: str):
+    from limace.potentials import load
+
+    return load(potential, device=device, dtype=dtype, batched=True)
+
+
+def _set_threads(workers: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+
+
+# -- task 1: hull, voltage, search ------------------------------------------------------------------------------------
+
+
+def hull_task(system: str, potential: str, settings: dict, out: str, device: str, dtype: str, workers: int = 1,
+              progress: bool = True) -> dict:
+    from ase.io import write
+
+    from limace.analysis.hull import HullAnalysis
+    from limace.analysis.search import library_structures, lowest_per_composition, relax_all, search_candidates
+
+    _set_threads(workers)
+    s = ScreenSettings(**{**settings, "search": SearchSettings(**settings["search"]),
+                          "barriers": BarrierSettings(**settings["barriers"])})
+    work = Path(out) / "work" / system
+    model = _model(potential, device, dtype)
+    library = library_structures(system)
+    candidates = search_candidates(system, s.search)
+    t0 = time.perf_counter()
+    relaxed = relax_all(library + candidates, model, s.search.fmax, s.search.max_steps, progress=progress)
+    lib_rel, cand_rel = relaxed[:len(library)], relaxed[len(library):]
+    best = lowest_per_composition(cand_rel)
+    entries = [a for a in lib_rel if a.info.get("converged", False)] + best
+    hull = HullAnalysis.from_structures(system, entries, sn_reference=s.sn_reference, potential=potential)
+    voltage = hull.voltage()
+    work.mkdir(parents=True, exist_ok=True)
+    structures = work / "structures"
+    structures.mkdir(exist_ok=True)
+    for a in entries:
+        write(structures / f"{a.info['name']}.extxyz", a.copy(), format="extxyz")  # copy: no calculator
+    summary = hull.summary()
+    near = [{"name": r["name"], "formula": r["formula"], "e_above_hull_eV_per_atom": r["e_above_hull_eV_per_atom"],
+             "source": r["source"]}
+            for r in summary["hull"] if r["e_above_hull_eV_per_atom"] <= s.near_hull and "-" in system]
+    near = [n for n in near if len({c for c in n["formula"] if c.isupper()}) > 1]  # compounds only
+    not_converged = [a.info["name"] for a in relaxed if not a.info.get("converged", False)]
+    return {"system": system, "hull": summary, "hull_dict": hull.as_dict(), "voltage": voltage.as_dict(),
+            "near_hull": near, "n_candidates": len(candidates), "n_library": len(library),
+            "not_converged": not_converged, "relax_wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def verify_dft(system: str, result: dict, out: Path, workers: int) -> list[dict]:
+    """Single points at the reference protocol for the near-hull structures; the model's error per atom."""
+    from ase.io import read
+
+    from limace.data.label import label_configurations
+    from limace.keys import ENERGY_KEY
+
+    structures = Path(out) / "work" / system / "structures"
+    todo = []
+    for n in result["near_hull"]:
+        a = read(structures / f"{n['name']}.extxyz")
+        a.info["config_type"] = "screen_verify"
+        todo.append((n, a))
+    labels = Path(out) / "work" / system / "dft_verify.extxyz"
+    label_configurations([a for _, a in todo], labels, protocol="pbe-pw400", workers=workers)
+    done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
+    rows = []
+    for n, a in todo:
+        lab = done.get(a.info.get("config_id"))
+        err = None if lab is None else 1000 * (a.info["energy"] - lab.info[ENERGY_KEY]) / len(a)
+        rows.append({**n, "dft_error_meV_per_atom": None if err is None else round(err, 2)})
+    return rows
+
+
+# -- task 2: barriers -------------------------------------------------------------------------------------------------
+
+
+def barrier_task(system: str, structure_file: str, potential: str, settings: dict, out: str, device: str,
+                 dtype: str, workers: int = 1, progress: bool = False) -> dict:
+    from limace.analysis.barriers import run_barriers
+
+    _set_threads(workers)
+    model = _model(potential, device, dtype)
+    name = Path(structure_file).stem
+    rep = run_barriers([structure_file], model, out=Path(out) / "barriers" / system, potential_name=potential,
+                       settings=BarrierSettings(**settings), progress=progress)
+    entry = rep["phases"][0]
+    entry["hops"] = [{k: v for k, v in h.items() if k != "profile"} for h in entry["hops"]]
+    entry["phase"] = name
+    return entry
+
+
+def _vacancy_cell_atoms(structure_file: Path, min_image_distance: float) -> int:
+    import numpy as np
+    from ase.io import read
+
+    from limace.data.generate import supercell_matrix
+
+    a = read(structure_file)
+    return int(len(a) * round(abs(np.linalg.det(supercell_matrix(a, min_image_distance)))))
+
+
+# -- orchestration ----------------------------------------------------------------------------------------------------
+
+
+def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings: ScreenSettings = ScreenSettings(),
+               workers: int = 1, scheduler: str | None = None, device: str = "cpu", dtype: str = "float64",
+               progress: bool = True) -> dict:
+    """Run the whole screen (see the module docstring); returns what ``results.json`` holds."""
+    from tqdm.auto import tqdm
+
+    from limace.analysis.hull import SYSTEMS
+    from limace.parallel import make_executor
+
+    for system in systems:
+        if system not in SYSTEMS:
+            raise LimaceInputError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sdict = settings.as_dict()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def run_tasks(tasks: dict[str, tuple], desc: str) -> dict[str, dict]:
+        """tasks: cache path -> (key, fn, args). Cached results are reused, the rest run (in parallel)."""
+        results, todo = {}, {}
+        for path, (key, fn, args) in tasks.items():
+            hit = _cached(Path(path), key)
+            if hit is not None:
+                results[path] = hit
+            else:
+                todo[path] = (key, fn, args)
+        n_workers = min(workers, len(todo)) if todo else 1
+        ex = make_executor(n_workers, scheduler) if len(todo) > 1 or scheduler else None
+        bar = tqdm(total=len(tasks), initial=len(results), desc=desc, disable=not progress, unit="task")
+        t0 = time.perf_counter()
+        try:
+            if ex is None:
+                for path, (key, fn, args) in todo.items():
+                    results[path] = fn(*args, n_workers, progress)
+                    _atomic_json(Path(path), {"key": key, "result": results[path]})
+                    bar.update(1)
+            else:
+                futures = {ex.submit(fn, *args, n_workers, False): path for path, (key, fn, args) in todo.items()}
+                for fut in ex.as_completed(list(futures)):
+                    path = futures[fut]
+                    results[path] = ex.result(fut)
+                    _atomic_json(Path(path), {"key": todo[path][0], "result": results[path]})
+                    bar.update(1)
+        finally:
+            bar.close()
+            if ex is not None:
+                ex.close(cancel=True)
+        timings[desc] = round(time.perf_counter() - t0, 1)
+        return results
+
+    # 1. hulls
+    hull_key = {"potential": potential, "search": sdict["search"], "sn_reference": settings.sn_reference,
+                "near_hull": settings.near_hull}
+    hull_tasks = {str(out / "work" / f"hull-{s}.json"): (hull_key, hull_task, (s, potential, sdict, str(out), device,
+                                                                                   dtype)) for s in systems}
+    hulls = {r["system"]: r for r in run_tasks(hull_tasks, "hull + search").values()}
+    if settings.verify_dft:
+        for s in systems:
+            hulls[s]["near_hull"] = verify_dft(s, hulls[s], out, workers)
+
+    # 2. barriers for the chosen phases
+    barrier_tasks, skipped = {}, {s: [] for s in systems}
+    bkey = {"potential": potential, "barriers": sdict["barriers"]}
+    for s in systems:
+        names = _barrier_phase_names(hulls[s], settings)
+        structures = out / "work" / s / "structures"
+        sized = sorted((_vacancy_cell_atoms(structures / f"{n}.extxyz", settings.barriers.min_image_distance), n)
+                       for n in names)
+        if settings.max_barrier_phases is not None:
+            for n_atoms, n in sized[settings.max_barrier_phases:]:
+                skipped[s].append({"phase": n, "reason": f"max_barrier_phases={settings.max_barrier_phases}"})
+            sized = sized[:settings.max_barrier_phases]
+        for n_atoms, n in sized:
+            if n_atoms > settings.max_barrier_atoms:
+                skipped[s].append({"phase": n, "reason": f"vacancy supercell of {n_atoms} atoms > "
+                                                         f"max_barrier_atoms={settings.max_barrier_atoms}"})
+                continue
+            barrier_tasks[str(out / "work" / f"barriers-{s}-{n}.json")] = (
+                bkey, barrier_task, (s, str(structures / f"{n}.extxyz"), potential, sdict["barriers"], str(out),
+                                     device, dtype))
+    done = run_tasks(barrier_tasks, "barriers") if barrier_tasks else {}
+    barriers = {s: {"phases": [], "skipped": skipped[s]} for s in systems}
+    for path, entry in sorted(done.items()):
+        barriers[_system_of(Path(path).stem, systems)]["phases"].append(entry)
+
+    results = {"potential": potential, "settings": sdict, "systems": {}}
+    for s in systems:
+        h = hulls[s]
+        results["systems"][s] = {
+            "hull": [{k: r[k] for k in ("formula", "name", "x_Li", "formation_energy_eV_per_atom",
+                                        "e_above_hull_eV_per_atom", "stable", "source")} for r in h["hull"]["hull"]],
+            "stable": h["hull"]["stable"], "references": h["hull"]["references"],
+            "sn_reference": h["hull"].get("sn_reference"), "voltage": h["voltage"], "near_hull": h["near_hull"],
+            "search": {"n_candidates": h["n_candidates"], "n_library": h["n_library"],
+                       "not_converged": h["not_converged"]},
+            "barriers": barriers[s],
+        }
+    results["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
+    _write_report(results, hulls, out)
+    return results
+
+
+def _system_of(stem: str, systems: Sequence[str]) -> str:
+    for s in systems:
+        if stem.startswith(f"barriers-{s}-"):
+            return s
+    raise KeyError(stem)
+
+
+def _barrier_phase_names(hull_result: dict, settings: ScreenSettings) -> list[str]:
+    rows = hull_result["hull"]["hull"]
+    if settings.barrier_phases is not None:
+        wanted = set(settings.barrier_phases)
+        names = [r["name"] for r in rows if r["name"] in wanted or r["formula"] in wanted]
+    else:
+        names = [r["name"] for r in rows if r["stable"] and r["x_Li"] > 0]
+    return list(dict.fromkeys(names))
+
+
+# -- report -----------------------------------------------------------------------------------------------------------
+
+
+def _write_report(results: dict, hulls: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from limace.analysis.barriers import _plot_percolation, markdown_table
+    from limace.analysis.hull import HullAnalysis
+    from limace.analysis.voltage import VoltageCurve
+
+    systems = list(results["systems"])
+    for s in systems:
+        HullAnalysis.from_dict(hulls[s]["hull_dict"]).plot(filename=out / f"hull_{s}.png")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for s in systems:
+        VoltageCurve.from_dict(results["systems"][s]["voltage"]).plot(ax=ax, label=s)
+    fig.tight_layout()
+    fig.savefig(out / "voltage.png", dpi=120)
+    plt.close(fig)
+    all_barriers = {"phases": [dict(p, phase=f"{p['phase']}") for s in systems
+                               for p in results["systems"][s]["barriers"]["phases"]]}
+    if all_barriers["phases"]:
+        _plot_percolation(all_barriers, out / "barriers.png")
+
+    fmt = lambda x, n=3: "—" if x is None else f"{x:.{n}f}"  # noqa: E731
+    lines = [f"# limace screen report", "", f"Potential: `{results['potential']}`. "
+             f"Total time {results['timings_s']['total']} s.", ""]
+    for s in systems:
+        r = results["systems"][s]
+        lines += [f"## {s}", "", f"![hull](hull_{s}.png)", "",
+                  f"Sn reference: {r['sn_reference']}" if r.get("sn_reference") else "", "",
+                  f"Stable: {', '.join(r['stable'])}. Search: {r['search']['n_candidates']} candidates, "
+                  f"{r['search']['n_library']} library phases"
+                  + (f"; not converged: {', '.join(r['search']['not_converged'])}" if r['search']['not_converged'] else "")
+                  + ".", "",
+                  "| formula | name | x_Li | E_f (meV/atom) | E above hull (meV/atom) | source |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        best = {}
+        for row in r["hull"]:
+            if row["formula"] not in best or row["e_above_hull_eV_per_atom"] < best[row["formula"]]["e_above_hull_eV_per_atom"]:
+                best[row["formula"]] = row
+        for row in sorted(best.values(), key=lambda x: x["x_Li"]):
+            lines.append(f"| {row['formula']} | {row['name']} | {row['x_Li']:.3f} | "
+                         f"{1000 * row['formation_energy_eV_per_atom']:.1f} | {1000 * row['e_above_hull_eV_per_atom']:.1f}"
+                         f" | {row['source']} |")
+        v = r["voltage"]
+        lines += ["", f"Voltage vs Li/Li+: average {fmt(v['average_V'])} V ({v.get('average_kind', 'capacity-weighted')}),"
+                  f" max Li per host atom {fmt(v['max_li_per_host'], 2)}.", "",
+                  "| Li per host from | to | V | phases |", "| --- | --- | --- | --- |"]
+        for p in v["plateaus"]:
+            lines.append(f"| {p['y_start']:.3f} | {p['y_end']:.3f} | {p['voltage_V']:.3f} | {' → '.join(p['phases'])} |")
+        if r["near_hull"]:
+            lines += ["", "Near the hull (for DFT verification):", "", "| name | formula | E above hull (meV/atom) | "
+                      "source | model − DFT (meV/atom) |", "| --- | --- | --- | --- | --- |"]
+            for n in r["near_hull"]:
+                lines.append(f"| {n['name']} | {n['formula']} | {1000 * n['e_above_hull_eV_per_atom']:.1f} | {n['source']} | "
+                             f"{fmt(n.get('dft_error_meV_per_atom'), 1)} |")
+        lines += ["", f"### Li migration barriers ({s})", ""]
+        if r["barriers"]["phases"]:
+            lines.append(markdown_table(r["barriers"]))
+            for p in r["barriers"]["phases"]:
+                lines.append(f"![NEB {p['phase']}](barriers/{s}/{p['phase']}/neb_profiles.png)")
+        for sk in r["barriers"]["skipped"]:
+            lines.append(f"- {sk['phase']}: skipped ({sk['reason']})")
+        lines.append("")
+    lines += ["![voltage](voltage.png)", ""]
+    if all_barriers["phases"]:
+        lines += ["![barriers](barriers.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    _atomic_json(out / "results.json", results)
