@@ -61,9 +61,9 @@ def data_plan(out: Path = typer.Argument(..., help="extxyz file to write the unl
     """Write the configurations of dataset li-in-sn-v1 (unlabelled, cheapest first) to OUT."""
     from ase.io import write
 
-    from limace.data.plan import plan_v1
+    from limace.data.plan import cheapest_first, plan_v1
 
-    configs = plan_v1(seed=seed)
+    configs = cheapest_first(plan_v1(seed=seed))  # the labelling job works through them in this order
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     write(tmp, configs, format="extxyz")

@@ -1,8 +1,10 @@
 """What goes into the dataset ``li-in-sn-v1``: a deterministic, seeded list of configurations, cheapest first.
 
 ``plan_v1()`` returns unlabelled ASE Atoms (each with ``config_type``, ``config_id`` and a ``stage``);
-the labelling job (:mod:`limace.data.label`) works through them in order and resumes where it stopped, so the
-cheap, diverse small cells are labelled before the expensive large ones.
+``limace data plan`` writes them ordered by :func:`estimated_cost` (irreducible k-points x electrons x volume at
+the reference protocol; the whole plan is ~21 core-hours here, the cheapest 300 ~2.5), and the labelling job
+(:mod:`limace.data.label`) works through them in that order and resumes where it stopped, so many cheap, diverse
+cells are labelled before the expensive large ones.
 
 Stages (cost grows with electrons x irreducible k-points; Li-only cells are cheap):
 
@@ -171,3 +173,31 @@ def _repeat_for(atoms: Atoms, lo: int, hi: int, min_width: float = 3.9) -> tuple
                 if best is None or score < best[0]:
                     best = (score, (i, j, k))
     return best[1]
+
+
+VALENCE = {"Li": 1, "In": 13, "Sn": 14}  # PAW setups of the reference protocol
+
+
+def irreducible_kpoints(atoms: Atoms, density: float = 6.0) -> int:
+    """Irreducible k-points of the reference protocol's Gamma-centred mesh (k-point density 6/A) for this cell."""
+    import spglib
+    from ase.calculators.calculator import kptdensity2monkhorstpack
+
+    mesh = kptdensity2monkhorstpack(atoms, kptdensity=density, even=False)
+    cell = (atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers)
+    mapping, _ = spglib.get_ir_reciprocal_mesh(mesh, cell, is_shift=[0, 0, 0], symprec=1e-5)
+    return int(len(np.unique(mapping)))
+
+
+def estimated_cost(atoms: Atoms) -> float:
+    """Relative DFT cost at the reference protocol: irreducible k-points x bands x plane waves
+    (bands ~ valence electrons, plane waves ~ volume)."""
+    n_el = sum(VALENCE.get(s, 4) for s in atoms.get_chemical_symbols())
+    return irreducible_kpoints(atoms) * max(n_el, 4) * atoms.get_volume()
+
+
+def cheapest_first(configs: list[Atoms]) -> list[Atoms]:
+    """The configurations ordered by :func:`estimated_cost` (stable for ties), each with ``info['est_cost']``."""
+    for a in configs:
+        a.info["est_cost"] = round(float(estimated_cost(a)), 1)
+    return sorted(configs, key=lambda a: a.info["est_cost"])
