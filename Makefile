@@ -41,6 +41,7 @@ label: venv
 
 dataset: venv
 	$(VENV)/bin/limace data pack dft/li-in-sn-v1/labels.extxyz --name li-in-sn-v1
+	$(PY) scripts/dataset_report.py li-in-sn-v1
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,68 @@
+"""Checks that a labelled dataset is self-consistent, and its own formation energies.
+
+- :func:`equal_structure_groups`: configurations that are the same crystal (same structure up to the choice of cell,
+  found with pymatgen's StructureMatcher without scaling) must have the same energy per atom; the spread in each
+  group measures k-point/basis consistency of the labels.
+- :func:`dataset_formation_energies`: formation energies of the unstrained, unrattled phases of the dataset against
+  the dataset's own elemental references (science.md: bcc Li, tetragonal In, Sn lowest or beta), per binary system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ase import Atoms
+
+from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY
+
+UNDISTORTED = ("equilibrium",)  # plus enumerated orderings ("enum_*")
+
+
+def _undistorted(a: Atoms) -> bool:
+    t = str(a.info.get(CONFIG_TYPE_KEY, ""))
+    return t in UNDISTORTED or t.startswith("enum_")
+
+
+def equal_structure_groups(frames: Sequence[Atoms], ltol: float = 1e-3, stol: float = 1e-3,
+                           angle_tol: float = 0.05) -> list[dict]:
+    """Groups (>= 2 members) of undistorted configurations that are the same crystal, with their E/atom spread."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    cands = [a for a in frames if _undistorted(a) and ENERGY_KEY in a.info]
+    structs = []
+    for k, a in enumerate(cands):
+        s = AseAtomsAdaptor.get_structure(a)
+        s.properties["index"] = k
+        structs.append(s)
+    matcher = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol, primitive_cell=True, scale=False,
+                               attempt_supercell=True)
+    out = []
+    for group in matcher.group_structures(structs):
+        if len(group) < 2:
+            continue
+        members = [cands[s.properties["index"]] for s in group]
+        e = [m.info[ENERGY_KEY] / len(m) for m in members]
+        out.append({"formula": members[0].get_chemical_formula(mode="metal"), "n": len(members),
+                    "sizes": [len(m) for m in members],
+                    "names": [str(m.info.get("phase") or m.info.get(CONFIG_TYPE_KEY)) for m in members],
+                    "spread_meV_per_atom": 1000 * (max(e) - min(e))})
+    return sorted(out, key=lambda g: -g["spread_meV_per_atom"])
+
+
+def dataset_formation_energies(frames: Sequence[Atoms], system: str, sn_reference: str = "lowest"):
+    """:class:`~limace.analysis.hull.HullAnalysis` of the undistorted configurations of ``system`` with their DFT
+    energies (library phases named by ``info['phase']``, orderings by their formula and index)."""
+    from limace.analysis.hull import HullAnalysis
+
+    els = set(system.split("-"))
+    picked = []
+    for k, a in enumerate(frames):
+        if not _undistorted(a) or not set(a.get_chemical_symbols()) <= els:
+            continue
+        b = a.copy()
+        b.info = {"name": a.info.get("phase") or f"{a.info.get(CONFIG_TYPE_KEY)}-{k}-{a.get_chemical_formula(mode='metal')}",
+                  "source": "library" if a.info.get("phase") else "search",
+                  "energy": float(a.info[ENERGY_KEY])}
+        picked.append(b)
+    return HullAnalysis.from_structures(system, picked, sn_reference=sn_reference, potential="DFT pbe-pw400")
