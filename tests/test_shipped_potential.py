@@ -1,0 +1,71 @@
+"""The shipped potential against the shipped DFT labels (held-out test split).
+
+Formation energies of every undistorted structure (library phases and orderings) of the test split, with the
+model's elemental references vs the DFT ones, agree within 10 meV/atom.
+"""
+
+import numpy as np
+import pytest
+
+from limace.data.datasets import available, load_dataset
+from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY
+
+NAME = "limace-lisnin-small"
+
+
+def _registered() -> bool:
+    try:
+        from limace.potentials.registry import get_potential
+
+        get_potential(NAME, offline=True)
+    except Exception:
+        return False
+    return "li-in-sn-v1" in available()
+
+
+pytestmark = pytest.mark.skipif(not _registered(), reason=f"{NAME} is not shipped yet")
+
+REFS = {"Li": "Li_bcc", "In": "In_tI2", "Sn": "Sn_alpha"}
+
+
+def _undistorted(a):
+    t = str(a.info.get(CONFIG_TYPE_KEY, ""))
+    return t == "equilibrium" or t.startswith("enum_")
+
+
+def _references(frames):
+    out = {}
+    for a in frames:
+        if a.info.get(CONFIG_TYPE_KEY) == "equilibrium" and a.info.get("phase") in REFS.values():
+            out[a.get_chemical_symbols()[0]] = a
+    return out
+
+
+def _formation(energy, atoms, mu):
+    syms = atoms.get_chemical_symbols()
+    return (energy - sum(mu[s] for s in syms)) / len(atoms)
+
+
+def test_formation_energies_of_test_split_phases_within_10_mev():
+    from limace.potentials import load
+
+    calc = load(NAME)
+    all_frames = load_dataset("li-in-sn-v1")
+    refs = _references(all_frames)
+    assert set(refs) == {"Li", "In", "Sn"}, "the dataset lacks an elemental reference"
+    mu_dft = {el: a.info[ENERGY_KEY] / len(a) for el, a in refs.items()}
+    mu_model = {}
+    for el, a in refs.items():
+        b = a.copy()
+        b.calc = calc
+        mu_model[el] = b.get_potential_energy() / len(b)
+    test = [a for a in load_dataset("li-in-sn-v1", "test") if _undistorted(a) and len(set(a.get_chemical_symbols())) > 1]
+    assert len(test) >= 5
+    errors = []
+    for a in test:
+        b = a.copy()
+        b.calc = calc
+        ef_model = _formation(b.get_potential_energy(), a, mu_model)
+        ef_dft = _formation(a.info[ENERGY_KEY], a, mu_dft)
+        errors.append(1000 * abs(ef_model - ef_dft))
+    assert max(errors) <= 10.0, f"max |dE_f| {max(errors):.1f} meV/atom (mean {np.mean(errors):.1f})"
