@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.limace-installed
 SYSDEPS := libxc-dev libopenblas-dev libfftw3-dev
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv sysdeps demo test test-fast dataset label clean-venv
+.PHONY: venv sysdeps demo test test-fast dataset label sevenn-venv clean-venv
 
 # System libraries GPAW builds against (Debian). Installed when missing and we are root; otherwise a hint.
 sysdeps:
@@ -42,6 +42,12 @@ label: venv
 dataset: venv
 	$(VENV)/bin/limace data pack dft/li-in-sn-v1/labels.extxyz --name li-in-sn-v1
 	$(PY) scripts/dataset_report.py li-in-sn-v1
+
+# SevenNet-0 needs e3nn >= 0.5 (mace-torch pins 0.4.4): its own venv, used by bench/baselines.py
+sevenn-venv:
+	test -x .venv-sevenn/bin/python || $(PYTHON) -m venv .venv-sevenn
+	.venv-sevenn/bin/python -c "import torch" 2>/dev/null || .venv-sevenn/bin/pip install -q torch==2.13.0
+	.venv-sevenn/bin/pip install -q sevenn ase
 
 clean-venv:
 	rm -rf $(VENV)
