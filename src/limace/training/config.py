@@ -33,6 +33,12 @@ def _chemical_symbols() -> list[str]:
     return _SYMBOLS
 
 
+_Interaction = Literal["RealAgnosticResidualInteractionBlock", "RealAgnosticAttResidualInteractionBlock",
+                       "RealAgnosticInteractionBlock", "RealAgnosticDensityInteractionBlock",
+                       "RealAgnosticDensityResidualInteractionBlock",
+                       "RealAgnosticResidualNonLinearInteractionBlock"]  # mace.modules.interaction_classes
+
+
 @dataclass
 class ModelConfig:
     """Size and form of the MACE model (names as in mace_run_train; defaults are mace-torch's)."""
@@ -48,8 +54,8 @@ class ModelConfig:
     radial_mlp: list[int] = field(default_factory=lambda: [64, 64, 64])
     mlp_irreps: str = "16x0e"
     gate: Literal["silu", "tanh", "abs", "None"] = "silu"
-    interaction: str = "RealAgnosticResidualInteractionBlock"
-    interaction_first: str = "RealAgnosticResidualInteractionBlock"
+    interaction: _Interaction = "RealAgnosticResidualInteractionBlock"
+    interaction_first: _Interaction = "RealAgnosticInteractionBlock"  # what mace_run_train --model MACE uses
     scaling: Literal["rms_forces_scaling", "std_scaling", "no_scaling"] = "rms_forces_scaling"
     shift: bool = False  # shift interaction energies by their mean (mace's ScaleShiftMACE) or not (mace's MACE)
     elements: Optional[list[str]] = None  # None: the elements of the training data
@@ -60,6 +66,7 @@ class ModelConfig:
 class DataConfig:
     """Labelled extxyz data with REF_energy / REF_forces / REF_stress (see :mod:`limace.keys`)."""
 
+    dataset: Optional[str] = None  # a shipped dataset (limace.data.datasets): its train split, and test split as test
     train_file: Union[str, list[str]] = ""
     valid_file: Union[str, list[str], None] = None  # None: a random valid_fraction of train_file
     valid_fraction: float = 0.1
@@ -214,8 +221,15 @@ class TrainConfig:
             raise ValidationError(f"{source}: key '{key}' {msg}")
 
         m, t, d = self.model, self.trainer, self.data
-        if not d.train_file:
-            bad("data.train_file", "is required (a labelled extxyz file or a list of them)")
+        if d.dataset is not None and d.train_file:
+            bad("data.dataset", "and data.train_file are both given; use one")
+        if d.dataset is None and not d.train_file:
+            bad("data.train_file", "is required (a labelled extxyz file or a list of them), or data.dataset")
+        if d.dataset is not None and check_files:
+            from limace.data.datasets import available
+
+            if d.dataset not in available():
+                bad("data.dataset", f"names {d.dataset!r}, not a shipped dataset (shipped: {', '.join(available()) or 'none yet'})")
         for key in ("model.channels", "model.num_interactions", "model.correlation", "model.num_radial_basis",
                     "model.num_cutoff_basis", "trainer.batch_size", "trainer.num_nodes", "committee_size",
                     "checkpoint.every_n_steps", "trainer.val_every_n_epochs", "trainer.log_every_n_steps"):
@@ -278,7 +292,7 @@ class TrainConfig:
             for key in ("data.train_file", "data.valid_file", "data.test_file"):
                 paths = _get(self, key)
                 for p in ([paths] if isinstance(paths, str) else (paths or [])):
-                    if not Path(p).is_file():
+                    if p and not Path(p).is_file():
                         bad(key, f"names {p}: no such file")
 
 
@@ -386,13 +400,29 @@ def _build(cls: type, d: dict, source: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def packaged_configs() -> dict[str, Path]:
+    """Configs shipped with limace (``limace train NAME``), e.g. ``small``: the recipe of limace-lisnin-small."""
+    from importlib import resources
+
+    root = Path(str(resources.files("limace.training") / "configs"))
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+
+
 def load_config(path: str | Path, check_files: bool = True) -> TrainConfig:
-    """Read and validate a YAML training config (one-line :class:`ValidationError` on any problem)."""
+    """Read and validate a YAML training config (one-line :class:`ValidationError` on any problem).
+
+    ``path`` may also name a packaged config (:func:`packaged_configs`); its relative paths are then relative to
+    the current directory.
+    """
     import yaml
 
     path = Path(path)
+    base = None
+    if not path.is_file() and str(path) in packaged_configs():
+        path, base = packaged_configs()[str(path)], Path.cwd()
     if not path.is_file():
-        raise ValidationError(f"{path}: no such file")
+        known = ", ".join(packaged_configs())
+        raise ValidationError(f"{path}: no such file (nor a packaged config: {known})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -401,7 +431,8 @@ def load_config(path: str | Path, check_files: bool = True) -> TrainConfig:
         raise ValidationError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
     if raw is None:
         raise ValidationError(f"{path}: empty config")
-    return TrainConfig.from_dict(raw, source=str(path), base_dir=path.resolve().parent, check_files=check_files)
+    return TrainConfig.from_dict(raw, source=str(path), base_dir=base or path.resolve().parent,
+                                 check_files=check_files)
 
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -88,10 +88,10 @@ def fingerprint(paths: Sequence[str]) -> str:
 
 
 def split_indices(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random train/valid split, at least one configuration in each."""
+    """Random train/valid split with mace_run_train's sizes (int(fraction*n) valid, at least one in each)."""
     if n < 2:
         raise ValidationError(f"need at least 2 configurations to split off a validation set (got {n})")
-    n_valid = min(max(1, int(round(valid_fraction * n))), n - 1)
+    n_valid = min(max(1, int(valid_fraction * n)), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
 
@@ -245,14 +245,28 @@ class LimaceDataModule(pl.LightningDataModule):
             return self.statistics
         d = self.cfg.data
         train_paths, valid_paths = _as_list(d.train_file), _as_list(d.valid_file)
-        frames = read_frames(train_paths)
+        if d.dataset is not None:
+            from limace.data.datasets import _dir, load_dataset, manifest
+
+            frames = load_dataset(d.dataset, "train")
+            man = manifest(d.dataset)
+            train_paths = [str(_dir(d.dataset) / man["files"]["train"]["path"])]
+        else:
+            frames = read_frames(train_paths)
         if valid_paths:
             self.train_frames, self.valid_frames = frames, read_frames(valid_paths)
         else:
             split_seed = self.cfg.seed if d.split_seed is None else d.split_seed
             tr, va = split_indices(len(frames), d.valid_fraction, split_seed)
             self.train_frames, self.valid_frames = [frames[i] for i in tr], [frames[i] for i in va]
-        self.test_frames = read_frames(_as_list(d.test_file)) if d.test_file else []
+        if d.test_file:
+            self.test_frames = read_frames(_as_list(d.test_file))
+        elif d.dataset is not None:
+            from limace.data.datasets import load_dataset
+
+            self.test_frames = load_dataset(d.dataset, "test")
+        else:
+            self.test_frames = []
         fp = fingerprint(train_paths + valid_paths)
         if self.statistics is None:
             self.statistics = compute_statistics(self.cfg, self.train_frames, len(self.valid_frames), fp)
@@ -277,6 +291,9 @@ class LimaceDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.load()
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch.to(device)  # a mace-torch Batch moves itself (Lightning's generic walk is slow)
 
     def _rank_world(self) -> tuple[int, int]:
         t = self.trainer

@@ -87,18 +87,18 @@ def make_loss(kind: str, energy: float, forces: float, stress: float, huber_delt
 
 
 def _ema_avg(decay: float):
-    """torch_ema's update (mace_run_train's EMA): decay min(d, (1+k)/(10+k)) at optimizer step k.
+    """torch_ema's update (mace_run_train's EMA): decay min(d, (1+k)/(10+k)) at optimizer step k, as one foreach op.
 
     The average starts from the initial weights (one update at construction), so at step k AveragedModel passes
     ``num_averaged`` = k.
     """
 
-    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+    def multi_avg(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
-        return averaged + (1.0 - d) * (current - averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
 
-    return avg
+    return multi_avg
 
 
 class MaceModule(pl.LightningModule):
@@ -112,7 +112,7 @@ class MaceModule(pl.LightningModule):
         self.model = build_model(self.cfg, self.stats)
         self.ema_model: Optional[AveragedModel] = None
         if self.cfg.ema.enabled:
-            self.ema_model = AveragedModel(self.model, avg_fn=_ema_avg(self.cfg.ema.decay), use_buffers=False)
+            self.ema_model = AveragedModel(self.model, multi_avg_fn=_ema_avg(self.cfg.ema.decay), use_buffers=False)
             for p in self.ema_model.parameters():
                 p.requires_grad_(False)
             self.ema_model.update_parameters(self.model)  # n=1: the initial weights count, as in torch_ema
@@ -208,9 +208,10 @@ class MaceModule(pl.LightningModule):
             self._sched_epoch = int(st.get("sched_epoch", -1))
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        opt = self.trainer.optimizers[0]
-        self.log("lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch.num_graphs)
-        self.log("train/stage", float(self.stage), on_step=True, on_epoch=False, batch_size=batch.num_graphs)
+        if batch_idx == 0:  # lr and stage change at epoch boundaries only
+            opt = self.trainer.optimizers[0]
+            self.log("lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch.num_graphs)
+            self.log("train/stage", float(self.stage), on_step=True, on_epoch=False, batch_size=batch.num_graphs)
 
     # -- validation: sums over all configurations of all ranks -----------------------------------------------------
 

@@ -17,11 +17,13 @@ loses only the steps since the last checkpoint and the resumed run follows the u
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from limace.errors import ValidationError
@@ -158,6 +160,19 @@ def _strategy(cfg: TrainConfig):
     return s
 
 
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertisement line (it is not about the run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning_tips() -> None:
+    lg = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in lg.filters):
+        lg.addFilter(_DropTips())
+
+
 def _is_rank_zero() -> bool:
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -165,8 +180,8 @@ def _is_rank_zero() -> bool:
 
 
 def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Path] = None,
-                 log=print) -> MemberResult:
-    """Train (or continue training) one model in ``run_dir``."""
+                 log=print, callbacks: Sequence = ()) -> MemberResult:
+    """Train (or continue training) one model in ``run_dir``; ``callbacks`` are extra Lightning callbacks."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -175,6 +190,7 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
         raise ValidationError(f"{ckpt_path}: no such checkpoint to resume from")
     stats = _statistics_from_checkpoint(ckpt_path) if ckpt_path is not None else None
 
+    _quiet_lightning_tips()
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = LimaceDataModule(cfg, seed=seed, statistics=stats)
     stats = dm.load()
@@ -188,12 +204,22 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
         from lightning.pytorch.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_MODE", cfg.wandb.mode)
+        id_file = run_dir / "wandb_id.txt"  # a restarted job continues the same W&B run
+        if id_file.is_file():
+            wandb_id = id_file.read_text().strip()
+        else:
+            import uuid
+
+            wandb_id = uuid.uuid4().hex[:12]
+            if _is_rank_zero():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(wandb_id + "\n")
         loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity,
                                    name=cfg.wandb.name or f"{cfg.name}-{seed}", save_dir=str(run_dir),
                                    offline=cfg.wandb.mode == "offline", tags=cfg.wandb.tags or None,
-                                   config=cfg.as_dict()))
+                                   config=cfg.as_dict(), id=wandb_id, resume="allow"))
     ckpt_cb = StepCheckpoint(ckpt_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep)
-    callbacks = [ckpt_cb]
+    callbacks = [ckpt_cb, *callbacks]
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     t = cfg.trainer
@@ -241,7 +267,8 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
     return result
 
 
-def train(cfg: TrainConfig, resume: Optional[Union[str, Path]] = None, log=print) -> TrainResult:
+def train(cfg: TrainConfig, resume: Optional[Union[str, Path]] = None, log=print,
+          callbacks: Sequence = ()) -> TrainResult:
     """Train every committee member of ``cfg`` (resuming those with a last checkpoint)."""
     run_dir = Path(cfg.run_dir)
     if _is_rank_zero():
@@ -253,5 +280,6 @@ def train(cfg: TrainConfig, resume: Optional[Union[str, Path]] = None, log=print
                               "member's last.ckpt")
     for i, seed in enumerate(seeds):
         member_dir = run_dir if len(seeds) == 1 else run_dir / f"member_{i}"
-        out.members.append(train_member(cfg, seed, member_dir, resume=Path(resume) if resume else None, log=log))
+        out.members.append(train_member(cfg, seed, member_dir, resume=Path(resume) if resume else None, log=log,
+                                        callbacks=callbacks))
     return out
