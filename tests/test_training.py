@@ -263,6 +263,18 @@ def test_kill9_then_restart_continues_with_same_state(tmp_path, limace_exe):
     assert (tmp_path / "job" / "tiny.model").is_file()
 
 
+def test_resume_with_other_model_size_is_one_line_error(tmp_path, capsys):
+    from limace.training.run import train
+
+    cfg = tiny(tmp_path, trainer={"max_epochs": 1}, model={"num_interactions": 1})
+    train(load(cfg), log=lambda m: None)
+    cfg["model"]["channels"] = 16
+    capsys.readouterr()
+    code, err = run_cli(["train", str(write_cfg(tmp_path, cfg))], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "was trained with model.channels=8 but the config has 16" in err
+
+
 def test_committee_members_differ(tmp_path):
     from limace.training.export import load_model
     from limace.training.run import train

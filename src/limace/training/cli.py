@@ -8,10 +8,13 @@ from typing import Optional
 import typer
 
 
-def train_cmd(config: Path = typer.Argument(..., help="training config (YAML); see examples/train_small.yaml"),
+def train_cmd(config: Path = typer.Argument(..., help="training config (YAML; see examples/train_small.yaml) or a packaged recipe name (small)"),
               resume: Optional[Path] = typer.Option(None, help="checkpoint to resume from (default: RUN_DIR/checkpoints/last.ckpt when it exists)"),
               run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir")):
-    """Train a MACE potential (or a committee) with Lightning; resumes automatically after a kill."""
+    """Train a MACE potential (or a committee) with Lightning; resumes automatically after a kill.
+
+    CONFIG is a YAML file, or the name of a packaged recipe (`small`: limace-lisnin-small).
+    """
     from limace.training.config import load_config
 
     cfg = load_config(config)  # validated before anything heavy is imported

@@ -126,14 +126,25 @@ class TrainResult:
         return [m.model_path for m in self.members if m.model_path is not None]
 
 
-def _statistics_from_checkpoint(ckpt: Path) -> DataStatistics:
+def _statistics_from_checkpoint(ckpt: Path, cfg: TrainConfig) -> DataStatistics:
+    """The checkpoint's model statistics; its model section must be the config's (one-line error otherwise)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*weights_only.*")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ValidationError(f"{ckpt}: cannot be read as a checkpoint ({type(exc).__name__})") from None
     try:
-        return DataStatistics.from_dict(state["hyper_parameters"]["statistics"])
+        hp = state["hyper_parameters"]
+        stats = DataStatistics.from_dict(hp["statistics"])
+        old_model = hp["config"]["model"]
     except (KeyError, TypeError):
         raise ValidationError(f"{ckpt}: not a limace training checkpoint (no model statistics)") from None
+    for key, new in cfg.as_dict()["model"].items():
+        if old_model.get(key) != new:
+            raise ValidationError(f"{ckpt}: was trained with model.{key}={old_model.get(key)!r} but the config has "
+                                  f"{new!r}; resume with the same model section or use another run_dir")
+    return stats
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
@@ -188,7 +199,7 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
     ckpt_path = Path(resume) if resume is not None else latest_checkpoint(ckpt_dir)
     if ckpt_path is not None and not ckpt_path.is_file():
         raise ValidationError(f"{ckpt_path}: no such checkpoint to resume from")
-    stats = _statistics_from_checkpoint(ckpt_path) if ckpt_path is not None else None
+    stats = _statistics_from_checkpoint(ckpt_path, cfg) if ckpt_path is not None else None
 
     _quiet_lightning_tips()
     pl.seed_everything(seed, workers=True, verbose=False)
