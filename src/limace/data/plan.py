@@ -196,8 +196,15 @@ def estimated_cost(atoms: Atoms) -> float:
     return irreducible_kpoints(atoms) * max(n_el, 4) * atoms.get_volume()
 
 
+# Symmetric cells (equilibrium, enumerated, isotropic strain) have zero or symmetry-fixed forces; the force labels a
+# potential learns from come from distorted cells, which cost more (no symmetry left). They are moved forward by
+# this factor in the labelling order so that every prefix of the labels carries force information.
+DISTORTED_PRIORITY = {"rattle": 2.0, "strain_shear": 2.0, "vacancy": 2.0, "hop_idpp": 2.0, "hop_linear": 2.0}
+
+
 def cheapest_first(configs: list[Atoms]) -> list[Atoms]:
-    """The configurations ordered by :func:`estimated_cost` (stable for ties), each with ``info['est_cost']``."""
+    """The configurations ordered by :func:`estimated_cost` divided by :data:`DISTORTED_PRIORITY` (stable for ties),
+    each with ``info['est_cost']``."""
     for a in configs:
         a.info["est_cost"] = round(float(estimated_cost(a)), 1)
-    return sorted(configs, key=lambda a: a.info["est_cost"])
+    return sorted(configs, key=lambda a: a.info["est_cost"] / DISTORTED_PRIORITY.get(a.info.get("config_type"), 1.0))
