@@ -160,7 +160,12 @@ _register_analysis(app)
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
     import warnings
+
+    # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. Spinning threads cost 10x when the
+    # cores are shared (a DFT job or another run beside this one); set OMP_WAIT_POLICY=ACTIVE to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from limace.errors import LimaceInputError
 
