@@ -29,6 +29,7 @@ import numpy as np
 from ase import Atoms
 
 from limace.errors import LimaceInputError
+from limace.fileio import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,6 @@ def resolve_phase(spec: str) -> tuple[str, Atoms]:
         return Path(spec).stem, read(spec)
     phase = get_phase(spec)
     return phase.id, phase.build(primitive=True)
-
-
-def _atomic_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = BarrierSettings(),
@@ -128,14 +122,14 @@ def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, pot
         entry["wall_s"] = round(time.perf_counter() - t0, 2)
         if out is not None:
             _plot_profiles(entry, results, out / name / "neb_profiles.png")
-            _atomic_json(cache, {"settings": asdict(settings), "potential": potential_name, "entry": entry})
+            atomic_write_json(cache, {"settings": asdict(settings), "potential": potential_name, "entry": entry})
         phases.append(entry)
     report = {"potential": potential_name, "settings": asdict(settings), "phases": phases}
     if out is not None:
         # profiles (energies along each path) stay in DIR/<phase>/neb.json; barriers.json keeps the table
         public = {**report, "phases": [{**p, "hops": [{k: v for k, v in h.items() if k != "profile"} for h in p["hops"]]}
                                        for p in phases]}
-        _atomic_json(out / "barriers.json", public)
+        atomic_write_json(out / "barriers.json", public)
         (out / "barriers.md").write_text(markdown_table(report))
         _plot_percolation(report, out / "barriers.png")
     return report

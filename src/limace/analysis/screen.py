@@ -38,6 +38,7 @@ from pathlib import Path
 from limace.analysis.barriers import BarrierSettings
 from limace.analysis.search import SearchSettings
 from limace.errors import LimaceInputError
+from limace.fileio import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,6 @@ class ScreenSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _atomic_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _cached(path: Path, key: dict):
@@ -212,14 +206,14 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
             if ex is None:
                 for path, (key, fn, args) in todo.items():
                     results[path] = fn(*args, n_workers, progress)
-                    _atomic_json(Path(path), {"key": key, "result": results[path]})
+                    atomic_write_json(Path(path), {"key": key, "result": results[path]})
                     bar.update(1)
             else:
                 futures = {ex.submit(fn, *args, n_workers, False): path for path, (key, fn, args) in todo.items()}
                 for fut in ex.as_completed(list(futures)):
                     path = futures[fut]
                     results[path] = ex.result(fut)
-                    _atomic_json(Path(path), {"key": todo[path][0], "result": results[path]})
+                    atomic_write_json(Path(path), {"key": todo[path][0], "result": results[path]})
                     bar.update(1)
         finally:
             bar.close()
@@ -325,7 +319,7 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
         _plot_percolation(all_barriers, out / "barriers.png")
 
     fmt = lambda x, n=3: "—" if x is None else f"{x:.{n}f}"  # noqa: E731
-    lines = [f"# limace screen report", "", f"Potential: `{results['potential']}`. "
+    lines = ["# limace screen report", "", f"Potential: `{results['potential']}`. "
              f"Total time {results['timings_s']['total']} s.", ""]
     for s in systems:
         r = results["systems"][s]
@@ -369,4 +363,4 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
     if all_barriers["phases"]:
         lines += ["![barriers](barriers.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
-    _atomic_json(out / "results.json", results)
+    atomic_write_json(out / "results.json", results)

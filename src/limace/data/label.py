@@ -16,7 +16,6 @@ The reference protocol (``shared/reference/dft-protocol.md``) is the named proto
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +28,7 @@ from ase import Atoms
 from limace.data.hashing import ensure_config_id
 from limace.parallel import make_executor
 from limace.errors import LimaceInputError, UnknownNameError
+from limace.fileio import atomic_append
 from limace.keys import CONFIG_ID_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
 
@@ -185,19 +185,6 @@ def _frame_text(atoms: Atoms) -> str:
     buf = io.StringIO()
     write(buf, atoms, format="extxyz")
     return buf.getvalue()
-
-
-def atomic_append(path: Path, text: str) -> None:
-    """Append ``text`` to ``path`` by writing old content + text to a temporary file and renaming it over ``path``."""
-    path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(old)
-        fh.write(text.encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def failure_path(out: Path) -> Path:

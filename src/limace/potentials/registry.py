@@ -38,6 +38,7 @@ from limace.errors import (
     UnknownNameError,
     ValidationError,
 )
+from limace.fileio import atomic_write_text
 
 REGISTRY_ENV = "LIMACE_REGISTRY"
 CACHE_ENV = "LIMACE_CACHE_DIR"
@@ -312,19 +313,12 @@ def _read_remote_registry(url: str, offline: bool) -> str | None:
             warnings.warn(f"registry {url} unreachable ({reason}) and not cached; its potentials are skipped",
                           stacklevel=3)
             return None
-        _atomic_write_text(copy, text)
+        atomic_write_text(copy, text)
         return text
     if copy.is_file():
         return copy.read_text()
     warnings.warn(f"registry {url} is not cached and offline mode is on; its potentials are skipped", stacklevel=3)
     return None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def list_potentials(offline: bool | None = None) -> list[PotentialEntry]:

@@ -17,7 +17,6 @@ import io
 import json
 import lzma
 import math
-import os
 import time
 from collections import Counter, defaultdict
 from importlib import resources
@@ -26,6 +25,7 @@ from pathlib import Path
 from ase import Atoms
 
 from limace.errors import UnknownNameError, ValidationError
+from limace.fileio import atomic_write_bytes, atomic_write_json
 from limace.keys import CONFIG_ID_KEY, CONFIG_TYPE_KEY
 
 SPLITS = ("train", "test")
@@ -145,10 +145,7 @@ def _write_xz(path: Path, frames: list[Atoms]) -> None:
         a = a.copy()
         a.info.pop("split", None)
         write(buf, a, format="extxyz")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with lzma.open(tmp, "wt", preset=9) as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, lzma.compress(buf.getvalue().encode(), preset=9))
 
 
 def pack(labels: str | Path, name: str = "li-in-sn-v1", version: str = "1", dest: Path | None = None) -> dict:
@@ -192,7 +189,5 @@ def pack(labels: str | Path, name: str = "li-in-sn-v1", version: str = "1", dest
         "files": files,
         "source": {"labels": str(labels), "sha256": sha256(Path(labels))},
     }
-    tmp = prev_path.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(man, indent=1) + "\n")
-    os.replace(tmp, prev_path)
+    atomic_write_json(prev_path, man)
     return man
