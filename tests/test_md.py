@@ -406,6 +406,12 @@ def test_diffusion_from_an_md_run_with_plots(model64, tmp_path):
     paths = save_plots(runs, tmp_path / "plots", arrhenius=fit)
     assert [p.name for p in paths] == ["msd.png", "arrhenius.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    from limace.cli import main  # `limace diffusion RUN`, in process
+
+    main(["diffusion", str(tmp_path / "run"), "--out", str(tmp_path / "cli")])
+    report = json.loads((tmp_path / "cli" / "diffusion.json").read_text())
+    assert len(report["systems"]) == 3 and report["arrhenius"]["Ea_eV"] == pytest.approx(fit.Ea)
+    assert (tmp_path / "cli" / "arrhenius.png").exists()
 
 
 def test_bad_inputs_are_clear(model64):

@@ -29,6 +29,40 @@ def md(config: Path = typer.Argument(..., help="YAML run configuration (see lima
         typer.echo(f"system {s.system} stopped at step {s.step}: {s.reason}", err=True)
 
 
+def diffusion(runs: list[Path] = typer.Argument(..., help="output_dir(s) of limace md runs"),
+              species: str = typer.Option("Li", help="species whose D and Arrhenius fit to report"),
+              window: Optional[tuple[float, float]] = typer.Option(None, help="fit window of lag times, fs (2 numbers)"),
+              out: Optional[Path] = typer.Option(None, help="where to write diffusion.json and PNGs (default: the "
+                                                                 "first run's directory)")):
+    """MSD and diffusion coefficients of every system of the runs; Arrhenius fit (Ea with 95 % CI) when there are
+    two or more temperatures. Writes diffusion.json, msd.png and arrhenius.png."""
+    import json
+
+    from limace.md.diffusion import ArrheniusFit, analyze_run, save_plots
+
+    analyses = []
+    for run in runs:
+        analyses += analyze_run(run, species=[species], window_fs=window)
+    if not analyses:
+        from limace.errors import ValidationError
+
+        raise ValidationError(f"no trajectory with {species} in {', '.join(map(str, runs))}")
+    fit = None
+    temps = {a.temperature for a in analyses if a.temperature is not None}
+    if len(temps) >= 2 and all(a.D[species] > 0 for a in analyses):
+        fit = ArrheniusFit.from_analyses(analyses, species=species)
+    dest = out or runs[0]
+    save_plots(analyses, dest, species=species, arrhenius=fit)
+    report = {"systems": [a.summary() for a in analyses], "arrhenius": fit.summary() if fit else None}
+    (dest / "diffusion.json").write_text(json.dumps(report, indent=1) + "\n")
+    for a in analyses:
+        typer.echo(f"{a.label:12s} T={a.temperature} K  D_{species} = {a.D[species]:.3e} +- {a.D_err[species]:.1e} cm2/s")
+    if fit:
+        lo, hi = fit.Ea_ci
+        typer.echo(f"Ea({species}) = {fit.Ea:.3f} eV, 95 % CI [{lo:.3f}, {hi:.3f}]")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``limace md`` to the main app."""
+    """Add ``limace md`` and ``limace diffusion`` to the main app."""
     app.command("md")(md)
+    app.command("diffusion")(diffusion)

@@ -64,6 +64,7 @@ class MDConfig:
     checkpoint_every: int = 1000  # 0: no checkpoint
     skin_A: float = 0.5
     max_atoms_per_call: Optional[int] = None
+    compile: bool = False  # torch.compile the model (minutes at start, faster steps; see BatchedMACE)
     guard: GuardConfig = field(default_factory=GuardConfig)
     progress: bool = True
 

@@ -450,7 +450,7 @@ def load_structures(paths: Sequence[str | Path]) -> list[Atoms]:
 
 
 def load_potential(spec: str, device: str, dtype: str, skin: float = 0.5, max_atoms_per_call: int | None = None,
-                   compute_stress: bool = False):
+                   compute_stress: bool = False, compile: bool = False):
     """A batched potential from a registry name (``limace.potentials.load(..., batched=True)``) or a .model path."""
     from limace.potentials.batched import BatchedMACE
 
@@ -465,11 +465,14 @@ def load_potential(spec: str, device: str, dtype: str, skin: float = 0.5, max_at
     model.neighbors.skin = float(skin)
     model.max_atoms_per_call = max_atoms_per_call
     model.compute_stress = compute_stress
+    if compile:
+        model.compile_model()
     return model
 
 
 def run_config(cfg: MDConfig, restart: bool = True) -> MDResult:
     """Run what an :class:`MDConfig` describes (what ``limace md CONFIG.yaml`` does)."""
     structures = load_structures(cfg.structures)
-    model = load_potential(cfg.potential, cfg.device, cfg.dtype, cfg.skin_A, cfg.max_atoms_per_call)
+    model = load_potential(cfg.potential, cfg.device, cfg.dtype, cfg.skin_A, cfg.max_atoms_per_call,
+                           compile=cfg.compile)
     return run_md(structures, model, cfg, restart=restart)
