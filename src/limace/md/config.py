@@ -63,8 +63,9 @@ class MDConfig:
     trajectory_every: int = 100  # 0: no trajectory
     checkpoint_every: int = 1000  # 0: no checkpoint
     skin_A: float = 0.5
-    max_atoms_per_call: Optional[int] = None
+    max_atoms_per_call: Union[int, Literal["auto"], None] = "auto"  # atoms per forward call (auto: 128 on CPU)
     compile: bool = False  # torch.compile the model (minutes at start, faster steps; see BatchedMACE)
+    threads: Optional[int] = None  # torch CPU threads for this run (default: torch's); see bench/RESULTS.md
     guard: GuardConfig = field(default_factory=GuardConfig)
     progress: bool = True
 
@@ -85,6 +86,8 @@ class MDConfig:
             raise ValidationError(f"{where}: log_every must be >= 1")
         if self.chain_length < 1:
             raise ValidationError(f"{where}: chain_length must be >= 1, got {self.chain_length}")
+        if self.threads is not None and self.threads < 1:
+            raise ValidationError(f"{where}: threads must be >= 1, got {self.threads}")
         if self.skin_A < 0:
             raise ValidationError(f"{where}: skin_A must be >= 0, got {self.skin_A}")
         if self.ensemble != "nve" and self.temperature_K is None:

@@ -449,8 +449,8 @@ def load_structures(paths: Sequence[str | Path]) -> list[Atoms]:
     return frames
 
 
-def load_potential(spec: str, device: str, dtype: str, skin: float = 0.5, max_atoms_per_call: int | None = None,
-                   compute_stress: bool = False, compile: bool = False):
+def load_potential(spec: str, device: str, dtype: str, skin: float = 0.5,
+                   max_atoms_per_call: int | str | None = "auto", compute_stress: bool = False, compile: bool = False):
     """A batched potential from a registry name (``limace.potentials.load(..., batched=True)``) or a .model path."""
     from limace.potentials.batched import BatchedMACE
 
@@ -463,7 +463,8 @@ def load_potential(spec: str, device: str, dtype: str, skin: float = 0.5, max_at
     else:
         model = BatchedMACE.from_file(spec, device=device, dtype=dtype)
     model.neighbors.skin = float(skin)
-    model.max_atoms_per_call = max_atoms_per_call
+    if max_atoms_per_call != "auto":
+        model.max_atoms_per_call = max_atoms_per_call
     model.compute_stress = compute_stress
     if compile:
         model.compile_model()
@@ -471,7 +472,10 @@ def load_potential(spec: str, device: str, dtype: str, skin: float = 0.5, max_at
 
 
 def run_config(cfg: MDConfig, restart: bool = True) -> MDResult:
-    """Run what an :class:`MDConfig` describes (what ``limace md CONFIG.yaml`` does)."""
+    """Run what an :class:`MDConfig` describes (what ``limace md CONFIG.yaml`` does; sets torch's CPU threads when
+    ``threads`` is given)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     structures = load_structures(cfg.structures)
     model = load_potential(cfg.potential, cfg.device, cfg.dtype, cfg.skin_A, cfg.max_atoms_per_call,
                            compile=cfg.compile)

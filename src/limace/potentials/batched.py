@@ -24,6 +24,9 @@ from limace.md.state import BatchedState, as_dtype  # noqa: E402
 from limace.potentials.neighbors import VerletList  # noqa: E402
 
 
+CPU_ATOMS_PER_CALL = 128
+
+
 class BatchedMACE:
     """A mace-torch model evaluated on a whole :class:`BatchedState` per call.
 
@@ -34,19 +37,20 @@ class BatchedMACE:
         compute_stress: also return ``stress`` (costs the virial graph; NPT needs it, NVE/NVT do not).
         skin: neighbour-list skin (Angstrom); the list is rebuilt when an atom moved more than ``skin / 2``.
         head: output head of a multi-head model (default: the only head, else ``"Default"``, else the last).
-        max_atoms_per_call: evaluate at most this many atoms per forward call (whole systems per call; ``None`` =
-            all at once). On CPUs, moderate chunks keep the working set in cache.
+        max_atoms_per_call: evaluate at most this many atoms per forward call (whole systems per call; ``None``:
+            all at once; ``"auto"``: 128 on a CPU, where one forward over thousands of atoms costs ~30 % more per atom
+            than over ~100 (the working set leaves the caches; bench/RESULTS.md), all at once on a GPU).
         compile: compile the model with ``torch.compile`` (inductor, dynamic shapes), the way mace-torch prepares
             models for it. The first call takes minutes (and again when the number of systems changes); later
-            calls run faster, most of all on CPUs where it fuses the many small element-wise operations. Sets
-            mace-torch's dynamo options (autograd.grad traced into the graph) when used.
+            calls run faster, most of all on CPUs where it fuses the many small element-wise operations (1.8x here,
+            bench/RESULTS.md). Sets mace-torch's dynamo option that keeps autograd.grad out of compiled graphs.
     """
 
     implemented_properties = ("energy", "forces", "stress")
 
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str = torch.float64, compute_stress: bool = False, skin: float = 0.5,
-                 head: str | None = None, max_atoms_per_call: int | None = None, compile: bool = False):
+                 head: str | None = None, max_atoms_per_call: int | str | None = "auto", compile: bool = False):
         if not (isinstance(model, torch.nn.Module) and hasattr(model, "atomic_numbers") and hasattr(model, "r_max")):
             raise ModelFileError(f"BatchedMACE needs a mace-torch model (atomic_numbers, r_max), got "
                                  f"{type(model).__name__}")
@@ -68,8 +72,11 @@ class BatchedMACE:
             raise LimaceInputError(f"head {head!r} is not in the model (heads: {', '.join(heads)})")
         self.head = head
         self._head_index = heads.index(head)
-        if max_atoms_per_call is not None and max_atoms_per_call < 1:
-            raise LimaceInputError(f"max_atoms_per_call must be >= 1, got {max_atoms_per_call}")
+        if max_atoms_per_call == "auto":
+            max_atoms_per_call = CPU_ATOMS_PER_CALL if self.device.type == "cpu" else None
+        if max_atoms_per_call is not None and (not isinstance(max_atoms_per_call, int) or max_atoms_per_call < 1):
+            raise LimaceInputError(f"max_atoms_per_call must be an integer >= 1, None or 'auto', got "
+                                   f"{max_atoms_per_call!r}")
         self.max_atoms_per_call = max_atoms_per_call
         self.neighbors = VerletList(self.r_max, skin)
         self._compiled = False
@@ -94,7 +101,9 @@ class BatchedMACE:
         from mace.tools.scripts_utils import extract_model
 
         try:
-            prepared = prepare(extract_model)(model=self.model, map_location=str(self.device))
+            # autograd.grad stays out of the compiled graph (a graph break): forward and backward are compiled, forces
+            # need no double-backward graph (less memory than mace-torch's calculator, which traces the grad in)
+            prepared = prepare(extract_model, allow_autograd=False)(model=self.model, map_location=str(self.device))
         except Exception as exc:  # a model class mace-torch cannot rebuild from its config
             raise LimaceInputError(f"compile=True: cannot prepare {type(self.model).__name__} for torch.compile "
                                    f"({type(exc).__name__}: {exc}); use compile=False") from None
@@ -102,7 +111,7 @@ class BatchedMACE:
         for p in prepared.parameters():
             p.requires_grad_(False)
         self.model = torch.compile(prepared, dynamic=True, fullgraph=False)
-        self._compiled = True  # mace's compiled path differentiates with create_graph (training=True)
+        self._compiled = True
 
     # -- graph ---------------------------------------------------------------------------------------------------------
 
@@ -180,8 +189,7 @@ class BatchedMACE:
             "ptr": ptr,
             "head": torch.full((n_sys,), self._head_index, dtype=torch.long, device=self.device),
         }
-        out = self.model(data, training=self._compiled, compute_force=True, compute_stress=stress,
-                         compute_virials=False)
+        out = self.model(data, training=False, compute_force=True, compute_stress=stress, compute_virials=False)
         res = {"energy": out["energy"].detach(), "forces": out["forces"].detach()}
         if stress:
             res["stress"] = out["stress"].detach()
