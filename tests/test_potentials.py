@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -479,13 +480,26 @@ def test_cli_list_info_fetch(served_model, server, isolated_env, capsys):
     assert code == 2 and err.strip() == "limace: error: unknown potential 'lab-tiyn'; closest: lab-tiny"
 
 
-def test_cli_list_when_nothing_is_registered(limace_exe, tmp_path):
+def test_cli_lists_the_shipped_potential(limace_exe):
     import os
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "LIMACE_REGISTRY"}
-    res = subprocess.run([limace_exe, "potentials", "list"], capture_output=True, text=True, env=env, timeout=60)
-    assert res.returncode == 0 and "no potentials registered yet" in res.stdout
+    res = subprocess.run([limace_exe, "potentials", "list", "--json"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == 0
+    names = [p["name"] for p in json.loads(res.stdout)]
+    assert "limace-lisnin-small" in names
+
+
+def test_example_ase_md_runs_with_the_shipped_potential():
+    src = (ROOT / "examples" / "ase_md.py").read_text()
+    src, n = re.subn(r"\.run\(\d+\)", ".run(3)", src)
+    assert n == 1
+    scope: dict = {}
+    exec(compile(src, "ase_md.py", "exec"), scope)
+    atoms = scope["atoms"]
+    assert atoms.get_chemical_formula() == "Li52Sn20" and np.isfinite(atoms.get_potential_energy())
 
 
 def test_example_ase_md_runs_with_a_model_path(tiny_mace_model_path, monkeypatch):

@@ -33,12 +33,16 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 @app.command("demo")
-def demo(out: Path = typer.Option(Path("limace-demo"), help="output directory"),
-         workers: int = typer.Option(1, help="worker processes")):
-    """Run the main job on a small example and say where the results are."""
-    from limace.demo import run_demo
+def demo(out: Optional[Path] = typer.Option(None, help="output directory (default limace-demo/)"),
+         workers: int = typer.Option(2, help="worker processes"),
+         pipeline: bool = typer.Option(False, "--pipeline", help="run the DFT data pipeline on a tiny example instead")):
+    """Run the main job (a reduced screen with the shipped potential) and say where the report is."""
+    from limace.demo import run_pipeline_demo, run_screen_demo
 
-    run_demo(out, workers=workers)
+    if pipeline:
+        run_pipeline_demo(out or Path("limace-demo-data"), workers=workers)
+    else:
+        run_screen_demo(out or Path("limace-demo"), workers=workers)
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
