@@ -47,7 +47,8 @@ def main(name: str = "li-in-sn-v1") -> None:
             lines.append(f"Not available yet: {exc}")
             continue
         summ = hull.summary()
-        lines += [f"References: {', '.join(f'{el}: {r['phase']}' for el, r in summ['references'].items())}.", "",
+        refs = ", ".join(f"{el}: {r['name']}" for el, r in summ["references"].items())
+        lines += [f"References: {refs}.", "",
                   "| structure | formula | x_Li | E_f (meV/atom) | E above hull (meV/atom) |", "| --- | --- | --- | --- | --- |"]
         for r in summ["hull"]:
             lines.append(f"| {r['name']} | {r['formula']} | {r['x_Li']:.3f} | {1000 * r['formation_energy_eV_per_atom']:.1f} | "
