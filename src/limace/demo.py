@@ -1,7 +1,7 @@
 """`limace demo`: the main job on a small scale.
 
 With a shipped potential: a reduced ``limace screen`` of Li-In and Li-Sn (orderings up to 3 atoms and the decorated
-prototypes, hull, voltage, and barriers of the two smallest stable Li phases per system), in about ten minutes on
+prototypes, hull, voltage, and barriers of the smallest stable Li phase per system), in about ten minutes on
 two CPU cores. ``--pipeline`` instead runs the data pipeline end to end (structure library -> generators -> DFT
 labels at the reference protocol -> validation) on a tiny example.
 """
@@ -22,8 +22,8 @@ def demo_settings():
 
     return ScreenSettings(
         search=SearchSettings(max_atoms=3, prototypes=True, max_prototype_atoms=20, max_steps=250),
-        barriers=BarrierSettings(min_image_distance=8.0, n_images=3, max_steps=250),
-        max_barrier_phases=2, max_barrier_atoms=80)
+        barriers=BarrierSettings(min_image_distance=8.0, n_images=3, max_steps=200),
+        max_barrier_phases=1, max_barrier_atoms=60)
 
 
 def run_screen_demo(out: Path = Path("limace-demo"), workers: int = 2, potential: str = DEMO_POTENTIAL) -> dict:

@@ -62,7 +62,7 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
                    progress: bool = True) -> tuple[dict, list]:
     """Barriers of every distinct hop of one phase (batched: all hops' bands in one NEB run)."""
     from limace.analysis.hops import distinct_hops, hop_endpoints_for, li_coordination
-    from limace.analysis.neb import run_neb
+    from limace.analysis.neb import check_band, run_neb
     from limace.analysis.percolation import percolation
     from limace.analysis.relax import relax_structures
     from limace.data.generate import hop_images
@@ -73,26 +73,38 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
     endpoints = [hop_endpoints_for(bulk, h, settings.min_image_distance) for h in hops]
     ends = [a for ep in endpoints for a in (ep.initial, ep.final)]
     relaxed = relax_structures(ends, model, fmax=settings.endpoint_fmax, relax_cell=False, progress=progress)
-    bands, end_e = [], []
+    bands, end_e, errors = [], [], {}
     for k, ep in enumerate(endpoints):
         ini, fin = relaxed[2 * k], relaxed[2 * k + 1]
         images = hop_images(ini, fin, n_images=settings.n_images, method=settings.interpolation)
-        bands.append([ini, *images, fin])
+        band = [ini, *images, fin]
+        try:  # e.g. a relaxation that rearranged the crystal: the interpolated path puts atoms on top of each other
+            check_band(band, where=f"{name} hop {hops[k].index}")
+        except LimaceInputError as exc:
+            errors[k] = str(exc)
+            continue
+        bands.append(band)
         end_e.append((float(ini.info["energy"]), float(fin.info["energy"])))
     results = run_neb(bands, model, fmax=settings.fmax, max_steps=settings.max_steps, k=settings.spring,
-                      endpoint_energies=end_e, progress=progress)
+                      endpoint_energies=end_e, progress=progress) if bands else []
+    it = iter(results)
+    results = [None if k in errors else next(it) for k in range(len(hops))]
     rows = []
-    for h, ep, res in zip(hops, endpoints, results):
-        fwd = res.barrier_forward if res.converged else None
-        bwd = res.barrier_backward if res.converged else None
-        rows.append({
+    for k, (h, ep, res) in enumerate(zip(hops, endpoints, results)):
+        ok = res is not None and res.converged
+        fwd = res.barrier_forward if ok else None
+        bwd = res.barrier_backward if ok else None
+        row = {
             "hop": h.index, "length_A": round(h.length, 4), "multiplicity": h.multiplicity,
             "barrier_eV": None if fwd is None else max(fwd, bwd),
-            "forward_eV": fwd, "backward_eV": bwd, "converged": res.converged, "steps": res.steps,
+            "forward_eV": fwd, "backward_eV": bwd, "converged": ok, "steps": 0 if res is None else res.steps,
             "li_coordination": {"initial_site": li_coordination(bulk, h.i, settings.coordination_cutoff),
                                 "final_site": li_coordination(bulk, h.j, settings.coordination_cutoff)},
-            "profile": res.as_dict(),
-        })
+            "profile": None if res is None else res.as_dict(),
+        }
+        if k in errors:
+            row["error"] = errors[k]
+        rows.append(row)
     n_sites = len(bulk)
     perc = percolation(n_sites, [h.copies for h in hops], [r["barrier_eV"] for r in rows])
     entry = {"phase": name, "formula": bulk.get_chemical_formula(),
@@ -161,7 +173,8 @@ def _plot_profiles(entry: dict, results, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for h, res in zip(entry["hops"], results):
-        res.plot(ax=ax, label=f"hop {h['hop']} ({h['length_A']:.2f} Å)")
+        if res is not None:
+            res.plot(ax=ax, label=f"hop {h['hop']} ({h['length_A']:.2f} Å)")
     ax.set_title(entry["phase"])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ Tasks and their order:
 1. per system (independent, in parallel): relax the library phases and the search candidates with the potential,
    build the hull (:class:`~limace.analysis.hull.HullAnalysis`) and the voltage curve, list near-hull candidates
    (and, with ``verify_dft``, label them with the reference DFT protocol and report the model's error);
-2. per stable Li-containing phase (independent, in parallel): vacancy-hop barriers and percolation
+2. per stable Li-M compound (independent, in parallel): vacancy-hop barriers and percolation
    (:func:`~limace.analysis.barriers.run_barriers`);
 3. the report: ``report.md`` (tables), ``results.json`` and PNG plots (hull, voltage, barriers, NEB profiles).
 
@@ -45,7 +45,7 @@ from limace.fileio import atomic_write_json
 class ScreenSettings:
     search: SearchSettings = field(default_factory=SearchSettings)
     barriers: BarrierSettings = field(default_factory=BarrierSettings)
-    barrier_phases: tuple[str, ...] | None = None  # None: every stable Li-containing phase (Li metal included)
+    barrier_phases: tuple[str, ...] | None = None  # None: every stable Li-M compound (names or formulas otherwise)
     max_barrier_phases: int | None = None  # at most this many per system (cheapest first)
     max_barrier_atoms: int = 160  # skip phases whose vacancy supercell is larger (reported as skipped)
     sn_reference: str = "lowest"
@@ -287,7 +287,7 @@ def _barrier_phase_names(hull_result: dict, settings: ScreenSettings) -> list[st
         wanted = set(settings.barrier_phases)
         names = [r["name"] for r in rows if r["name"] in wanted or r["formula"] in wanted]
     else:
-        names = [r["name"] for r in rows if r["stable"] and r["x_Li"] > 0]
+        names = [r["name"] for r in rows if r["stable"] and 0 < r["x_Li"] < 1]  # the stable Li-M compounds
     return list(dict.fromkeys(names))
 
 
