@@ -492,23 +492,23 @@ def test_cli_lists_the_shipped_potential(limace_exe):
     assert "limace-lisnin-small" in names
 
 
-def test_example_ase_md_runs_with_the_shipped_potential():
-    src = (ROOT / "examples" / "ase_md.py").read_text()
-    src, n = re.subn(r"\.run\(\d+\)", ".run(3)", src)
-    assert n == 1
-    scope: dict = {}
-    exec(compile(src, "ase_md.py", "exec"), scope)
-    atoms = scope["atoms"]
-    assert atoms.get_chemical_formula() == "Li52Sn20" and np.isfinite(atoms.get_potential_energy())
-
-
-def test_example_ase_md_runs_with_a_model_path(tiny_mace_model_path, monkeypatch):
+def _run_example_ase_md(potential: str | None = None):
+    """examples/ase_md.py for 3 steps, with the shipped potential or ``potential`` in its place."""
     src = (ROOT / "examples" / "ase_md.py").read_text()
     assert '"limace-lisnin-small"' in src
-    src = src.replace('"limace-lisnin-small"', repr(str(tiny_mace_model_path)))
+    if potential is not None:
+        src = src.replace('"limace-lisnin-small"', repr(potential))
     src, n = re.subn(r"\.run\(\d+\)", ".run(3)", src)
     assert n == 1
     scope: dict = {}
     exec(compile(src, "ase_md.py", "exec"), scope)
     atoms = scope["atoms"]
     assert atoms.get_chemical_formula() == "Li52Sn20" and np.isfinite(atoms.get_potential_energy())
+
+
+def test_example_ase_md_runs_with_the_shipped_potential():
+    _run_example_ase_md()
+
+
+def test_example_ase_md_runs_with_a_model_path(tiny_mace_model_path):
+    _run_example_ase_md(str(tiny_mace_model_path))
