@@ -60,29 +60,33 @@ def kT_of(temperature, state: BatchedState) -> torch.Tensor:
     return units.kB * t
 
 
-def randn_atoms(state: BatchedState, generator: Generator, per_atom: int = 3) -> torch.Tensor:
-    """``[N, per_atom]`` standard normals: from one generator, or system by system from one generator each."""
+def _checked_generators(state: BatchedState, generator: Generator) -> torch.Generator | list[torch.Generator]:
+    """The one generator, or the list of one generator per system (checked against the number of systems)."""
     if generator is None:
         raise ValidationError("this integrator is stochastic: pass generator= (a torch.Generator or one per system)")
-    kw = dict(dtype=state.dtype, device=state.device)
     if isinstance(generator, torch.Generator):
-        return torch.randn((state.n_atoms, per_atom), generator=generator, **kw)
+        return generator
     gens = list(generator)
     if len(gens) != state.n_systems:
         raise ValidationError(f"generator: got {len(gens)} generators for {state.n_systems} systems")
+    return gens
+
+
+def randn_atoms(state: BatchedState, generator: Generator, per_atom: int = 3) -> torch.Tensor:
+    """``[N, per_atom]`` standard normals: from one generator, or system by system from one generator each."""
+    gens = _checked_generators(state, generator)
+    kw = dict(dtype=state.dtype, device=state.device)
+    if isinstance(gens, torch.Generator):
+        return torch.randn((state.n_atoms, per_atom), generator=gens, **kw)
     return torch.cat([torch.randn((b - a, per_atom), generator=g, **kw) for g, (a, b) in zip(gens, state.atom_ranges())])
 
 
 def randn_systems(state: BatchedState, generator: Generator, n: int = 1) -> torch.Tensor:
     """``[S, n]`` standard normals, one row per system (from its own generator when given one per system)."""
-    if generator is None:
-        raise ValidationError("this integrator is stochastic: pass generator= (a torch.Generator or one per system)")
+    gens = _checked_generators(state, generator)
     kw = dict(dtype=state.dtype, device=state.device)
-    if isinstance(generator, torch.Generator):
-        return torch.randn((state.n_systems, n), generator=generator, **kw)
-    gens = list(generator)
-    if len(gens) != state.n_systems:
-        raise ValidationError(f"generator: got {len(gens)} generators for {state.n_systems} systems")
+    if isinstance(gens, torch.Generator):
+        return torch.randn((state.n_systems, n), generator=gens, **kw)
     return torch.cat([torch.randn((1, n), generator=g, **kw) for g in gens])
 
 
