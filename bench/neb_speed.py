@@ -92,6 +92,8 @@ def main():
     p.add_argument("--max-hops", type=int, default=2, help="hops per phase")
     p.add_argument("--fmax", type=float, default=0.03)
     p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--optimizer", default="lbfgs", choices=["fire", "lbfgs"], help="optimizer of limace's NEB")
+    p.add_argument("--ours-dtype", default=None, help="dtype of limace's NEB (default: --dtype)")
     p.add_argument("--skip-ase-shared", action="store_true", help="skip (a), the slowest")
     args = p.parse_args()
 
@@ -101,14 +103,17 @@ def main():
     from limace.potentials import load
 
     model = load(args.potential, device=args.device, dtype=args.dtype, batched=True)
+    ours_model = model if args.ours_dtype in (None, args.dtype) else \
+        load(args.potential, device=args.device, dtype=args.ours_dtype, batched=True)
     make_calc = lambda: load(args.potential, device=args.device, dtype=args.dtype)  # noqa: E731
     bands, labels = setup_bands(args.phases, model, args.min_image_distance, args.n_images, args.max_hops)
     print(f"{len(bands)} hops: " + "; ".join(labels))
-    print(f"torch threads {torch.get_num_threads()}, device {args.device}, dtype {args.dtype}")
+    print(f"torch threads {torch.get_num_threads()}, device {args.device}, dtype {args.dtype} "
+          f"(limace: {args.ours_dtype or args.dtype}, {args.optimizer})")
 
     rows = {}
     t0 = time.perf_counter()
-    ours = run_neb(bands, model, fmax=args.fmax, max_steps=args.max_steps)
+    ours = run_neb(bands, ours_model, fmax=args.fmax, max_steps=args.max_steps, optimizer=args.optimizer)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     wall_c = time.perf_counter() - t0

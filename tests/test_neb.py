@@ -44,8 +44,9 @@ def bands():
     return [morse_band(3, 0), morse_band(3, 0, rattle=0.05), morse_band(2, 1, n_images=3)]
 
 
-def test_barriers_agree_with_ase_neb_within_5_mev(bands):
-    results = run_neb(bands, BatchedMorse(**MORSE), fmax=0.03)
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_barriers_agree_with_ase_neb_within_5_mev(bands, optimizer):
+    results = run_neb(bands, BatchedMorse(**MORSE), fmax=0.03, optimizer=optimizer)
     for band, res in zip(bands, results):
         fwd, bwd = ase_neb(band, lambda: MorsePotential(**MORSE))
         assert res.converged
@@ -55,17 +56,19 @@ def test_barriers_agree_with_ase_neb_within_5_mev(bands):
         assert res.climbing_image == int(np.argmax(res.energies))
 
 
-def test_a_batch_gives_what_each_band_gives_alone(bands):
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_a_batch_gives_what_each_band_gives_alone(bands, optimizer):
     model = BatchedMorse(**MORSE)
-    together = run_neb(bands, model, fmax=0.03)
+    together = run_neb(bands, model, fmax=0.03, optimizer=optimizer)
     for band, res in zip(bands, together):
-        alone = run_neb([band], BatchedMorse(**MORSE), fmax=0.03)[0]
+        alone = run_neb([band], BatchedMorse(**MORSE), fmax=0.03, optimizer=optimizer)[0]
         assert alone.steps == res.steps
         np.testing.assert_allclose(alone.energies, res.energies, atol=1e-9)
 
 
-def test_each_image_is_evaluated_once_per_step(bands):
-    res = run_neb(bands[:1], BatchedMorse(**MORSE), fmax=0.03)[0]
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_each_image_is_evaluated_once_per_step(bands, optimizer):
+    res = run_neb(bands[:1], BatchedMorse(**MORSE), fmax=0.03, optimizer=optimizer)[0]
     n_images = len(bands[0]) - 2
     assert res.info["image_evaluations"] == n_images * (res.steps + 1)
     assert res.info["model_calls"] == res.steps + 1
@@ -125,3 +128,16 @@ def test_bad_bands_are_one_line_errors(bands):
         run_neb([band[:2] + [overlap] + band[3:]], model)
     with pytest.raises(LimaceInputError, match="at least one image"):
         run_neb([[band[0], band[-1]]], model)
+    with pytest.raises(LimaceInputError, match="optimizer must be one of fire, lbfgs, got 'bfgs'"):
+        run_neb([band], model, optimizer="bfgs")
+
+
+def test_lbfgs_converges_tightly_to_the_same_saddle_as_fire(bands):
+    """Both optimizers, converged tightly, find the same saddle (the barrier is a property of the potential)."""
+    model = BatchedMorse(**MORSE)
+    fire = run_neb(bands, model, fmax=0.002, optimizer="fire", max_steps=2000)
+    lbfgs = run_neb(bands, model, fmax=0.002, optimizer="lbfgs", max_steps=2000)
+    for a, b in zip(fire, lbfgs):
+        assert a.converged and b.converged
+        assert b.barrier_forward == pytest.approx(a.barrier_forward, abs=1e-3)
+        assert b.steps < a.steps

@@ -39,6 +39,7 @@ class BarrierSettings:
     n_images: int = 5
     interpolation: str = "idpp"
     fmax: float = 0.03  # eV/A, NEB convergence
+    optimizer: str = "lbfgs"  # NEB optimizer: lbfgs (fewer steps) or fire (ASE's defaults)
     endpoint_fmax: float = 0.01  # eV/A
     max_steps: int = 400
     spring: float = 0.1
@@ -86,6 +87,7 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
         bands.append(band)
         end_e.append((float(ini.info["energy"]), float(fin.info["energy"])))
     results = run_neb(bands, model, fmax=settings.fmax, max_steps=settings.max_steps, k=settings.spring,
+                      optimizer=settings.optimizer,
                       endpoint_energies=end_e, progress=progress) if bands else []
     it = iter(results)
     results = [None if k in errors else next(it) for k in range(len(hops))]

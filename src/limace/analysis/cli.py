@@ -21,6 +21,7 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
              min_image_distance: float = typer.Option(9.0, help="distance between vacancy images (A)"),
              n_images: int = typer.Option(5, help="NEB images between the endpoints"),
              fmax: float = typer.Option(0.03, help="NEB convergence: max force (eV/A)"),
+             optimizer: str = typer.Option("lbfgs", help="NEB optimizer: lbfgs or fire"),
              max_steps: int = typer.Option(400, help="NEB steps before a hop is reported as not converged")):
     """Li vacancy-hop barriers: distinct hops -> batched CI-NEB -> percolation; table, JSON and NEB plots.
 
@@ -29,11 +30,16 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     from limace.analysis.barriers import BarrierSettings, markdown_table, run_barriers, resolve_phase
     from limace.potentials import load
 
+    from limace.analysis.neb import OPTIMIZERS
+    from limace.errors import LimaceInputError
+
+    if optimizer not in OPTIMIZERS:
+        raise LimaceInputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     for spec in phases:  # bad names fail before the model is loaded
         resolve_phase(spec)
     model = load(potential, device=device, dtype=dtype, batched=True)
     settings = BarrierSettings(cutoff=cutoff, min_image_distance=min_image_distance, n_images=n_images, fmax=fmax,
-                               max_steps=max_steps)
+                               optimizer=optimizer, max_steps=max_steps)
     report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings)
     typer.echo(markdown_table(report))
     if out is not None:
