@@ -38,7 +38,9 @@ def setup_bands(phases, model, min_image_distance, n_images, max_hops):
     from limace.analysis.barriers import resolve_phase
     from limace.analysis.hops import distinct_hops, hop_endpoints_for
     from limace.analysis.relax import relax_structures
+    from limace.analysis.neb import check_band
     from limace.data.generate import hop_images
+    from limace.errors import LimaceInputError
 
     bands, labels = [], []
     for spec in phases:
@@ -51,8 +53,35 @@ def setup_bands(phases, model, min_image_distance, n_images, max_hops):
         for k, h in enumerate(hops):
             ini, fin = ends[2 * k], ends[2 * k + 1]
             ini.calc = fin.calc = None
-            bands.append([ini, *hop_images(ini, fin, n_images=n_images, method="idpp"), fin])
-            labels.append(f"{name} hop {h.index} ({h.length:.2f} A, {len(ini)} atoms)")
+            band = [ini, *hop_images(ini, fin, n_images=n_images, method="idpp"), fin]
+            label = f"{name} hop {h.index} ({h.length:.2f} A, {len(ini)} atoms)"
+            try:  # the potential may relax an endpoint into nonsense: such a hop is no benchmark
+                check_band(band, where=label)
+            except LimaceInputError as exc:
+                print(f"skipped: {exc}", flush=True)
+                continue
+            bands.append(band)
+            labels.append(label)
+    return bands, labels
+
+
+def cached_bands(path, *args):
+    """The bands of :func:`setup_bands`, stored in ``path`` (extxyz) so that several runs share one setup."""
+    from ase.io import read, write
+
+    if path and os.path.exists(path):
+        frames = read(path, ":")
+        bands, labels = {}, {}
+        for a in frames:
+            bands.setdefault(a.info["band"], []).append(a)
+            labels[a.info["band"]] = a.info["label"]
+        return [bands[k] for k in sorted(bands)], [labels[k] for k in sorted(bands)]
+    bands, labels = setup_bands(*args)
+    if path:
+        for k, (band, label) in enumerate(zip(bands, labels)):
+            for a in band:
+                a.info.update(band=k, label=label)
+        write(path, [a for band in bands for a in band], format="extxyz")
     return bands, labels
 
 
@@ -94,6 +123,7 @@ def main():
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--optimizer", default="lbfgs", choices=["fire", "lbfgs"], help="optimizer of limace's NEB")
     p.add_argument("--ours-dtype", default=None, help="dtype of limace's NEB (default: --dtype)")
+    p.add_argument("--bands", default=None, help="extxyz file caching the relaxed bands (written if missing)")
     p.add_argument("--skip-ase-shared", action="store_true", help="skip (a), the slowest")
     args = p.parse_args()
 
@@ -106,8 +136,9 @@ def main():
     ours_model = model if args.ours_dtype in (None, args.dtype) else \
         load(args.potential, device=args.device, dtype=args.ours_dtype, batched=True)
     make_calc = lambda: load(args.potential, device=args.device, dtype=args.dtype)  # noqa: E731
-    bands, labels = setup_bands(args.phases, model, args.min_image_distance, args.n_images, args.max_hops)
-    print(f"{len(bands)} hops: " + "; ".join(labels))
+    bands, labels = cached_bands(args.bands, args.phases, model, args.min_image_distance, args.n_images,
+                                 args.max_hops)
+    print(f"{len(bands)} hops: " + "; ".join(labels), flush=True)
     print(f"torch threads {torch.get_num_threads()}, device {args.device}, dtype {args.dtype} "
           f"(limace: {args.ours_dtype or args.dtype}, {args.optimizer})")
 

@@ -296,7 +296,8 @@ def trained(tmp_path_factory):
     from limace.training.run import train
 
     tmp = tmp_path_factory.mktemp("trained")
-    res = train(load(tiny(tmp, trainer={"max_epochs": 2}, model={"max_L": 1})), log=lambda m: None)
+    cfg = tiny(tmp, trainer={"max_epochs": 2}, model={"max_L": 1, "pair_repulsion": True})  # ZBL, as shipped
+    res = train(load(cfg), log=lambda m: None)
     return res.members[0]
 
 

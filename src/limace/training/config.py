@@ -58,6 +58,8 @@ class ModelConfig:
     interaction_first: _Interaction = "RealAgnosticInteractionBlock"  # what mace_run_train --model MACE uses
     scaling: Literal["rms_forces_scaling", "std_scaling", "no_scaling"] = "rms_forces_scaling"
     shift: bool = False  # shift interaction energies by their mean (mace's ScaleShiftMACE) or not (mace's MACE)
+    pair_repulsion: bool = False  # add the ZBL screened-nuclear repulsion (mace_run_train --pair_repulsion): keeps
+    # atoms apart at distances the data never shows, so relaxations and MD cannot collapse pairs
     elements: Optional[list[str]] = None  # None: the elements of the training data
     e0s: Union[Literal["average"], dict[str, float]] = "average"  # "average": least squares on the training data
 

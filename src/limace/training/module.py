@@ -64,7 +64,7 @@ def build_model(cfg: TrainConfig, stats: DataStatistics) -> torch.nn.Module:
             atomic_numbers=zs,
             correlation=m.correlation,
             gate=modules.gate_dict[m.gate],
-            pair_repulsion=False,
+            pair_repulsion=m.pair_repulsion,
             distance_transform="None",
             apply_cutoff=True,
             use_reduced_cg=False,
