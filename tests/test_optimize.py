@@ -117,3 +117,65 @@ def test_bad_input_is_one_line_error():
     st = fire_init(x, torch.zeros(4, dtype=torch.long), 1)
     with pytest.raises(LimaceInputError, match="must both have the shape"):
         fire_step(st, x, torch.zeros((3, 3)))
+
+
+# -- L-BFGS ------------------------------------------------------------------------------------------------------------
+
+
+def _lbfgs_relax(atoms_list, steps, fmax=0.01, **kw):
+    from limace.analysis.optimize import lbfgs_init, lbfgs_step
+
+    counts = [len(a) for a in atoms_list]
+    x = torch.tensor(np.concatenate([a.positions for a in atoms_list]))
+    group = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    st = lbfgs_init(x, group, len(counts), **kw)
+    for _ in range(steps):
+        x, st = lbfgs_step(st, x, _emt_forces(atoms_list, x, counts), fmax=fmax)
+        if bool(st.converged.all()):
+            break
+    return x, st
+
+
+def test_lbfgs_reaches_the_fire_minimum_in_fewer_steps():
+    a = _rattled(4)
+    x, st = _lbfgs_relax([a], 300, fmax=0.005)
+    assert bool(st.converged[0])
+    e_lbfgs = a.get_potential_energy()
+    b = _rattled(4)
+    opt = FIRE(b, logfile=None)
+    opt.run(fmax=0.005, steps=1000)
+    assert e_lbfgs == pytest.approx(b.get_potential_energy(), abs=1e-4)
+    assert int(st.n_steps[0]) < opt.nsteps / 2
+
+
+def test_lbfgs_groups_are_independent():
+    a, b = _rattled(5), _rattled(6, symbol="Al", repeat=(1, 1, 2), amplitude=0.2)
+    x, st = _lbfgs_relax([a, b], 12, fmax=1e-6)
+    xa, _ = _lbfgs_relax([_rattled(5)], 12, fmax=1e-6)
+    xb, _ = _lbfgs_relax([_rattled(6, symbol="Al", repeat=(1, 1, 2), amplitude=0.2)], 12, fmax=1e-6)
+    np.testing.assert_allclose(x.numpy(), torch.cat([xa, xb]).numpy(), atol=1e-10)
+
+
+def test_lbfgs_caps_rows_and_select_concat_keep_groups_aligned():
+    from limace.analysis.optimize import lbfgs_concat, lbfgs_init, lbfgs_select, lbfgs_step
+
+    x = torch.zeros((3, 3), dtype=torch.float64)
+    group = torch.tensor([0, 0, 1])
+    st = lbfgs_init(x, group, 2, max_step=0.1, h0=1.0)
+    f = torch.tensor([[5.0, 0, 0], [1.0, 0, 0], [0, 0.01, 0]], dtype=torch.float64)
+    x1, st = lbfgs_step(st, x, f)
+    np.testing.assert_allclose(x1[:2, 0].numpy(), [0.1, 0.02])  # the group's step scaled so its longest row is 0.1
+    np.testing.assert_allclose(x1[2, 1].item(), 0.01)  # the other group is not scaled
+    both = lbfgs_concat([lbfgs_select(st, torch.tensor([False, True])), lbfgs_select(st, torch.tensor([True, False]))])
+    assert both.group_idx.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(both.prev_x.numpy(), st.prev_x[[2, 0, 1]].numpy())
+
+
+def test_lbfgs_bad_input_is_one_line_error():
+    from limace.analysis.optimize import lbfgs_init
+
+    x = torch.zeros((2, 3))
+    with pytest.raises(LimaceInputError, match="L-BFGS memory must be an integer >= 1"):
+        lbfgs_init(x, torch.zeros(2, dtype=torch.long), 1, memory=0)
+    with pytest.raises(LimaceInputError, match="group_idx has values outside"):
+        lbfgs_init(x, torch.tensor([0, 3]), 2)

@@ -140,3 +140,20 @@ def test_atom_a_hair_below_a_cell_face(batched, mace_calc):
     ref = atoms.copy()
     ref.calc = mace_calc
     assert ours.info["energy"] == pytest.approx(ref.get_potential_energy(), abs=1e-8)
+
+
+def test_lbfgs_relaxes_to_a_minimum_in_fewer_steps_than_fire(batched):
+    start = _cells()[2]
+    fire = relax_structures([start], batched, fmax=0.005, max_steps=1000, relax_cell=False, progress=False)[0]
+    lbfgs = relax_structures([start], batched, fmax=0.005, max_steps=1000, relax_cell=False, optimizer="lbfgs",
+                             progress=False)[0]
+    assert fire.info["converged"] and lbfgs.info["converged"]
+    assert lbfgs.info["relax_steps"] < fire.info["relax_steps"]
+    # a minimum (this rugged random model has several near the start): FIRE from there stays there
+    again = relax_structures([lbfgs], batched, fmax=0.001, max_steps=1000, relax_cell=False, progress=False)[0]
+    assert again.info["energy"] == pytest.approx(lbfgs.info["energy"], abs=2e-4)
+    assert lbfgs.info["energy"] < batched_energy(batched, start)
+    with pytest.raises(LimaceInputError, match="optimizer must be one of fire, lbfgs, got 'bfgs'"):
+        relax_structures([start], batched, optimizer="bfgs")
+    with pytest.raises(LimaceInputError, match="lbfgs: unknown parameter"):
+        relax_structures([start], batched, optimizer="lbfgs", lbfgs={"alpha": 70})

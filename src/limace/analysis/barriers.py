@@ -39,7 +39,7 @@ class BarrierSettings:
     n_images: int = 5
     interpolation: str = "idpp"
     fmax: float = 0.03  # eV/A, NEB convergence
-    optimizer: str = "lbfgs"  # NEB optimizer: lbfgs (fewer steps) or fire (ASE's defaults)
+    optimizer: str = "lbfgs"  # NEB and endpoint-relaxation optimizer: lbfgs (fewer steps) or fire (ASE's defaults)
     endpoint_fmax: float = 0.01  # eV/A
     max_steps: int = 400
     spring: float = 0.1
@@ -73,7 +73,8 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
     hops = distinct_hops(bulk, cutoff=settings.cutoff)
     endpoints = [hop_endpoints_for(bulk, h, settings.min_image_distance) for h in hops]
     ends = [a for ep in endpoints for a in (ep.initial, ep.final)]
-    relaxed = relax_structures(ends, model, fmax=settings.endpoint_fmax, relax_cell=False, progress=progress)
+    relaxed = relax_structures(ends, model, fmax=settings.endpoint_fmax, relax_cell=False,
+                               optimizer=settings.optimizer, progress=progress)
     bands, end_e, errors = [], [], {}
     for k, ep in enumerate(endpoints):
         ini, fin = relaxed[2 * k], relaxed[2 * k + 1]

@@ -21,7 +21,7 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
              min_image_distance: float = typer.Option(9.0, help="distance between vacancy images (A)"),
              n_images: int = typer.Option(5, help="NEB images between the endpoints"),
              fmax: float = typer.Option(0.03, help="NEB convergence: max force (eV/A)"),
-             optimizer: str = typer.Option("lbfgs", help="NEB optimizer: lbfgs or fire"),
+             optimizer: str = typer.Option("lbfgs", help="NEB and endpoint-relaxation optimizer: lbfgs or fire"),
              max_steps: int = typer.Option(400, help="NEB steps before a hop is reported as not converged")):
     """Li vacancy-hop barriers: distinct hops -> batched CI-NEB -> percolation; table, JSON and NEB plots.
 

@@ -207,95 +207,6 @@ class BatchedNEB:
         return neb_f, energies, climbers
 
 
-class BandLBFGS:
-    """L-BFGS over the moving images of each band, one independent history per band (a group of rows of ``x``).
-
-    The same interface as the FIRE functions used by :func:`run_neb`: :meth:`step` takes the positions and NEB forces
-    of all active bands, marks converged bands (largest row force below ``fmax``, checked before moving, as ASE does)
-    and returns the new positions; converged bands do not move. Per band: the inverse Hessian is the two-loop
-    recursion over the last ``memory`` pairs (initial scaling s.y / y.y), a pair is stored only when s.y > 0, the history
-    is cleared when the climbing image changes (the NEB force field changes with it) or when the proposed step is not
-    along the force (then a steepest-descent step is taken), and the step is scaled so that no atom moves more than
-    ``max_step`` (A). NEB forces are not the gradient of one energy, so there is no line search (as ASE's LBFGS).
-    """
-
-    def __init__(self, rows: Sequence[tuple[int, int]], memory: int = 20, max_step: float = 0.2,
-                 h0: float = 1.0 / 70.0):
-        self.rows = list(rows)
-        self.memory = int(memory)
-        self.max_step = float(max_step)
-        self.h0 = float(h0)  # initial inverse curvature (A^2/eV) before any pair is stored: ASE's 1/alpha
-        n = len(self.rows)
-        self.s: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        self.y: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        self.prev: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
-        self.climber: list[int | None] = [None] * n
-        self.max_force = torch.full((n,), float("inf"))
-        self.converged = torch.zeros(n, dtype=torch.bool)
-
-    def select(self, keep: Sequence[bool], rows: Sequence[tuple[int, int]]) -> "BandLBFGS":
-        new = BandLBFGS(rows, self.memory, self.max_step, self.h0)
-        idx = [b for b, k in enumerate(keep) if k]
-        new.s = [self.s[b] for b in idx]
-        new.y = [self.y[b] for b in idx]
-        new.prev = [self.prev[b] for b in idx]
-        new.climber = [self.climber[b] for b in idx]
-        return new
-
-    def _direction(self, b: int, g: torch.Tensor) -> torch.Tensor:
-        """-H g by the two-loop recursion (g: flattened gradient of band b)."""
-        s, y = self.s[b], self.y[b]
-        if not s:
-            return -self.h0 * g
-        q = g.clone()
-        alphas = []
-        for si, yi in zip(reversed(s), reversed(y)):
-            a = torch.dot(si, q) / torch.dot(yi, si)
-            alphas.append(a)
-            q = q - a * yi
-        gamma = torch.dot(s[-1], y[-1]) / torch.dot(y[-1], y[-1])
-        z = gamma * q
-        for (si, yi), a in zip(zip(s, y), reversed(alphas)):
-            beta = torch.dot(yi, z) / torch.dot(yi, si)
-            z = z + si * (a - beta)
-        return -z
-
-    def step(self, x: torch.Tensor, forces: torch.Tensor, climbers: Sequence[int], fmax: float) -> torch.Tensor:
-        x_new = x.clone()
-        norms = torch.linalg.vector_norm(forces, dim=-1)
-        for b, (r0, r1) in enumerate(self.rows):
-            fb = forces[r0:r1]
-            self.max_force[b] = float(norms[r0:r1].max())
-            if self.max_force[b] < fmax:
-                self.converged[b] = True
-                continue
-            xb = x[r0:r1].reshape(-1)
-            g = -fb.reshape(-1)
-            if self.climber[b] is not None and climbers[b] != self.climber[b]:
-                self.s[b], self.y[b], self.prev[b] = [], [], None
-            self.climber[b] = climbers[b]
-            if self.prev[b] is not None:
-                sk = xb - self.prev[b][0]
-                yk = g - self.prev[b][1]
-                if float(torch.dot(sk, yk)) > 1e-12:
-                    self.s[b].append(sk)
-                    self.y[b].append(yk)
-                    if len(self.s[b]) > self.memory:
-                        self.s[b].pop(0)
-                        self.y[b].pop(0)
-            d = self._direction(b, g)
-            if float(torch.dot(d, -g)) <= 0:  # not along the force: forget the curvature, go downhill
-                self.s[b], self.y[b] = [], []
-                d = -self.h0 * g
-            step = d.reshape(-1, 3)
-            longest = float(torch.linalg.vector_norm(step, dim=-1).max())
-            if longest > self.max_step:
-                step = step * (self.max_step / longest)
-            self.prev[b] = (xb.clone(), g.clone())
-            x_new[r0:r1] = x[r0:r1] + step
-        return x_new
-
-
 OPTIMIZERS = ("fire", "lbfgs")
 
 
@@ -306,11 +217,13 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     """Run CI-NEB on all ``bands`` (each ``[initial, *images, final]``) at once; one :class:`NEBResult` per band.
 
     ``optimizer="fire"``: batched FIRE with ASE's defaults (dt 0.1, dtmax 1.0, maxstep 0.2 A);
-    ``"lbfgs"``: :class:`BandLBFGS` (one history per band, steps capped at ``max_step``), usually fewer steps.
+    ``"lbfgs"``: batched L-BFGS (:func:`limace.analysis.optimize.lbfgs_step`: one history of ``memory`` pairs per
+    band, dropped when the band's climbing image changes; no atom moves more than ``max_step``), usually several
+    times fewer steps.
     Converged bands leave the batch (they are not evaluated again). A band that does not reach ``fmax`` within
     ``max_steps`` is returned with ``converged=False`` (its barrier fields are None in ``as_dict``).
     """
-    from limace.analysis.optimize import fire_init, fire_select, fire_step
+    from limace.analysis.optimize import fire_init, fire_select, fire_step, lbfgs_init, lbfgs_select, lbfgs_step
 
     bands = [list(b) for b in bands]
     n_bands = len(bands)
@@ -325,7 +238,8 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     if optimizer == "fire":
         fire = fire_init(x, neb.group_idx, n_bands, dt_start=dt, dt_max=max_dt, max_step=max_step)
     else:
-        fire = BandLBFGS(neb.rows, memory=memory, max_step=max_step)
+        fire = lbfgs_init(x, neb.group_idx, n_bands, memory=memory, max_step=max_step)
+    last_climbers = None
     final: dict[int, dict] = {}
     calls = evaluations = 0
     bar = _bar(max_steps, progress)
@@ -334,7 +248,10 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
         if optimizer == "fire":
             x_new, fire = fire_step(fire, x, f, fmax=fmax)
         else:
-            x_new = fire.step(x, f, climbers if climb else [0] * len(active), fmax)
+            reset = None if last_climbers is None else torch.as_tensor(
+                [a != b for a, b in zip(climbers, last_climbers)], device=x.device)
+            x_new, fire = lbfgs_step(fire, x, f, fmax=fmax, reset=reset)
+            last_climbers = climbers
         conv = fire.converged.cpu()
         out_of_steps = step == max_steps
         for pos_in_batch, b in enumerate(active):
@@ -352,16 +269,15 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
             keep = ~conv
             calls += neb.calls
             evaluations += neb.evaluations
+            x_new = x_new[keep.to(x.device)[fire.group_idx]]
             if optimizer == "fire":
-                x_new = x_new[keep.to(x.device)[fire.group_idx]]
                 fire = fire_select(fire, keep)
             else:
-                x_new = torch.cat([x_new[r0:r1] for (r0, r1), kp in zip(neb.rows, keep.tolist()) if kp])
+                fire = lbfgs_select(fire, keep)
+                last_climbers = [c for c, kp in zip(last_climbers, keep.tolist()) if kp]
             active = [b for b, c in zip(active, conv.tolist()) if not c]
             neb = BatchedNEB([bands[b] for b in active], model, k=k, climb=climb,
                              endpoint_energies=[end_e[b] for b in active])
-            if optimizer != "fire":
-                fire = fire.select(keep.tolist(), neb.rows)
         x = x_new
         bar.update(1)
         bar.set_postfix(fmax=f"{float(fire.max_force.max()):.3f}", left=len(active))

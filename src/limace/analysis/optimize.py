@@ -50,8 +50,9 @@ import torch
 
 from limace.errors import LimaceInputError
 
-__all__ = ["FireParams", "FireState", "fire_concat", "fire_init", "fire_select", "fire_step", "group_max_force",
-           "group_sum"]
+__all__ = ["FireParams", "FireState", "LBFGSParams", "LBFGSState", "OPTIMIZERS", "fire_concat", "fire_init",
+           "fire_select", "fire_step", "group_max_force", "group_sum", "lbfgs_concat", "lbfgs_init", "lbfgs_select",
+           "lbfgs_step"]
 
 
 @dataclass(frozen=True)
@@ -258,3 +259,176 @@ def fire_concat(states: list[FireState]) -> FireState:
         **{name: torch.cat([getattr(s, name) for s in states])
            for name in ("dt", "alpha", "n_pos", "converged", "max_force", "n_steps")},
     )
+
+
+# -- batched L-BFGS ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LBFGSParams:
+    """L-BFGS hyper-parameters: pairs kept, largest row displacement per step (A), inverse curvature before the
+    first pair (A^2/eV; ASE's ``1/alpha`` with alpha = 70 eV/A^2)."""
+
+    memory: int = 20
+    max_step: float = 0.2
+    h0: float = 1.0 / 70.0
+
+    def __post_init__(self):
+        if not (isinstance(self.memory, int) and self.memory >= 1):
+            raise LimaceInputError(f"L-BFGS memory must be an integer >= 1, got {self.memory!r}")
+        for name in ("max_step", "h0"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise LimaceInputError(f"L-BFGS {name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class LBFGSState:
+    """Histories of all groups, row-aligned with ``x``: ``s, y [m, N, 3]`` (slot 0 the newest), ``rho, valid [m, G]``,
+    ``gamma [G]`` (initial inverse-Hessian scale), ``prev_x, prev_g [N, 3]`` and ``has_prev [G]`` (the last point each
+    group moved from), ``converged, max_force [G]`` of the last forces, ``n_steps [G]``."""
+
+    s: torch.Tensor
+    y: torch.Tensor
+    rho: torch.Tensor
+    valid: torch.Tensor
+    gamma: torch.Tensor
+    prev_x: torch.Tensor
+    prev_g: torch.Tensor
+    has_prev: torch.Tensor
+    group_idx: torch.Tensor
+    converged: torch.Tensor
+    max_force: torch.Tensor
+    n_steps: torch.Tensor
+    params: LBFGSParams
+
+    @property
+    def n_groups(self) -> int:
+        return self.gamma.shape[0]
+
+    def replace(self, **changes) -> "LBFGSState":
+        return dataclasses.replace(self, **changes)
+
+
+def lbfgs_init(x: torch.Tensor, group_idx: torch.Tensor, n_groups: int, *, memory: int = 20, max_step: float = 0.2,
+               h0: float = 1.0 / 70.0) -> LBFGSState:
+    """A fresh L-BFGS state for ``x [N, 3]`` split into groups, as :func:`fire_init`."""
+    params = LBFGSParams(memory=memory, max_step=max_step, h0=h0)
+    fire = fire_init(x, group_idx, n_groups)  # the same argument checks
+    kw = {"dtype": x.dtype, "device": x.device}
+    m = params.memory
+    return LBFGSState(
+        s=torch.zeros((m, *x.shape), **kw), y=torch.zeros((m, *x.shape), **kw),
+        rho=torch.zeros((m, n_groups), **kw), valid=torch.zeros((m, n_groups), dtype=torch.bool, device=x.device),
+        gamma=torch.full((n_groups,), params.h0, **kw), prev_x=torch.zeros_like(x), prev_g=torch.zeros_like(x),
+        has_prev=torch.zeros(n_groups, dtype=torch.bool, device=x.device), group_idx=fire.group_idx,
+        converged=fire.converged, max_force=fire.max_force, n_steps=fire.n_steps, params=params)
+
+
+def _gdot(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+    return group_sum((a * b).sum(-1), g, n)
+
+
+def lbfgs_step(state: LBFGSState, x: torch.Tensor, forces: torch.Tensor, *, fmax: float | None = None,
+               reset: torch.Tensor | None = None) -> tuple[torch.Tensor, LBFGSState]:
+    """One L-BFGS step of every group that is not converged: ``(new x, new state)``.
+
+    The same contract as :func:`fire_step` (``forces`` = minus the gradient; convergence is checked on ``forces``
+    before moving; converged groups do not move). Per group: the two-loop recursion over its stored pairs with the
+    initial scale ``s.y / y.y`` of its newest pair; a pair is stored only if ``s.y > 0``; if the resulting step does
+    not point along the forces the group's history is dropped and it takes the step ``h0 * forces``; the step is
+    scaled so that no row moves more than ``max_step``. ``reset [G]`` (bool) drops the history of some groups first
+    (e.g. an NEB band whose climbing image changed). No line search (as ASE's ``LBFGS``).
+    """
+    if x.shape != state.prev_x.shape or forces.shape != x.shape:
+        raise LimaceInputError(f"lbfgs_step: x {tuple(x.shape)} and forces {tuple(forces.shape)} must both have the "
+                               f"shape of the state, {tuple(state.prev_x.shape)}")
+    p = state.params
+    g_idx, n = state.group_idx, state.n_groups
+    forces = forces.to(x.dtype)
+    grad = -forces
+    max_force = group_max_force(forces, g_idx, n)
+    converged = max_force < fmax if fmax is not None else torch.zeros_like(state.converged)
+    moving = ~converged
+    valid, gamma, has_prev = state.valid, state.gamma, state.has_prev
+    if reset is not None:
+        reset = torch.as_tensor(reset, dtype=torch.bool, device=x.device)
+        valid = valid & ~reset[None]
+        gamma = torch.where(reset, torch.full_like(gamma, p.h0), gamma)
+        has_prev = has_prev & ~reset
+    # the newest pair (where the group moved last time and is moving on)
+    s_new = x - state.prev_x
+    y_new = grad - state.prev_g
+    sy = _gdot(s_new, y_new, g_idx, n)
+    yy = _gdot(y_new, y_new, g_idx, n)
+    accept = has_prev & moving & (sy > 1e-12)
+    rows_acc = accept[g_idx, None]
+    s = torch.cat([torch.where(rows_acc, s_new, torch.zeros_like(s_new))[None], state.s[:-1]])
+    y = torch.cat([torch.where(rows_acc, y_new, torch.zeros_like(y_new))[None], state.y[:-1]])
+    rho = torch.cat([torch.where(accept, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))[None], state.rho[:-1]])
+    valid = torch.cat([accept[None], valid[:-1]])
+    gamma = torch.where(accept, sy / yy.clamp_min(1e-30), gamma)
+    # two-loop recursion, all groups at once (slots a group does not hold contribute nothing)
+    q = grad
+    alphas = []
+    for k in range(p.memory):
+        a = torch.where(valid[k], rho[k] * _gdot(s[k], q, g_idx, n), torch.zeros_like(gamma))
+        alphas.append(a)
+        q = q - a[g_idx, None] * y[k]
+    z = gamma[g_idx, None] * q
+    for k in reversed(range(p.memory)):
+        b = torch.where(valid[k], rho[k] * _gdot(y[k], z, g_idx, n), torch.zeros_like(gamma))
+        z = z + (alphas[k] - b)[g_idx, None] * s[k]
+    step = -z
+    uphill = _gdot(step, forces, g_idx, n) <= 0
+    valid = valid & ~uphill[None]
+    step = torch.where(uphill[g_idx, None], p.h0 * forces, step)
+    longest = group_max_force(step, g_idx, n)
+    step = step * (p.max_step / longest.clamp_min(p.max_step))[g_idx, None]
+    rows_mov = moving[g_idx, None]
+    x_new = torch.where(rows_mov, x + step, x)
+    new = state.replace(
+        s=s, y=y, rho=rho, valid=valid, gamma=gamma,
+        prev_x=torch.where(rows_mov, x, state.prev_x), prev_g=torch.where(rows_mov, grad, state.prev_g),
+        has_prev=has_prev | moving, converged=converged, max_force=max_force, n_steps=state.n_steps + moving.long())
+    return x_new, new
+
+
+def lbfgs_select(state: LBFGSState, keep: torch.Tensor) -> LBFGSState:
+    """The L-BFGS state of some groups only (as :func:`fire_select`)."""
+    keep = torch.as_tensor(keep, dtype=torch.bool, device=state.gamma.device)
+    if keep.shape != (state.n_groups,):
+        raise LimaceInputError(f"lbfgs_select: keep must be a [{state.n_groups}] bool tensor, got {tuple(keep.shape)}")
+    if not bool(keep.any()):
+        raise LimaceInputError("lbfgs_select: no group kept")
+    rows = keep[state.group_idx]
+    new_index = torch.cumsum(keep.long(), 0) - 1
+    return state.replace(s=state.s[:, rows], y=state.y[:, rows], rho=state.rho[:, keep], valid=state.valid[:, keep],
+                         gamma=state.gamma[keep], prev_x=state.prev_x[rows], prev_g=state.prev_g[rows],
+                         has_prev=state.has_prev[keep], group_idx=new_index[state.group_idx[rows]],
+                         converged=state.converged[keep], max_force=state.max_force[keep],
+                         n_steps=state.n_steps[keep])
+
+
+def lbfgs_concat(states: list[LBFGSState]) -> LBFGSState:
+    """One L-BFGS state from several (as :func:`fire_concat`; all must share the same parameters)."""
+    states = list(states)
+    if not states:
+        raise LimaceInputError("lbfgs_concat: got no states")
+    if any(s.params != states[0].params for s in states[1:]):
+        raise LimaceInputError("lbfgs_concat: the states have different L-BFGS parameters")
+    offsets, total = [], 0
+    for s in states:
+        offsets.append(total)
+        total += s.n_groups
+    return states[0].replace(
+        s=torch.cat([s.s for s in states], dim=1), y=torch.cat([s.y for s in states], dim=1),
+        rho=torch.cat([s.rho for s in states], dim=1), valid=torch.cat([s.valid for s in states], dim=1),
+        group_idx=torch.cat([s.group_idx + o for s, o in zip(states, offsets)]),
+        **{name: torch.cat([getattr(s, name) for s in states])
+           for name in ("gamma", "prev_x", "prev_g", "has_prev", "converged", "max_force", "n_steps")},
+    )
+
+
+OPTIMIZERS = {"fire": (fire_init, fire_step, fire_select, fire_concat),
+              "lbfgs": (lbfgs_init, lbfgs_step, lbfgs_select, lbfgs_concat)}

@@ -2,8 +2,8 @@
 
 :func:`relax_structures` puts as many structures as fit (``max_atoms``) into one
 :class:`~limace.md.state.BatchedState`, evaluates them with one call of a batched potential
-(:class:`~limace.potentials.batched.BatchedMACE`) per step and advances them with the batched FIRE of
-:mod:`limace.analysis.optimize`, each structure being its own FIRE group. A structure that is done (converged or out of
+(:class:`~limace.potentials.batched.BatchedMACE`) per step and advances them with the batched FIRE (default) or
+L-BFGS of :mod:`limace.analysis.optimize`, each structure being its own optimizer group. A structure that is done (converged or out of
 steps) leaves the batch and the next one waiting takes its place, so the batch stays full.
 
 The cell is relaxed as ASE's :class:`~ase.filters.FrechetCellFilter` does: each structure gets three extra rows of
@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from limace.analysis.optimize import FireState, fire_concat, fire_init, fire_select, fire_step
+from limace.analysis.optimize import OPTIMIZERS
 from limace.errors import LimaceInputError
 
 __all__ = ["relax_structures"]
 
 _FIRE_KEYS = ("dt_start", "dt_max", "max_step", "n_min", "f_inc", "f_dec", "alpha_start", "f_alpha")
+_LBFGS_KEYS = ("memory", "max_step", "h0")
 
 
 def _expm_frechet(a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -56,7 +57,7 @@ class _Batch:
     state: object  # BatchedState
     cell0: torch.Tensor  # [S, 3, 3] starting cells
     x: torch.Tensor  # [R, 3] degrees of freedom: per system its atoms' rows then (relax_cell) 3 cell rows
-    fire: FireState
+    fire: object  # FireState or LBFGSState (the optimizer's state; one group per structure)
 
     def layout(self, relax_cell: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row of each atom in ``x`` ``[N]`` and the 3 cell rows of each system ``[S, 3]`` (None without cell)."""
@@ -120,8 +121,9 @@ def _check_inputs(atoms_list, fmax, max_steps, relax_cell, pressure, max_atoms) 
 def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0.02, max_steps: int = 500,
                      relax_cell: bool = True, pressure: float = 0.0, *, max_atoms: int | None = None,
                      device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                     fire: dict | None = None, progress: bool = True) -> list[Atoms]:
-    """Relax every structure (atom positions and, with ``relax_cell``, the cell) with batched FIRE.
+                     fire: dict | None = None, optimizer: str = "fire", lbfgs: dict | None = None,
+                     progress: bool = True) -> list[Atoms]:
+    """Relax every structure (atom positions and, with ``relax_cell``, the cell) with batched FIRE or L-BFGS.
 
     Args:
         atoms_list: ASE Atoms (any sizes; the input objects are not modified).
@@ -139,6 +141,9 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
             ``float64``).
         fire: FIRE parameters for :func:`limace.analysis.optimize.fire_init` (``dt_start``, ``dt_max``,
             ``max_step``, ``n_min``, ``f_inc``, ``f_dec``, ``alpha_start``, ``f_alpha``; ASE's defaults).
+        optimizer: ``"fire"`` or ``"lbfgs"`` (:func:`limace.analysis.optimize.lbfgs_step`, one history per structure;
+            usually fewer steps to a tight ``fmax``).
+        lbfgs: L-BFGS parameters (``memory``, ``max_step``, ``h0``).
         progress: show a tqdm progress bar (structures done).
 
     Returns:
@@ -152,10 +157,14 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
     from limace.md.state import BatchedState, as_dtype
 
     atoms_list = _check_inputs(atoms_list, fmax, max_steps, relax_cell, pressure, max_atoms)
-    fire = dict(fire or {})
-    unknown = sorted(set(fire) - set(_FIRE_KEYS))
+    if optimizer not in OPTIMIZERS:
+        raise LimaceInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    params = dict((fire if optimizer == "fire" else lbfgs) or {})
+    keys = _FIRE_KEYS if optimizer == "fire" else _LBFGS_KEYS
+    unknown = sorted(set(params) - set(keys))
     if unknown:
-        raise LimaceInputError(f"fire: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(_FIRE_KEYS)}")
+        raise LimaceInputError(f"{optimizer}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(keys)}")
+    fire = (optimizer, params)
     model = _load_model(model, device, dtype)
     device = torch.device(device) if device is not None else getattr(model, "device", torch.device("cpu"))
     dtype = as_dtype(dtype) if dtype is not None else getattr(model, "dtype", torch.float64)
@@ -201,18 +210,27 @@ def _refill(batch, queue, atoms_list, max_atoms, relax_cell, device, dtype, fire
     x[atom_rows] = state.positions  # u = positions at F = 1; cell rows log(F) = 0
     group_idx = torch.repeat_interleave(torch.arange(len(take), device=state.device),
                                         torch.as_tensor(rows, device=state.device))
-    new.fire = fire_init(x, group_idx, len(take), **fire)
+    name, params = fire
+    init, _, _, concat = OPTIMIZERS[name]
+    new.fire = init(x, group_idx, len(take), **params)
     if batch is None:
         return new
     return _Batch(ids=batch.ids + new.ids, state=state_cls.concatenate([batch.state, new.state]),
                   cell0=torch.cat([batch.cell0, new.cell0]), x=torch.cat([batch.x, new.x]),
-                  fire=fire_concat([batch.fire, new.fire]))
+                  fire=concat([batch.fire, new.fire]))
+
+
+def _ops(state):
+    """(init, step, select, concat) of the optimizer that made ``state``."""
+    from limace.analysis.optimize import FireState
+
+    return OPTIMIZERS["fire" if isinstance(state, FireState) else "lbfgs"]
 
 
 def _select(batch: _Batch, keep: torch.Tensor) -> _Batch:
     rows = keep[batch.fire.group_idx]
     return _Batch(ids=[i for i, k in zip(batch.ids, keep.tolist()) if k], state=batch.state.select(keep),
-                  cell0=batch.cell0[keep], x=batch.x[rows], fire=fire_select(batch.fire, keep))
+                  cell0=batch.cell0[keep], x=batch.x[rows], fire=_ops(batch.fire)[2](batch.fire, keep))
 
 
 def _geometry(batch: _Batch, relax_cell: bool):
@@ -263,7 +281,7 @@ def _advance(batch: _Batch, model, fmax, max_steps, relax_cell, pressure, atoms_
         finite &= torch.isfinite(stress).all(dim=(1, 2))
     safe_forces = torch.where(finite[batch.fire.group_idx, None], dof_forces, torch.zeros_like(dof_forces))
     steps_before = batch.fire.n_steps
-    x_new, fire = fire_step(batch.fire, batch.x, safe_forces, fmax=fmax)
+    x_new, fire = _ops(batch.fire)[1](batch.fire, batch.x, safe_forces, fmax=fmax)
     done = fire.converged | (steps_before >= max_steps) | ~finite
     if bool(done.any()):
         _record(batch, done, fire, finite, energy, forces, stress, steps_before, pressure, atoms_list, results)
