@@ -165,8 +165,13 @@ def main():
     for name, (_, wall, _) in rows.items():
         if not name.startswith("c"):
             print(f"speed-up of limace over {name[3:]}: {wall / wall_c:.2f}x")
-    for label, r in zip(labels, ref):
-        print(f"  {label}: barrier {r['barrier']:.3f} eV, {r['steps']} steps, converged {r['converged']}")
+    print("\nper hop: barrier (eV) / steps")
+    print("| hop | " + " | ".join(name[:1] for name in rows) + " |")
+    print("| --- |" + " --- |" * len(rows))
+    for k, label in enumerate(labels):
+        cells = [f"{res[k]['barrier']:.3f} / {res[k]['steps']}{'' if res[k]['converged'] else ' (not converged)'}"
+                 for res, _, _ in rows.values()]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
