@@ -179,3 +179,23 @@ def test_lbfgs_bad_input_is_one_line_error():
         lbfgs_init(x, torch.zeros(2, dtype=torch.long), 1, memory=0)
     with pytest.raises(LimaceInputError, match="group_idx has values outside"):
         lbfgs_init(x, torch.tensor([0, 3]), 2)
+
+
+def test_lbfgs_undoes_a_step_after_which_the_force_grew():
+    from limace.analysis.optimize import lbfgs_init, lbfgs_step
+
+    x0 = torch.zeros((2, 3), dtype=torch.float64)
+    st = lbfgs_init(x0, torch.zeros(2, dtype=torch.long), 1, max_step=0.2)
+    f0 = torch.tensor([[1.0, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    x1, st = lbfgs_step(st, x0, f0)
+    assert not torch.equal(x1, x0)
+    # the forces got 3x larger there (e.g. noise or a non-conservative NEB force): back to x0, smaller radius
+    x2, st = lbfgs_step(st, x1, 3 * f0)
+    np.testing.assert_array_equal(x2.numpy(), x0.numpy())
+    assert int(st.n_rejected[0]) == 1 and float(st.radius[0]) == pytest.approx(0.1)
+    assert not bool(st.valid.any())
+    # with an objective, the energy decides instead: it fell, so the same forces are accepted
+    st = lbfgs_init(x0, torch.zeros(2, dtype=torch.long), 1)
+    x1, st = lbfgs_step(st, x0, f0, objective=torch.tensor([0.0], dtype=torch.float64))
+    x2, st = lbfgs_step(st, x1, 3 * f0, objective=torch.tensor([-0.1], dtype=torch.float64))
+    assert int(st.n_rejected[0]) == 0 and not torch.equal(x2, x1)

@@ -163,7 +163,9 @@ class BatchedNEB:
         self.k = float(k)
         self.climb = bool(climb)
         interior = [im for b in self.bands for im in b[1:-1]]
-        self.state = BatchedState.from_atoms(interior, device=model.device, dtype=model.dtype)
+        # the band and the optimizer live in float64 whatever the model's precision (it casts in and out): float32
+        # positions and differences of them are too coarse for the curvature pairs of L-BFGS near a tight fmax
+        self.state = BatchedState.from_atoms(interior, device=model.device, dtype=torch.float64)
         self.n_images = [len(b) - 2 for b in self.bands]
         self.n_atoms = [len(b[0]) for b in self.bands]
         # row ranges of each band's interior images in the flat position tensor
@@ -172,7 +174,7 @@ class BatchedNEB:
         self.group_idx = torch.repeat_interleave(
             torch.arange(len(self.bands), device=model.device),
             torch.as_tensor([n * m for n, m in zip(self.n_images, self.n_atoms)], device=model.device))
-        dt = model.dtype
+        dt = torch.float64
         self.end_pos = [(torch.as_tensor(b[0].positions, dtype=dt, device=model.device),
                          torch.as_tensor(b[-1].positions, dtype=dt, device=model.device)) for b in self.bands]
         if endpoint_energies is None:

@@ -267,16 +267,17 @@ def fire_concat(states: list[FireState]) -> FireState:
 @dataclass(frozen=True)
 class LBFGSParams:
     """L-BFGS hyper-parameters: pairs kept, largest row displacement per step (A), inverse curvature before the
-    first pair (A^2/eV; ASE's ``1/alpha`` with alpha = 70 eV/A^2)."""
+    first pair (A^2/eV; ASE's ``1/alpha`` with alpha = 70 eV/A^2), and the force growth that undoes a step."""
 
     memory: int = 20
     max_step: float = 0.2
     h0: float = 1.0 / 70.0
+    growth: float = 2.0  # a step after which the largest force grew more than this factor is undone
 
     def __post_init__(self):
         if not (isinstance(self.memory, int) and self.memory >= 1):
             raise LimaceInputError(f"L-BFGS memory must be an integer >= 1, got {self.memory!r}")
-        for name in ("max_step", "h0"):
+        for name in ("max_step", "h0", "growth"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0):
                 raise LimaceInputError(f"L-BFGS {name} must be a positive number, got {value!r}")
@@ -285,8 +286,10 @@ class LBFGSParams:
 @dataclass(frozen=True, eq=False)
 class LBFGSState:
     """Histories of all groups, row-aligned with ``x``: ``s, y [m, N, 3]`` (slot 0 the newest), ``rho, valid [m, G]``,
-    ``gamma [G]`` (initial inverse-Hessian scale), ``prev_x, prev_g [N, 3]`` and ``has_prev [G]`` (the last point each
-    group moved from), ``converged, max_force [G]`` of the last forces, ``n_steps [G]``."""
+    ``gamma [G]`` (initial inverse-Hessian scale), ``prev_x, prev_g [N, 3]``, ``prev_force, prev_objective [G]`` and
+    ``has_prev [G]`` (the last point each group moved from, its gradient, largest force and objective), ``radius [G]``
+    (the current step cap),
+    ``converged, max_force [G]`` of the last forces, ``n_steps [G]``, ``n_rejected [G]`` (steps undone)."""
 
     s: torch.Tensor
     y: torch.Tensor
@@ -295,11 +298,15 @@ class LBFGSState:
     gamma: torch.Tensor
     prev_x: torch.Tensor
     prev_g: torch.Tensor
+    prev_force: torch.Tensor
+    prev_objective: torch.Tensor
     has_prev: torch.Tensor
+    radius: torch.Tensor
     group_idx: torch.Tensor
     converged: torch.Tensor
     max_force: torch.Tensor
     n_steps: torch.Tensor
+    n_rejected: torch.Tensor
     params: LBFGSParams
 
     @property
@@ -311,9 +318,9 @@ class LBFGSState:
 
 
 def lbfgs_init(x: torch.Tensor, group_idx: torch.Tensor, n_groups: int, *, memory: int = 20, max_step: float = 0.2,
-               h0: float = 1.0 / 70.0) -> LBFGSState:
+               h0: float = 1.0 / 70.0, growth: float = 2.0) -> LBFGSState:
     """A fresh L-BFGS state for ``x [N, 3]`` split into groups, as :func:`fire_init`."""
-    params = LBFGSParams(memory=memory, max_step=max_step, h0=h0)
+    params = LBFGSParams(memory=memory, max_step=max_step, h0=h0, growth=growth)
     fire = fire_init(x, group_idx, n_groups)  # the same argument checks
     kw = {"dtype": x.dtype, "device": x.device}
     m = params.memory
@@ -321,8 +328,12 @@ def lbfgs_init(x: torch.Tensor, group_idx: torch.Tensor, n_groups: int, *, memor
         s=torch.zeros((m, *x.shape), **kw), y=torch.zeros((m, *x.shape), **kw),
         rho=torch.zeros((m, n_groups), **kw), valid=torch.zeros((m, n_groups), dtype=torch.bool, device=x.device),
         gamma=torch.full((n_groups,), params.h0, **kw), prev_x=torch.zeros_like(x), prev_g=torch.zeros_like(x),
-        has_prev=torch.zeros(n_groups, dtype=torch.bool, device=x.device), group_idx=fire.group_idx,
-        converged=fire.converged, max_force=fire.max_force, n_steps=fire.n_steps, params=params)
+        prev_force=torch.full((n_groups,), float("inf"), **kw),
+        prev_objective=torch.full((n_groups,), float("inf"), **kw),
+        has_prev=torch.zeros(n_groups, dtype=torch.bool, device=x.device),
+        radius=torch.full((n_groups,), params.max_step, **kw), group_idx=fire.group_idx,
+        converged=fire.converged, max_force=fire.max_force, n_steps=fire.n_steps,
+        n_rejected=torch.zeros(n_groups, dtype=torch.long, device=x.device), params=params)
 
 
 def _gdot(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
@@ -330,15 +341,22 @@ def _gdot(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, n: int) -> torch.Te
 
 
 def lbfgs_step(state: LBFGSState, x: torch.Tensor, forces: torch.Tensor, *, fmax: float | None = None,
-               reset: torch.Tensor | None = None) -> tuple[torch.Tensor, LBFGSState]:
+               reset: torch.Tensor | None = None, objective: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, LBFGSState]:
     """One L-BFGS step of every group that is not converged: ``(new x, new state)``.
 
     The same contract as :func:`fire_step` (``forces`` = minus the gradient; convergence is checked on ``forces``
     before moving; converged groups do not move). Per group: the two-loop recursion over its stored pairs with the
     initial scale ``s.y / y.y`` of its newest pair; a pair is stored only if ``s.y > 0``; if the resulting step does
     not point along the forces the group's history is dropped and it takes the step ``h0 * forces``; the step is
-    scaled so that no row moves more than ``max_step``. ``reset [G]`` (bool) drops the history of some groups first
-    (e.g. an NEB band whose climbing image changed). No line search (as ASE's ``LBFGS``).
+    scaled so that no row moves more than the group's ``radius`` (``max_step`` at first). ``reset [G]`` (bool) drops
+    the history of some groups first (e.g. an NEB band whose climbing image changed). No line search (as ASE's
+    ``LBFGS``); instead a safeguard that also works for NEB forces, which are not the gradient of one energy: when
+    a group's largest force grew by more than ``growth`` over the step that led here, the step is undone (the group
+    goes back to where it came from), its history is dropped and its radius halved; accepted steps grow the radius
+    back (x1.5, up to ``max_step``). This keeps noisy float32 forces near a tight ``fmax`` from driving a band away.
+    When the forces are the gradient of an objective (a relaxation), pass its value ``objective [G]`` (eV) at ``x``:
+    then a step is undone when the objective rose by more than 1e-4 eV instead.
     """
     if x.shape != state.prev_x.shape or forces.shape != x.shape:
         raise LimaceInputError(f"lbfgs_step: x {tuple(x.shape)} and forces {tuple(forces.shape)} must both have the "
@@ -351,6 +369,16 @@ def lbfgs_step(state: LBFGSState, x: torch.Tensor, forces: torch.Tensor, *, fmax
     converged = max_force < fmax if fmax is not None else torch.zeros_like(state.converged)
     moving = ~converged
     valid, gamma, has_prev = state.valid, state.gamma, state.has_prev
+    # undo steps after which the largest force grew too much (back to prev_x, forget the curvature, smaller radius)
+    if objective is None:
+        worse = max_force > p.growth * state.prev_force
+    else:
+        objective = objective.to(x.dtype)
+        worse = objective > state.prev_objective + 1e-4
+    rejected = moving & has_prev & worse
+    valid = valid & ~rejected[None]
+    gamma = torch.where(rejected, torch.full_like(gamma, p.h0), gamma)
+    radius = torch.where(rejected, state.radius * 0.5, state.radius)
     if reset is not None:
         reset = torch.as_tensor(reset, dtype=torch.bool, device=x.device)
         valid = valid & ~reset[None]
@@ -361,7 +389,7 @@ def lbfgs_step(state: LBFGSState, x: torch.Tensor, forces: torch.Tensor, *, fmax
     y_new = grad - state.prev_g
     sy = _gdot(s_new, y_new, g_idx, n)
     yy = _gdot(y_new, y_new, g_idx, n)
-    accept = has_prev & moving & (sy > 1e-12)
+    accept = has_prev & moving & ~rejected & (sy > 1e-12)
     rows_acc = accept[g_idx, None]
     s = torch.cat([torch.where(rows_acc, s_new, torch.zeros_like(s_new))[None], state.s[:-1]])
     y = torch.cat([torch.where(rows_acc, y_new, torch.zeros_like(y_new))[None], state.y[:-1]])
@@ -384,13 +412,19 @@ def lbfgs_step(state: LBFGSState, x: torch.Tensor, forces: torch.Tensor, *, fmax
     valid = valid & ~uphill[None]
     step = torch.where(uphill[g_idx, None], p.h0 * forces, step)
     longest = group_max_force(step, g_idx, n)
-    step = step * (p.max_step / longest.clamp_min(p.max_step))[g_idx, None]
-    rows_mov = moving[g_idx, None]
-    x_new = torch.where(rows_mov, x + step, x)
+    step = step * (radius / torch.maximum(longest, radius))[g_idx, None]
+    stepping = moving & ~rejected
+    rows_step = stepping[g_idx, None]
+    x_new = torch.where(rows_step, x + step, torch.where(rejected[g_idx, None], state.prev_x, x))
     new = state.replace(
         s=s, y=y, rho=rho, valid=valid, gamma=gamma,
-        prev_x=torch.where(rows_mov, x, state.prev_x), prev_g=torch.where(rows_mov, grad, state.prev_g),
-        has_prev=has_prev | moving, converged=converged, max_force=max_force, n_steps=state.n_steps + moving.long())
+        prev_x=torch.where(rows_step, x, state.prev_x), prev_g=torch.where(rows_step, grad, state.prev_g),
+        prev_force=torch.where(stepping, max_force, state.prev_force), has_prev=has_prev | stepping,
+        prev_objective=state.prev_objective if objective is None else
+        torch.where(stepping, objective, state.prev_objective),
+        radius=torch.where(stepping & state.has_prev, (radius * 1.5).clamp(max=p.max_step), radius),
+        converged=converged, max_force=max_force, n_steps=state.n_steps + moving.long(),
+        n_rejected=state.n_rejected + rejected.long())
     return x_new, new
 
 
@@ -405,9 +439,11 @@ def lbfgs_select(state: LBFGSState, keep: torch.Tensor) -> LBFGSState:
     new_index = torch.cumsum(keep.long(), 0) - 1
     return state.replace(s=state.s[:, rows], y=state.y[:, rows], rho=state.rho[:, keep], valid=state.valid[:, keep],
                          gamma=state.gamma[keep], prev_x=state.prev_x[rows], prev_g=state.prev_g[rows],
-                         has_prev=state.has_prev[keep], group_idx=new_index[state.group_idx[rows]],
-                         converged=state.converged[keep], max_force=state.max_force[keep],
-                         n_steps=state.n_steps[keep])
+                         prev_force=state.prev_force[keep], prev_objective=state.prev_objective[keep],
+                         has_prev=state.has_prev[keep], radius=state.radius[keep],
+                         group_idx=new_index[state.group_idx[rows]], converged=state.converged[keep],
+                         max_force=state.max_force[keep], n_steps=state.n_steps[keep],
+                         n_rejected=state.n_rejected[keep])
 
 
 def lbfgs_concat(states: list[LBFGSState]) -> LBFGSState:
@@ -426,7 +462,9 @@ def lbfgs_concat(states: list[LBFGSState]) -> LBFGSState:
         rho=torch.cat([s.rho for s in states], dim=1), valid=torch.cat([s.valid for s in states], dim=1),
         group_idx=torch.cat([s.group_idx + o for s, o in zip(states, offsets)]),
         **{name: torch.cat([getattr(s, name) for s in states])
-           for name in ("gamma", "prev_x", "prev_g", "has_prev", "converged", "max_force", "n_steps")},
+           for name in ("gamma", "prev_x", "prev_g", "prev_force", "prev_objective", "has_prev", "radius",
+                        "converged", "max_force",
+                        "n_steps", "n_rejected")},
     )
 
 

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from limace.analysis.optimize import OPTIMIZERS
+from limace.analysis.optimize import OPTIMIZERS, FireState, fire_step, lbfgs_step
 from limace.errors import LimaceInputError
 
 __all__ = ["relax_structures"]
 
 _FIRE_KEYS = ("dt_start", "dt_max", "max_step", "n_min", "f_inc", "f_dec", "alpha_start", "f_alpha")
-_LBFGS_KEYS = ("memory", "max_step", "h0")
+_LBFGS_KEYS = ("memory", "max_step", "h0", "growth")
 
 
 def _expm_frechet(a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -222,8 +222,6 @@ def _refill(batch, queue, atoms_list, max_atoms, relax_cell, device, dtype, fire
 
 def _ops(state):
     """(init, step, select, concat) of the optimizer that made ``state``."""
-    from limace.analysis.optimize import FireState
-
     return OPTIMIZERS["fire" if isinstance(state, FireState) else "lbfgs"]
 
 
@@ -281,7 +279,12 @@ def _advance(batch: _Batch, model, fmax, max_steps, relax_cell, pressure, atoms_
         finite &= torch.isfinite(stress).all(dim=(1, 2))
     safe_forces = torch.where(finite[batch.fire.group_idx, None], dof_forces, torch.zeros_like(dof_forces))
     steps_before = batch.fire.n_steps
-    x_new, fire = _ops(batch.fire)[1](batch.fire, batch.x, safe_forces, fmax=fmax)
+    if isinstance(batch.fire, FireState):
+        x_new, fire = fire_step(batch.fire, batch.x, safe_forces, fmax=fmax)
+    else:  # the objective (energy, or enthalpy under pressure) lets L-BFGS undo steps that went uphill
+        objective = energy + pressure * st.volume() if pressure != 0 else energy
+        objective = torch.where(finite, objective, torch.full_like(objective, float("inf")))
+        x_new, fire = lbfgs_step(batch.fire, batch.x, safe_forces, fmax=fmax, objective=objective)
     done = fire.converged | (steps_before >= max_steps) | ~finite
     if bool(done.any()):
         _record(batch, done, fire, finite, energy, forces, stress, steps_before, pressure, atoms_list, results)
