@@ -388,6 +388,18 @@ def test_evaluate_bad_inputs_are_one_line(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "not a MACE .model file" in err
     code, err = run_cli(["evaluate", str(tmp_path / "missing.model"), str(DATA)], capsys)
     assert code == 2 and "no such model file" in err
+    code, err = run_cli(["evaluate", str(bad), "li-in-sn-v9:test"], capsys)
+    assert code == 2 and "'li-in-sn-v9' is not a shipped dataset" in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_a_shipped_dataset_split(trained, tmp_path, capsys):
+    from limace.cli import main
+    from limace.data.datasets import load_dataset
+
+    out = tmp_path / "ev"
+    main(["evaluate", str(trained.model_path), "li-in-sn-v1:test", "--out", str(out), "--no-plots"])
+    summ = json.loads((out / "summary.json").read_text())["summary"]
+    assert summ["all"]["n_configs"] == len(load_dataset("li-in-sn-v1", "test"))
 
 
 # -- DDP -------------------------------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ def train_cmd(config: Path = typer.Argument(..., help="training config (YAML; se
 
 
 def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace or mace_run_train)"),
-                 data: Path = typer.Argument(..., help="labelled configurations (extxyz with REF_* keys)"),
+                 data: Path = typer.Argument(..., help="labelled configurations (extxyz with REF_* keys), or a "
+                                             "shipped dataset split such as li-in-sn-v1:test"),
                  out: Optional[Path] = typer.Option(None, help="directory for summary.json and parity plots (default: MODEL's name + '_eval/' next to it)"),
                  batch_size: int = typer.Option(16, help="configurations per model call"),
                  device: str = typer.Option("cpu", help="cpu or cuda"),
@@ -49,7 +50,8 @@ def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace o
         raise ValidationError(f"--batch-size must be >= 1, not {batch_size}")
     from limace.training.evaluate import evaluate_model
 
-    res = evaluate_model(model, data, batch_size=batch_size, device=device, dtype=dtype,
+    frames = _dataset_split(str(data)) if not data.exists() else data
+    res = evaluate_model(model, frames, name=model.stem, batch_size=batch_size, device=device, dtype=dtype,
                          fit_energy_offsets=fit_offsets)
     out = out if out is not None else model.with_name(f"{model.stem}_eval")
     paths = res.save(out, plots=plots)
@@ -58,6 +60,18 @@ def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace o
     if res.energy_offsets:
         typer.echo("energy offsets (eV/atom): " + ", ".join(f"{k} {v:+.4f}" for k, v in res.energy_offsets.items()))
     typer.echo(f"-> {paths['summary']}" + (f" and parity_*.png in {out}" if plots else ""))
+
+
+def _dataset_split(spec: str):
+    """``NAME:SPLIT`` (or ``NAME``, all splits) of a dataset shipped with limace, else the file-not-found error."""
+    from limace.data.datasets import available, load_dataset
+    from limace.errors import ValidationError
+
+    name, _, split = spec.partition(":")
+    if name not in available():
+        raise ValidationError(f"{spec}: no such file, and {name!r} is not a shipped dataset "
+                              f"({', '.join(available()) or 'none'})")
+    return load_dataset(name, split or "all")
 
 
 def register(app: typer.Typer) -> None:
