@@ -198,8 +198,11 @@ def estimated_cost(atoms: Atoms) -> float:
 
 # Symmetric cells (equilibrium, enumerated, isotropic strain) have zero or symmetry-fixed forces; the force labels a
 # potential learns from come from distorted cells, which cost more (no symmetry left). They are moved forward by
-# this factor in the labelling order so that every prefix of the labels carries force information.
-DISTORTED_PRIORITY = {"rattle": 2.0, "strain_shear": 2.0, "vacancy": 2.0, "hop_idpp": 2.0, "hop_linear": 2.0}
+# this factor in the labelling order so that every prefix of the labels carries force information. The equilibrium
+# cells of the library phases come first of all: they anchor the DFT hull and hold the elemental references of the
+# formation energies (docs/dataset.md), and there are only a dozen of them.
+DISTORTED_PRIORITY = {"rattle": 2.0, "strain_shear": 2.0, "vacancy": 2.0, "hop_idpp": 2.0, "hop_linear": 2.0,
+                      "equilibrium": 100.0}
 
 
 def cheapest_first(configs: list[Atoms]) -> list[Atoms]:
