@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from limace.analysis.optimize import OPTIMIZERS
 from limace.errors import LimaceInputError
 
 
@@ -209,9 +210,6 @@ class BatchedNEB:
         return neb_f, energies, climbers
 
 
-OPTIMIZERS = ("fire", "lbfgs")
-
-
 def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_steps: int = 500, k: float = 0.1,
             climb: bool = True, optimizer: str = "fire", dt: float = 0.1, max_dt: float = 1.0,
             max_step: float = 0.2, memory: int = 20, endpoint_energies=None,
@@ -225,7 +223,7 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     Converged bands leave the batch (they are not evaluated again). A band that does not reach ``fmax`` within
     ``max_steps`` is returned with ``converged=False`` (its barrier fields are None in ``as_dict``).
     """
-    from limace.analysis.optimize import fire_init, fire_select, fire_step, lbfgs_init, lbfgs_select, lbfgs_step
+    from limace.analysis.optimize import fire_init, fire_step, lbfgs_init, lbfgs_step
 
     bands = [list(b) for b in bands]
     n_bands = len(bands)
@@ -272,10 +270,8 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
             calls += neb.calls
             evaluations += neb.evaluations
             x_new = x_new[keep.to(x.device)[fire.group_idx]]
-            if optimizer == "fire":
-                fire = fire_select(fire, keep)
-            else:
-                fire = lbfgs_select(fire, keep)
+            fire = OPTIMIZERS[optimizer][2](fire, keep)  # fire_select / lbfgs_select
+            if last_climbers is not None:
                 last_climbers = [c for c, kp in zip(last_climbers, keep.tolist()) if kp]
             active = [b for b, c in zip(active, conv.tolist()) if not c]
             neb = BatchedNEB([bands[b] for b in active], model, k=k, climb=climb,

@@ -228,36 +228,50 @@ def fire_step(state: FireState, x: torch.Tensor, forces: torch.Tensor, *, fmax: 
 def fire_select(state: FireState, keep: torch.Tensor) -> FireState:
     """The FIRE state of some groups only: ``keep [G]`` bool; kept groups are renumbered ``0..k-1`` in order and
     their rows keep their relative order (select ``x`` the same way: ``x[keep[state.group_idx]]``)."""
-    keep = torch.as_tensor(keep, dtype=torch.bool, device=state.dt.device)
-    if keep.shape != (state.n_groups,):
-        raise LimaceInputError(f"fire_select: keep must be a [{state.n_groups}] bool tensor, got {tuple(keep.shape)}")
-    if not bool(keep.any()):
-        raise LimaceInputError("fire_select: no group kept")
-    rows = keep[state.group_idx]
-    new_index = torch.cumsum(keep.long(), 0) - 1
-    return state.replace(velocity=state.velocity[rows], group_idx=new_index[state.group_idx[rows]],
-                         dt=state.dt[keep], alpha=state.alpha[keep], n_pos=state.n_pos[keep],
-                         converged=state.converged[keep], max_force=state.max_force[keep],
-                         n_steps=state.n_steps[keep])
+    return _select_groups(state, keep, "fire_select", rows=("velocity",), groups=_FIRE_GROUP_FIELDS)
 
 
 def fire_concat(states: list[FireState]) -> FireState:
     """One FIRE state from several (rows and groups in order; group numbers of later states are offset). All must
     share the same :class:`FireParams` (concatenate ``x`` the same way)."""
+    return _concat_groups(states, "fire_concat", "FIRE", rows=("velocity",), groups=_FIRE_GROUP_FIELDS)
+
+
+_FIRE_GROUP_FIELDS = ("dt", "alpha", "n_pos", "converged", "max_force", "n_steps")
+
+
+def _select_groups(state, keep, who: str, rows=(), groups=(), history_rows=(), history_groups=()):
+    """``state`` (FireState or LBFGSState) restricted to the groups with ``keep [G]``, renumbered in order. ``rows``
+    / ``groups`` name the fields indexed by row / group on their first axis, ``history_*`` on their second."""
+    keep = torch.as_tensor(keep, dtype=torch.bool, device=state.group_idx.device)
+    if keep.shape != (state.n_groups,):
+        raise LimaceInputError(f"{who}: keep must be a [{state.n_groups}] bool tensor, got {tuple(keep.shape)}")
+    if not bool(keep.any()):
+        raise LimaceInputError(f"{who}: no group kept")
+    row_keep = keep[state.group_idx]
+    new_index = torch.cumsum(keep.long(), 0) - 1
+    return state.replace(group_idx=new_index[state.group_idx[row_keep]],
+                         **{f: getattr(state, f)[row_keep] for f in rows},
+                         **{f: getattr(state, f)[keep] for f in groups},
+                         **{f: getattr(state, f)[:, row_keep] for f in history_rows},
+                         **{f: getattr(state, f)[:, keep] for f in history_groups})
+
+
+def _concat_groups(states, who: str, what: str, rows=(), groups=(), history_rows=(), history_groups=()):
+    """One state from several of the same kind and parameters (rows and groups in order, group numbers offset)."""
     states = list(states)
     if not states:
-        raise LimaceInputError("fire_concat: got no states")
+        raise LimaceInputError(f"{who}: got no states")
     if any(s.params != states[0].params for s in states[1:]):
-        raise LimaceInputError("fire_concat: the states have different FIRE parameters")
+        raise LimaceInputError(f"{who}: the states have different {what} parameters")
     offsets, total = [], 0
     for s in states:
         offsets.append(total)
         total += s.n_groups
     return states[0].replace(
-        velocity=torch.cat([s.velocity for s in states]),
         group_idx=torch.cat([s.group_idx + o for s, o in zip(states, offsets)]),
-        **{name: torch.cat([getattr(s, name) for s in states])
-           for name in ("dt", "alpha", "n_pos", "converged", "max_force", "n_steps")},
+        **{f: torch.cat([getattr(s, f) for s in states]) for f in (*rows, *groups)},
+        **{f: torch.cat([getattr(s, f) for s in states], dim=1) for f in (*history_rows, *history_groups)},
     )
 
 
@@ -428,44 +442,20 @@ def lbfgs_step(state: LBFGSState, x: torch.Tensor, forces: torch.Tensor, *, fmax
     return x_new, new
 
 
+_LBFGS_FIELDS = {"rows": ("prev_x", "prev_g"),
+                 "groups": ("gamma", "prev_force", "prev_objective", "has_prev", "radius", "converged", "max_force",
+                            "n_steps", "n_rejected"),
+                 "history_rows": ("s", "y"), "history_groups": ("rho", "valid")}
+
+
 def lbfgs_select(state: LBFGSState, keep: torch.Tensor) -> LBFGSState:
     """The L-BFGS state of some groups only (as :func:`fire_select`)."""
-    keep = torch.as_tensor(keep, dtype=torch.bool, device=state.gamma.device)
-    if keep.shape != (state.n_groups,):
-        raise LimaceInputError(f"lbfgs_select: keep must be a [{state.n_groups}] bool tensor, got {tuple(keep.shape)}")
-    if not bool(keep.any()):
-        raise LimaceInputError("lbfgs_select: no group kept")
-    rows = keep[state.group_idx]
-    new_index = torch.cumsum(keep.long(), 0) - 1
-    return state.replace(s=state.s[:, rows], y=state.y[:, rows], rho=state.rho[:, keep], valid=state.valid[:, keep],
-                         gamma=state.gamma[keep], prev_x=state.prev_x[rows], prev_g=state.prev_g[rows],
-                         prev_force=state.prev_force[keep], prev_objective=state.prev_objective[keep],
-                         has_prev=state.has_prev[keep], radius=state.radius[keep],
-                         group_idx=new_index[state.group_idx[rows]], converged=state.converged[keep],
-                         max_force=state.max_force[keep], n_steps=state.n_steps[keep],
-                         n_rejected=state.n_rejected[keep])
+    return _select_groups(state, keep, "lbfgs_select", **_LBFGS_FIELDS)
 
 
 def lbfgs_concat(states: list[LBFGSState]) -> LBFGSState:
     """One L-BFGS state from several (as :func:`fire_concat`; all must share the same parameters)."""
-    states = list(states)
-    if not states:
-        raise LimaceInputError("lbfgs_concat: got no states")
-    if any(s.params != states[0].params for s in states[1:]):
-        raise LimaceInputError("lbfgs_concat: the states have different L-BFGS parameters")
-    offsets, total = [], 0
-    for s in states:
-        offsets.append(total)
-        total += s.n_groups
-    return states[0].replace(
-        s=torch.cat([s.s for s in states], dim=1), y=torch.cat([s.y for s in states], dim=1),
-        rho=torch.cat([s.rho for s in states], dim=1), valid=torch.cat([s.valid for s in states], dim=1),
-        group_idx=torch.cat([s.group_idx + o for s, o in zip(states, offsets)]),
-        **{name: torch.cat([getattr(s, name) for s in states])
-           for name in ("gamma", "prev_x", "prev_g", "prev_force", "prev_objective", "has_prev", "radius",
-                        "converged", "max_force",
-                        "n_steps", "n_rejected")},
-    )
+    return _concat_groups(states, "lbfgs_concat", "L-BFGS", **_LBFGS_FIELDS)
 
 
 OPTIMIZERS = {"fire": (fire_init, fire_step, fire_select, fire_concat),
