@@ -25,7 +25,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class LocalExecutor:
+class _Executor:
+    """What the two executors share: futures with ``result()`` and concurrent.futures' ``as_completed``."""
+
+    def as_completed(self, futures):
+        from concurrent.futures import as_completed
+
+        return as_completed(futures)
+
+    @staticmethod
+    def result(fut):
+        return fut.result()
+
+
+class LocalExecutor(_Executor):
     def __init__(self, workers: int):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -38,20 +51,11 @@ class LocalExecutor:
     def submit(self, fn, *args):
         return self.pool.submit(fn, *args)
 
-    def as_completed(self, futures):
-        from concurrent.futures import as_completed
-
-        return as_completed(futures)
-
-    @staticmethod
-    def result(fut):
-        return fut.result()
-
     def close(self, cancel: bool = False):
         self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
-class DaskExecutor:
+class DaskExecutor(_Executor):
     def __init__(self, address: str):
         from distributed import Client
 
@@ -64,10 +68,6 @@ class DaskExecutor:
         from distributed import as_completed
 
         return as_completed(futures)
-
-    @staticmethod
-    def result(fut):
-        return fut.result()
 
     def close(self, cancel: bool = False):
         self.client.close()
