@@ -57,7 +57,7 @@ class _Batch:
     state: object  # BatchedState
     cell0: torch.Tensor  # [S, 3, 3] starting cells
     x: torch.Tensor  # [R, 3] degrees of freedom: per system its atoms' rows then (relax_cell) 3 cell rows
-    fire: object  # FireState or LBFGSState (the optimizer's state; one group per structure)
+    opt: object  # FireState or LBFGSState (the optimizer's state; one group per structure)
 
     def layout(self, relax_cell: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row of each atom in ``x`` ``[N]`` and the 3 cell rows of each system ``[S, 3]`` (None without cell)."""
@@ -164,7 +164,7 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
     unknown = sorted(set(params) - set(keys))
     if unknown:
         raise LimaceInputError(f"{optimizer}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(keys)}")
-    fire = (optimizer, params)
+    opt_spec = (optimizer, params)
     model = _load_model(model, device, dtype)
     device = torch.device(device) if device is not None else getattr(model, "device", torch.device("cpu"))
     dtype = as_dtype(dtype) if dtype is not None else getattr(model, "dtype", torch.float64)
@@ -176,7 +176,7 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
     iterations = 0
     try:
         while queue or batch is not None:
-            batch = _refill(batch, queue, atoms_list, max_atoms, relax_cell, device, dtype, fire, BatchedState)
+            batch = _refill(batch, queue, atoms_list, max_atoms, relax_cell, device, dtype, opt_spec, BatchedState)
             iterations += 1
             done = _advance(batch, model, fmax, max_steps, relax_cell, pressure, atoms_list, results)
             if bool(done.any()):
@@ -189,7 +189,7 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
     return [results[k] for k in range(len(atoms_list))]
 
 
-def _refill(batch, queue, atoms_list, max_atoms, relax_cell, device, dtype, fire, state_cls) -> _Batch:
+def _refill(batch, queue, atoms_list, max_atoms, relax_cell, device, dtype, opt_spec, state_cls) -> _Batch:
     """Add waiting structures to the batch while it holds at most ``max_atoms`` atoms (always at least one)."""
     n_now = 0 if batch is None else batch.state.n_atoms
     take = []
@@ -205,19 +205,19 @@ def _refill(batch, queue, atoms_list, max_atoms, relax_cell, device, dtype, fire
     state = state_cls.from_atoms(new_atoms, device=device, dtype=dtype)
     rows = [len(a) + (3 if relax_cell else 0) for a in new_atoms]
     x = torch.zeros((sum(rows), 3), dtype=state.dtype, device=state.device)
-    new = _Batch(ids=take, state=state, cell0=state.cell.clone(), x=x, fire=None)
+    new = _Batch(ids=take, state=state, cell0=state.cell.clone(), x=x, opt=None)
     atom_rows, _ = new.layout(relax_cell)
     x[atom_rows] = state.positions  # u = positions at F = 1; cell rows log(F) = 0
     group_idx = torch.repeat_interleave(torch.arange(len(take), device=state.device),
                                         torch.as_tensor(rows, device=state.device))
-    name, params = fire
+    name, params = opt_spec
     init, _, _, concat = OPTIMIZERS[name]
-    new.fire = init(x, group_idx, len(take), **params)
+    new.opt = init(x, group_idx, len(take), **params)
     if batch is None:
         return new
     return _Batch(ids=batch.ids + new.ids, state=state_cls.concatenate([batch.state, new.state]),
                   cell0=torch.cat([batch.cell0, new.cell0]), x=torch.cat([batch.x, new.x]),
-                  fire=concat([batch.fire, new.fire]))
+                  opt=concat([batch.opt, new.opt]))
 
 
 def _ops(state):
@@ -226,9 +226,9 @@ def _ops(state):
 
 
 def _select(batch: _Batch, keep: torch.Tensor) -> _Batch:
-    rows = keep[batch.fire.group_idx]
+    rows = keep[batch.opt.group_idx]
     return _Batch(ids=[i for i, k in zip(batch.ids, keep.tolist()) if k], state=batch.state.select(keep),
-                  cell0=batch.cell0[keep], x=batch.x[rows], fire=_ops(batch.fire)[2](batch.fire, keep))
+                  cell0=batch.cell0[keep], x=batch.x[rows], opt=_ops(batch.opt)[2](batch.opt, keep))
 
 
 def _geometry(batch: _Batch, relax_cell: bool):
@@ -277,23 +277,23 @@ def _advance(batch: _Batch, model, fmax, max_steps, relax_cell, pressure, atoms_
         st.sum_per_system(forces.abs().sum(-1)))
     if stress is not None:
         finite &= torch.isfinite(stress).all(dim=(1, 2))
-    safe_forces = torch.where(finite[batch.fire.group_idx, None], dof_forces, torch.zeros_like(dof_forces))
-    steps_before = batch.fire.n_steps
-    if isinstance(batch.fire, FireState):
-        x_new, fire = fire_step(batch.fire, batch.x, safe_forces, fmax=fmax)
+    safe_forces = torch.where(finite[batch.opt.group_idx, None], dof_forces, torch.zeros_like(dof_forces))
+    steps_before = batch.opt.n_steps
+    if isinstance(batch.opt, FireState):
+        x_new, opt = fire_step(batch.opt, batch.x, safe_forces, fmax=fmax)
     else:  # the objective (energy, or enthalpy under pressure) lets L-BFGS undo steps that went uphill
         objective = energy + pressure * st.volume() if pressure != 0 else energy
         objective = torch.where(finite, objective, torch.full_like(objective, float("inf")))
-        x_new, fire = lbfgs_step(batch.fire, batch.x, safe_forces, fmax=fmax, objective=objective)
-    done = fire.converged | (steps_before >= max_steps) | ~finite
+        x_new, opt = lbfgs_step(batch.opt, batch.x, safe_forces, fmax=fmax, objective=objective)
+    done = opt.converged | (steps_before >= max_steps) | ~finite
     if bool(done.any()):
-        _record(batch, done, fire, finite, energy, forces, stress, steps_before, pressure, atoms_list, results)
-    batch.x = torch.where(done[batch.fire.group_idx, None], batch.x, x_new)
-    batch.fire = fire
+        _record(batch, done, opt, finite, energy, forces, stress, steps_before, pressure, atoms_list, results)
+    batch.x = torch.where(done[batch.opt.group_idx, None], batch.x, x_new)
+    batch.opt = opt
     return done
 
 
-def _record(batch, done, fire, finite, energy, forces, stress, steps_before, pressure, atoms_list, results) -> None:
+def _record(batch, done, opt, finite, energy, forces, stress, steps_before, pressure, atoms_list, results) -> None:
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -315,9 +315,9 @@ def _record(batch, done, fire, finite, energy, forces, stress, steps_before, pre
         atoms.info["energy"] = e
         if pressure != 0:
             atoms.info["enthalpy"] = e + pressure * float(vol[k])
-        atoms.info["converged"] = bool(fire.converged[k]) and ok
+        atoms.info["converged"] = bool(opt.converged[k]) and ok
         atoms.info["relax_steps"] = int(steps_before[k])
-        atoms.info["relax_fmax"] = float(fire.max_force[k]) if ok else float("nan")
+        atoms.info["relax_fmax"] = float(opt.max_force[k]) if ok else float("nan")
         if not ok:
             atoms.info["relax_error"] = "the potential returned non-finite energy, forces or stress"
         calc_results = {"energy": e, "free_energy": e, "forces": frc[a:b]}
