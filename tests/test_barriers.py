@@ -47,6 +47,11 @@ def test_barriers_of_a_phase_and_resume(fcc_file, tmp_path):
                         progress=False)
     assert (out / "morse_fcc" / "neb.json").stat().st_mtime_ns == stamp
     assert rep2["phases"][0]["hops"] == phase["hops"]
+    # another model file under the same name (a retrained potential): recomputed, not reused
+    rep3 = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=out, potential_name="morse", settings=settings,
+                        progress=False, potential_sha256="0" * 64)
+    assert (out / "morse_fcc" / "neb.json").stat().st_mtime_ns != stamp
+    assert rep3["potential_sha256"] == json.loads((out / "barriers.json").read_text())["potential_sha256"] == "0" * 64
 
 
 def test_pipeline_barrier_equals_a_direct_neb_on_the_same_endpoints(fcc_file, tmp_path):

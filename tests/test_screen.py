@@ -43,6 +43,11 @@ def test_results_json_has_the_documented_schema(screened):
             for hop in p["hops"]:
                 assert {"length_A", "barrier_eV", "converged", "li_coordination"} <= set(hop)
     assert f"report: {(out / 'report.md').resolve()}" in res.stdout
+    # the model file is identified by its checksum (resume caches are keyed on it, not on the name)
+    import hashlib
+    from pathlib import Path
+
+    assert data["potential_sha256"] == hashlib.sha256(Path(screened[0][5]).read_bytes()).hexdigest()
 
 
 def test_report_files_exist(screened):

@@ -118,8 +118,12 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
 
 
 def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, potential_name: str = "",
-                 settings: BarrierSettings = BarrierSettings(), progress: bool = True) -> dict:
-    """Barriers for several phases; with ``out`` writes barriers.json, barriers.md and PNG profiles, resumably."""
+                 settings: BarrierSettings = BarrierSettings(), progress: bool = True,
+                 potential_sha256: str | None = None) -> dict:
+    """Barriers for several phases; with ``out`` writes barriers.json, barriers.md and PNG profiles, resumably.
+
+    A phase finished earlier in ``out`` is reused only when its settings, ``potential_name`` and
+    ``potential_sha256`` (the model file's checksum: a retrained potential keeps its name) all match."""
     out = Path(out) if out else None
     phases = []
     for spec in specs:
@@ -129,7 +133,8 @@ def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, pot
         cache = out / name / "neb.json" if out else None
         if cache is not None and cache.exists():
             saved = json.loads(cache.read_text())
-            if saved.get("settings") == asdict(settings) and saved.get("potential") == potential_name:
+            if (saved.get("settings") == asdict(settings) and saved.get("potential") == potential_name
+                    and saved.get("potential_sha256") == potential_sha256):
                 phases.append(saved["entry"])
                 continue
         t0 = time.perf_counter()
@@ -137,9 +142,11 @@ def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, pot
         entry["wall_s"] = round(time.perf_counter() - t0, 2)
         if out is not None:
             _plot_profiles(entry, results, out / name / "neb_profiles.png")
-            atomic_write_json(cache, {"settings": asdict(settings), "potential": potential_name, "entry": entry})
+            atomic_write_json(cache, {"settings": asdict(settings), "potential": potential_name,
+                                      "potential_sha256": potential_sha256, "entry": entry})
         phases.append(entry)
-    report = {"potential": potential_name, "settings": asdict(settings), "phases": phases}
+    report = {"potential": potential_name, "potential_sha256": potential_sha256, "settings": asdict(settings),
+              "phases": phases}
     if out is not None:
         # profiles (energies along each path) stay in DIR/<phase>/neb.json; barriers.json keeps the table
         public = {**report, "phases": [{**p, "hops": [{k: v for k, v in h.items() if k != "profile"} for h in p["hops"]]}

@@ -25,10 +25,11 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
              max_steps: int = typer.Option(400, help="NEB steps before a hop is reported as not converged")):
     """Li vacancy-hop barriers: distinct hops -> batched CI-NEB -> percolation; table, JSON and NEB plots.
 
-    Resumable: with --out, phases already computed with the same settings are not recomputed.
+    Resumable: with --out, phases already computed with the same settings and model file are not recomputed.
     """
     from limace.analysis.barriers import BarrierSettings, markdown_table, run_barriers, resolve_phase
     from limace.potentials import load
+    from limace.potentials.calculator import potential_sha256
 
     from limace.analysis.neb import OPTIMIZERS
     from limace.errors import LimaceInputError
@@ -40,7 +41,8 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     model = load(potential, device=device, dtype=dtype, batched=True)
     settings = BarrierSettings(cutoff=cutoff, min_image_distance=min_image_distance, n_images=n_images, fmax=fmax,
                                optimizer=optimizer, max_steps=max_steps)
-    report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings)
+    report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings,
+                          potential_sha256=potential_sha256(potential))
     typer.echo(markdown_table(report))
     if out is not None:
         typer.echo(f"wrote {out / 'barriers.json'}, {out / 'barriers.md'} and NEB profile plots")

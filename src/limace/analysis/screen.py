@@ -143,15 +143,15 @@ def verify_dft(system: str, result: dict, out: Path, workers: int) -> list[dict]
 # -- task 2: barriers -------------------------------------------------------------------------------------------------
 
 
-def barrier_task(system: str, structure_file: str, potential: str, settings: dict, out: str, device: str,
-                 dtype: str, workers: int = 1, progress: bool = False) -> dict:
+def barrier_task(system: str, structure_file: str, potential: str, potential_sha256: str, settings: dict, out: str,
+                 device: str, dtype: str, workers: int = 1, progress: bool = False) -> dict:
     from limace.analysis.barriers import run_barriers
 
     _set_threads(workers)
     model = _model(potential, device, dtype)
     name = Path(structure_file).stem
     rep = run_barriers([structure_file], model, out=Path(out) / "barriers" / system, potential_name=potential,
-                       settings=BarrierSettings(**settings), progress=progress)
+                       settings=BarrierSettings(**settings), progress=progress, potential_sha256=potential_sha256)
     entry = rep["phases"][0]
     entry["hops"] = [{k: v for k, v in h.items() if k != "profile"} for h in entry["hops"]]
     entry["phase"] = name
@@ -223,7 +223,11 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
         return results
 
     # 1. hulls
-    hull_key = {"potential": potential, "search": sdict["search"], "sn_reference": settings.sn_reference,
+    # the model file's checksum: a resumed screen recomputes what an older version of the same potential computed
+    from limace.potentials.calculator import potential_sha256
+
+    psha = potential_sha256(potential)
+    hull_key = {"potential": potential, "potential_sha256": psha, "search": sdict["search"], "sn_reference": settings.sn_reference,
                 "near_hull": settings.near_hull}
     hull_tasks = {str(out / "work" / f"hull-{s}.json"): (hull_key, hull_task, (s, potential, sdict, str(out), device,
                                                                                    dtype)) for s in systems}
@@ -234,7 +238,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
 
     # 2. barriers for the chosen phases
     barrier_tasks, skipped = {}, {s: [] for s in systems}
-    bkey = {"potential": potential, "barriers": sdict["barriers"]}
+    bkey = {"potential": potential, "potential_sha256": psha, "barriers": sdict["barriers"]}
     for s in systems:
         names = _barrier_phase_names(hulls[s], settings)
         structures = out / "work" / s / "structures"
@@ -250,14 +254,14 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
                                                          f"max_barrier_atoms={settings.max_barrier_atoms}"})
                 continue
             barrier_tasks[str(out / "work" / f"barriers-{s}-{n}.json")] = (
-                bkey, barrier_task, (s, str(structures / f"{n}.extxyz"), potential, sdict["barriers"], str(out),
+                bkey, barrier_task, (s, str(structures / f"{n}.extxyz"), potential, psha, sdict["barriers"], str(out),
                                      device, dtype))
     done = run_tasks(barrier_tasks, "barriers") if barrier_tasks else {}
     barriers = {s: {"phases": [], "skipped": skipped[s]} for s in systems}
     for path, entry in sorted(done.items()):
         barriers[_system_of(Path(path).stem, systems)]["phases"].append(entry)
 
-    results = {"potential": potential, "settings": sdict, "systems": {}}
+    results = {"potential": potential, "potential_sha256": psha, "settings": sdict, "systems": {}}
     for s in systems:
         h = hulls[s]
         results["systems"][s] = {

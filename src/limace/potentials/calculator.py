@@ -26,7 +26,7 @@ from ase.stress import full_3x3_to_voigt_6_stress  # noqa: E402
 from mace.calculators import MACECalculator  # noqa: E402
 
 from limace.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
-from limace.potentials.registry import PotentialEntry, fetch, get_potential  # noqa: E402
+from limace.potentials.registry import PotentialEntry, fetch, get_potential, sha256_file  # noqa: E402
 
 PathOrName = Union[str, Path]
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -70,6 +70,17 @@ def resolve(spec: PathOrName, offline: bool | None = None, progress: bool = True
             return Path(spec), None
         raise
     return fetch(entry, offline=offline, progress=progress), entry
+
+
+def potential_sha256(spec: PathOrName, offline: bool | None = None) -> str:
+    """SHA-256 of the model file a registry name or path stands for: what identifies a potential in caches of
+    results (a registry name keeps its name across versions; a path can be overwritten by a retrained model)."""
+    path, entry = resolve(spec, offline=offline, progress=False)
+    if entry is not None:
+        return entry.weights.sha256
+    if not path.is_file():
+        raise LimaceInputError(f"{path}: no such model file")
+    return sha256_file(path)
 
 
 def read_model(path: str | Path, device: str = "cpu") -> torch.nn.Module:
