@@ -151,3 +151,26 @@ def test_unknown_system_and_non_convex_phases():
         HullAnalysis("Li-Ge", [("Li", -1.9)])
     with pytest.raises(LimaceInputError, match="not on a convex hull"):
         VoltageCurve.from_phases("Sn", [("LiSn", 1.0, -0.1), ("Li7Sn2", 3.5, -0.3)])
+
+
+def test_collapsed_cells_are_kept_off_the_hull():
+    """A cell the potential collapsed (volume far below Vegard's, or an absurd formation energy) is rejected with
+    its reason; physical alloys and the elements are kept."""
+    from ase.build import bulk
+
+    from limace.analysis.search import reject_unphysical
+
+    def relaxed(atoms, e_per_atom, name):
+        atoms.info.update(energy=e_per_atom * len(atoms), converged=True, name=name)
+        return atoms
+
+    li = relaxed(bulk("Li", "bcc", a=3.44), -1.90, "Li")            # 20.4 A^3/atom
+    sn = relaxed(bulk("Sn", "diamond", a=6.65), -3.92, "Sn")        # 36.8 A^3/atom
+    ok = relaxed(bulk("LiSn", "rocksalt", a=6.0) * (1, 1, 1), -3.2, "LiSn-ok")             # 27 A^3/atom, E_f -0.29
+    squashed = relaxed(bulk("LiSn", "rocksalt", a=4.6), -3.0, "LiSn-squashed")             # 12 A^3/atom
+    deep = relaxed(bulk("LiSn", "rocksalt", a=6.0), -65.0, "LiSn-hole")                    # E_f -62 eV/atom
+    kept, rejected = reject_unphysical([li, sn, ok, squashed, deep])
+    assert [a.info["name"] for a in kept] == ["Li", "Sn", "LiSn-ok"]
+    reasons = {r["name"]: r["reason"] for r in rejected}
+    assert set(reasons) == {"LiSn-squashed", "LiSn-hole"}
+    assert "Vegard" in reasons["LiSn-squashed"] and "formation energy" in reasons["LiSn-hole"]

@@ -84,7 +84,8 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     from ase.io import write
 
     from limace.analysis.hull import HullAnalysis
-    from limace.analysis.search import library_structures, lowest_per_composition, relax_all, search_candidates
+    from limace.analysis.search import (library_structures, lowest_per_composition, reject_unphysical, relax_all,
+                                        search_candidates)
 
     _set_threads(workers)
     s = ScreenSettings(**{**settings, "search": SearchSettings(**settings["search"]),
@@ -95,7 +96,10 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     candidates = search_candidates(system, s.search)
     t0 = time.perf_counter()
     relaxed = relax_all(library + candidates, model, s.search.fmax, s.search.max_steps, progress=progress)
-    lib_rel, cand_rel = relaxed[:len(library)], relaxed[len(library):]
+    _, rejected = reject_unphysical(relaxed, s.search.min_volume_ratio, s.search.min_formation_energy)
+    bad = {r["name"] for r in rejected}
+    lib_rel = [a for a in relaxed[:len(library)] if a.info.get("name") not in bad]
+    cand_rel = [a for a in relaxed[len(library):] if a.info.get("name") not in bad]
     best = lowest_per_composition(cand_rel)
     entries = [a for a in lib_rel if a.info.get("converged", False)] + best
     hull = HullAnalysis.from_structures(system, entries, sn_reference=s.sn_reference, potential=potential)
@@ -113,7 +117,7 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     not_converged = [a.info["name"] for a in relaxed if not a.info.get("converged", False)]
     return {"system": system, "hull": summary, "hull_dict": hull.as_dict(), "voltage": voltage.as_dict(),
             "near_hull": near, "n_candidates": len(candidates), "n_library": len(library),
-            "not_converged": not_converged, "relax_wall_s": round(time.perf_counter() - t0, 1)}
+            "not_converged": not_converged, "rejected": rejected, "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def verify_dft(system: str, result: dict, out: Path, workers: int) -> list[dict]:
@@ -270,7 +274,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
             "stable": h["hull"]["stable"], "references": h["hull"]["references"],
             "sn_reference": h["hull"].get("sn_reference"), "voltage": h["voltage"], "near_hull": h["near_hull"],
             "search": {"n_candidates": h["n_candidates"], "n_library": h["n_library"],
-                       "not_converged": h["not_converged"]},
+                       "not_converged": h["not_converged"], "rejected": h.get("rejected", [])},
             "barriers": barriers[s],
         }
     results["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
@@ -332,6 +336,9 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
                   f"Stable: {', '.join(r['stable'])}. Search: {r['search']['n_candidates']} candidates, "
                   f"{r['search']['n_library']} library phases"
                   + (f"; not converged: {', '.join(r['search']['not_converged'])}" if r['search']['not_converged'] else "")
+                  + (f"; rejected as unphysical (a hole of the potential, kept off the hull): "
+                     + "; ".join(f"{x['name']} ({x['reason']})" for x in r['search'].get('rejected', []))
+                     if r['search'].get('rejected') else "")
                   + ".", "",
                   "| formula | name | x_Li | E_f (meV/atom) | E above hull (meV/atom) | source |",
                   "| --- | --- | --- | --- | --- | --- |"]

@@ -29,6 +29,10 @@ class SearchSettings:
     max_prototype_atoms: int = 24
     fmax: float = 0.02
     max_steps: int = 300
+    # sanity bounds on relaxed structures (a potential's holes: a cell that collapses into a region without training
+    # data can reach absurd energies and would then be "the" stable phase); see reject_unphysical
+    min_volume_ratio: float = 0.7
+    min_formation_energy: float = -1.0
 
 
 def _host(system: str) -> str:
@@ -104,3 +108,51 @@ def lowest_per_composition(structures: Sequence[Atoms]) -> list[Atoms]:
         if key not in best or a.info["energy"] / len(a) < best[key].info["energy"] / len(best[key]):
             best[key] = a
     return list(best.values())
+
+
+def reject_unphysical(structures: Sequence[Atoms], min_volume_ratio: float = 0.7,
+                      min_formation_energy: float = -1.0) -> tuple[list[Atoms], list[dict]]:
+    """Split relaxed structures into (kept, rejected) by two physical bounds, so that a hole of the potential cannot
+    put a collapsed cell on the hull (for Li-In and Li-Sn, DFT formation energies lie above -0.45 eV/atom and
+    alloy volumes within ~20 % of Vegard's law):
+
+    - the volume per atom below ``min_volume_ratio`` x the composition-weighted volume per atom of the elements
+      (the smallest among the converged pure structures of each element in ``structures``);
+    - the formation energy against the lowest converged pure structure of each element below
+      ``min_formation_energy`` (eV/atom).
+
+    Rejected entries are ``{"name", "formula", "reason"}``. Structures without ``info["energy"]`` (failed
+    relaxations) are kept for the caller's own handling; pure-element structures are never rejected.
+    """
+    from collections import Counter
+
+    pure_v: dict[str, float] = {}
+    pure_e: dict[str, float] = {}
+    for a in structures:
+        syms = set(a.get_chemical_symbols())
+        if len(syms) == 1 and a.info.get("converged", False) and "energy" in a.info:
+            (el,) = syms
+            pure_v[el] = min(pure_v.get(el, float("inf")), a.get_volume() / len(a))
+            pure_e[el] = min(pure_e.get(el, float("inf")), a.info["energy"] / len(a))
+    kept, rejected = [], []
+    for a in structures:
+        counts = Counter(a.get_chemical_symbols())
+        if len(counts) == 1 or "energy" not in a.info or not set(counts) <= set(pure_v):
+            kept.append(a)
+            continue
+        n = len(a)
+        vegard = sum(c * pure_v[el] for el, c in counts.items()) / n
+        ratio = a.get_volume() / n / vegard
+        e_form = (a.info["energy"] - sum(c * pure_e[el] for el, c in counts.items())) / n
+        reason = None
+        if ratio < min_volume_ratio:
+            reason = f"volume {ratio:.2f} x Vegard < {min_volume_ratio}"
+        elif e_form < min_formation_energy:
+            reason = f"formation energy {e_form:.2f} eV/atom < {min_formation_energy}"
+        if reason is None:
+            kept.append(a)
+        else:
+            rejected.append({"name": a.info.get("name", a.get_chemical_formula()), "formula": a.get_chemical_formula(),
+                             "reason": reason})
+    return kept, rejected
+
