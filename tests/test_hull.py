@@ -169,8 +169,21 @@ def test_collapsed_cells_are_kept_off_the_hull():
     ok = relaxed(bulk("LiSn", "rocksalt", a=6.0) * (1, 1, 1), -3.2, "LiSn-ok")             # 27 A^3/atom, E_f -0.29
     squashed = relaxed(bulk("LiSn", "rocksalt", a=4.6), -3.0, "LiSn-squashed")             # 12 A^3/atom
     deep = relaxed(bulk("LiSn", "rocksalt", a=6.0), -65.0, "LiSn-hole")                    # E_f -62 eV/atom
-    kept, rejected = reject_unphysical([li, sn, ok, squashed, deep])
-    assert [a.info["name"] for a in kept] == ["Li", "Sn", "LiSn-ok"]
+    kept, rejected, warnings = reject_unphysical([li, sn, ok, squashed, deep])
+    assert [a.info["name"] for a in kept] == ["Li", "Sn", "LiSn-ok"] and warnings == []
     reasons = {r["name"]: r["reason"] for r in rejected}
     assert set(reasons) == {"LiSn-squashed", "LiSn-hole"}
     assert "Vegard" in reasons["LiSn-squashed"] and "formation energy" in reasons["LiSn-hole"]
+
+
+def test_an_unbound_element_is_flagged():
+    """A potential whose isolated-atom energy lies below the crystal's expands the element on relaxation: the screen
+    says so instead of printing formation energies against it."""
+    from ase.build import bulk
+
+    from limace.analysis.search import reject_unphysical
+
+    sn = bulk("Sn", "diamond", a=6.65 * 1.6)        # 4x the experimental volume
+    sn.info.update(energy=-4.3 * len(sn), converged=True, name="Sn_alpha")
+    _, _, warnings = reject_unphysical([sn])
+    assert len(warnings) == 1 and warnings[0].startswith("Sn_alpha: relaxed to 4.") and "does not bind" in warnings[0]

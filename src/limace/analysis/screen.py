@@ -96,7 +96,7 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     candidates = search_candidates(system, s.search)
     t0 = time.perf_counter()
     relaxed = relax_all(library + candidates, model, s.search.fmax, s.search.max_steps, progress=progress)
-    _, rejected = reject_unphysical(relaxed, s.search.min_volume_ratio, s.search.min_formation_energy)
+    _, rejected, warnings = reject_unphysical(relaxed, s.search.min_volume_ratio, s.search.min_formation_energy)
     bad = {r["name"] for r in rejected}
     lib_rel = [a for a in relaxed[:len(library)] if a.info.get("name") not in bad]
     cand_rel = [a for a in relaxed[len(library):] if a.info.get("name") not in bad]
@@ -117,7 +117,7 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     not_converged = [a.info["name"] for a in relaxed if not a.info.get("converged", False)]
     return {"system": system, "hull": summary, "hull_dict": hull.as_dict(), "voltage": voltage.as_dict(),
             "near_hull": near, "n_candidates": len(candidates), "n_library": len(library),
-            "not_converged": not_converged, "rejected": rejected, "relax_wall_s": round(time.perf_counter() - t0, 1)}
+            "not_converged": not_converged, "rejected": rejected, "warnings": warnings, "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def verify_dft(system: str, result: dict, out: Path, workers: int) -> list[dict]:
@@ -160,6 +160,19 @@ def barrier_task(system: str, structure_file: str, potential: str, potential_sha
     entry["hops"] = [{k: v for k, v in h.items() if k != "profile"} for h in entry["hops"]]
     entry["phase"] = name
     return entry
+
+
+def _no_hop_reason(structure_file: Path, cutoff: float) -> str | None:
+    """Why a phase has no Li vacancy hop to compute (no Li-Li pair within the hop cutoff), else None."""
+    from ase.io import read
+
+    from limace.analysis.hops import distinct_hops
+
+    try:
+        distinct_hops(read(structure_file), cutoff=cutoff)
+    except LimaceInputError as exc:
+        return str(exc)
+    return None
 
 
 def _vacancy_cell_atoms(structure_file: Path, min_image_distance: float) -> int:
@@ -246,8 +259,10 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     for s in systems:
         names = _barrier_phase_names(hulls[s], settings)
         structures = out / "work" / s / "structures"
+        no_hops = {n: _no_hop_reason(structures / f"{n}.extxyz", settings.barriers.cutoff) for n in names}
+        skipped[s] += [{"phase": n, "reason": why} for n, why in no_hops.items() if why]
         sized = sorted((_vacancy_cell_atoms(structures / f"{n}.extxyz", settings.barriers.min_image_distance), n)
-                       for n in names)
+                       for n in names if not no_hops[n])
         if settings.max_barrier_phases is not None:
             for n_atoms, n in sized[settings.max_barrier_phases:]:
                 skipped[s].append({"phase": n, "reason": f"max_barrier_phases={settings.max_barrier_phases}"})
@@ -273,6 +288,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
                                         "e_above_hull_eV_per_atom", "stable", "source")} for r in h["hull"]["hull"]],
             "stable": h["hull"]["stable"], "references": h["hull"]["references"],
             "sn_reference": h["hull"].get("sn_reference"), "voltage": h["voltage"], "near_hull": h["near_hull"],
+            "warnings": h.get("warnings", []),
             "search": {"n_candidates": h["n_candidates"], "n_library": h["n_library"],
                        "not_converged": h["not_converged"], "rejected": h.get("rejected", [])},
             "barriers": barriers[s],
@@ -331,7 +347,9 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
              f"Total time {results['timings_s']['total']} s.", ""]
     for s in systems:
         r = results["systems"][s]
-        lines += [f"## {s}", "", f"![hull](hull_{s}.png)", "",
+        lines += [f"## {s}", ""]
+        lines += [f"> **Warning:** {w}" for w in r.get("warnings", [])] + ([""] if r.get("warnings") else [])
+        lines += [f"![hull](hull_{s}.png)", "",
                   f"Sn reference: {r['sn_reference']}" if r.get("sn_reference") else "", "",
                   f"Stable: {', '.join(r['stable'])}. Search: {r['search']['n_candidates']} candidates, "
                   f"{r['search']['n_library']} library phases"

@@ -110,49 +110,76 @@ def lowest_per_composition(structures: Sequence[Atoms]) -> list[Atoms]:
     return list(best.values())
 
 
+def experimental_volumes(elements: Sequence[str], densest: bool = True) -> dict[str, float]:
+    """Volume per atom (A^3) of each element's densest (or, ``densest=False``, loosest) phase in the structure
+    library (experimental cells)."""
+    from limace.data import get_structure, list_phases
+
+    out: dict[str, float] = {}
+    for p in list_phases():
+        if not p.buildable:
+            continue
+        a = get_structure(p.id)
+        syms = set(a.get_chemical_symbols())
+        if len(syms) == 1 and (el := next(iter(syms))) in elements:
+            v = a.get_volume() / len(a)
+            out[el] = min(out.get(el, v), v) if densest else max(out.get(el, v), v)
+    return out
+
+
 def reject_unphysical(structures: Sequence[Atoms], min_volume_ratio: float = 0.7,
-                      min_formation_energy: float = -1.0) -> tuple[list[Atoms], list[dict]]:
-    """Split relaxed structures into (kept, rejected) by two physical bounds, so that a hole of the potential cannot
-    put a collapsed cell on the hull (for Li-In and Li-Sn, DFT formation energies lie above -0.45 eV/atom and
+                      min_formation_energy: float = -1.0, max_element_expansion: float = 1.3,
+                      reference_volumes: dict[str, float] | None = None) -> tuple[list[Atoms], list[dict], list[str]]:
+    """Split relaxed structures into (kept, rejected, warnings) by physical bounds, so that a hole of the potential
+    cannot put a collapsed cell on the hull (for Li-In and Li-Sn, DFT formation energies lie above -0.45 eV/atom and
     alloy volumes within ~20 % of Vegard's law):
 
-    - the volume per atom below ``min_volume_ratio`` x the composition-weighted volume per atom of the elements
-      (the smallest among the converged pure structures of each element in ``structures``);
-    - the formation energy against the lowest converged pure structure of each element below
-      ``min_formation_energy`` (eV/atom).
+    - a compound whose volume per atom is below ``min_volume_ratio`` x Vegard's volume from ``reference_volumes``
+      (default: the elements' experimental volumes from the structure library) is rejected;
+    - so is one whose formation energy against the lowest pure structure of each element is below
+      ``min_formation_energy`` (eV/atom);
+    - pure elements are never rejected (they are the hull's references), but one whose relaxed volume exceeds
+      ``max_element_expansion`` x the element's largest experimental volume gives a warning: the potential does not bind that
+      crystal (its isolated-atom energy lies below the bulk energy), so formation energies against it mean nothing.
 
     Rejected entries are ``{"name", "formula", "reason"}``. Structures without ``info["energy"]`` (failed
-    relaxations) are kept for the caller's own handling; pure-element structures are never rejected.
+    relaxations) are kept for the caller's own handling.
     """
     from collections import Counter
 
-    pure_v: dict[str, float] = {}
+    elements = sorted({s for a in structures for s in a.get_chemical_symbols()})
+    ref_v = dict(reference_volumes) if reference_volumes is not None else experimental_volumes(elements)
+    loose_v = dict(reference_volumes) if reference_volumes is not None else experimental_volumes(elements, False)
     pure_e: dict[str, float] = {}
+    warnings = []
     for a in structures:
         syms = set(a.get_chemical_symbols())
         if len(syms) == 1 and a.info.get("converged", False) and "energy" in a.info:
             (el,) = syms
-            pure_v[el] = min(pure_v.get(el, float("inf")), a.get_volume() / len(a))
             pure_e[el] = min(pure_e.get(el, float("inf")), a.info["energy"] / len(a))
+            v = a.get_volume() / len(a)
+            if el in loose_v and v > max_element_expansion * loose_v[el]:
+                warnings.append(f"{a.info.get('name', el)}: relaxed to {v / loose_v[el]:.1f} x the experimental volume "
+                                f"per atom of {el} (the potential does not bind it: its isolated-atom energy is below "
+                                "the crystal's); formation energies against it are not meaningful")
     kept, rejected = [], []
     for a in structures:
         counts = Counter(a.get_chemical_symbols())
-        if len(counts) == 1 or "energy" not in a.info or not set(counts) <= set(pure_v):
+        if len(counts) == 1 or "energy" not in a.info or not set(counts) <= set(ref_v):
             kept.append(a)
             continue
         n = len(a)
-        vegard = sum(c * pure_v[el] for el, c in counts.items()) / n
-        ratio = a.get_volume() / n / vegard
-        e_form = (a.info["energy"] - sum(c * pure_e[el] for el, c in counts.items())) / n
+        ratio = a.get_volume() / n / (sum(c * ref_v[el] for el, c in counts.items()) / n)
         reason = None
         if ratio < min_volume_ratio:
             reason = f"volume {ratio:.2f} x Vegard < {min_volume_ratio}"
-        elif e_form < min_formation_energy:
-            reason = f"formation energy {e_form:.2f} eV/atom < {min_formation_energy}"
+        elif set(counts) <= set(pure_e):
+            e_form = (a.info["energy"] - sum(c * pure_e[el] for el, c in counts.items())) / n
+            if e_form < min_formation_energy:
+                reason = f"formation energy {e_form:.2f} eV/atom < {min_formation_energy}"
         if reason is None:
             kept.append(a)
         else:
             rejected.append({"name": a.info.get("name", a.get_chemical_formula()), "formula": a.get_chemical_formula(),
                              "reason": reason})
-    return kept, rejected
-
+    return kept, rejected, warnings
