@@ -96,10 +96,10 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     candidates = search_candidates(system, s.search)
     t0 = time.perf_counter()
     relaxed = relax_all(library + candidates, model, s.search.fmax, s.search.max_steps, progress=progress)
-    _, rejected, warnings = reject_unphysical(relaxed, s.search.min_volume_ratio, s.search.min_formation_energy)
-    bad = {r["name"] for r in rejected}
-    lib_rel = [a for a in relaxed[:len(library)] if a.info.get("name") not in bad]
-    cand_rel = [a for a in relaxed[len(library):] if a.info.get("name") not in bad]
+    kept, rejected, warnings = reject_unphysical(relaxed, s.search.min_volume_ratio, s.search.min_formation_energy)
+    kept_ids = {id(a) for a in kept}
+    lib_rel = [a for a in relaxed[:len(library)] if id(a) in kept_ids]
+    cand_rel = [a for a in relaxed[len(library):] if id(a) in kept_ids]
     best = lowest_per_composition(cand_rel)
     entries = [a for a in lib_rel if a.info.get("converged", False)] + best
     hull = HullAnalysis.from_structures(system, entries, sn_reference=s.sn_reference, potential=potential)
@@ -117,7 +117,8 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     not_converged = [a.info["name"] for a in relaxed if not a.info.get("converged", False)]
     return {"system": system, "hull": summary, "hull_dict": hull.as_dict(), "voltage": voltage.as_dict(),
             "near_hull": near, "n_candidates": len(candidates), "n_library": len(library),
-            "not_converged": not_converged, "rejected": rejected, "warnings": warnings, "relax_wall_s": round(time.perf_counter() - t0, 1)}
+            "not_converged": not_converged, "rejected": rejected, "warnings": warnings,
+            "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def verify_dft(system: str, result: dict, out: Path, workers: int) -> list[dict]:
@@ -244,8 +245,8 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     from limace.potentials.calculator import potential_sha256
 
     psha = potential_sha256(potential)
-    hull_key = {"potential": potential, "potential_sha256": psha, "search": sdict["search"], "sn_reference": settings.sn_reference,
-                "near_hull": settings.near_hull}
+    hull_key = {"potential": potential, "potential_sha256": psha, "search": sdict["search"],
+                "sn_reference": settings.sn_reference, "near_hull": settings.near_hull}
     hull_tasks = {str(out / "work" / f"hull-{s}.json"): (hull_key, hull_task, (s, potential, sdict, str(out), device,
                                                                                    dtype)) for s in systems}
     hulls = {r["system"]: r for r in run_tasks(hull_tasks, "hull + search").values()}

@@ -110,20 +110,18 @@ def lowest_per_composition(structures: Sequence[Atoms]) -> list[Atoms]:
     return list(best.values())
 
 
-def experimental_volumes(elements: Sequence[str], densest: bool = True) -> dict[str, float]:
-    """Volume per atom (A^3) of each element's densest (or, ``densest=False``, loosest) phase in the structure
-    library (experimental cells)."""
+def experimental_volumes(elements: Sequence[str]) -> dict[str, list[float]]:
+    """Volumes per atom (A^3) of each element's phases in the structure library (experimental cells)."""
     from limace.data import get_structure, list_phases
 
-    out: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
     for p in list_phases():
         if not p.buildable:
             continue
         a = get_structure(p.id)
         syms = set(a.get_chemical_symbols())
         if len(syms) == 1 and (el := next(iter(syms))) in elements:
-            v = a.get_volume() / len(a)
-            out[el] = min(out.get(el, v), v) if densest else max(out.get(el, v), v)
+            out.setdefault(el, []).append(a.get_volume() / len(a))
     return out
 
 
@@ -148,8 +146,12 @@ def reject_unphysical(structures: Sequence[Atoms], min_volume_ratio: float = 0.7
     from collections import Counter
 
     elements = sorted({s for a in structures for s in a.get_chemical_symbols()})
-    ref_v = dict(reference_volumes) if reference_volumes is not None else experimental_volumes(elements)
-    loose_v = dict(reference_volumes) if reference_volumes is not None else experimental_volumes(elements, False)
+    if reference_volumes is not None:
+        ref_v = loose_v = dict(reference_volumes)
+    else:  # Vegard from each element's densest phase; the expansion warning against its loosest
+        volumes = experimental_volumes(elements)
+        ref_v = {el: min(v) for el, v in volumes.items()}
+        loose_v = {el: max(v) for el, v in volumes.items()}
     pure_e: dict[str, float] = {}
     warnings = []
     for a in structures:
