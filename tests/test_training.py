@@ -120,6 +120,28 @@ def test_bad_config_is_one_line_error(tmp_path, capsys, mutate, expect):
         assert "nowhere.extxyz: no such file" in err
 
 
+def test_validation_split_keeps_equilibrium_cells_in_training():
+    """A phase's single equilibrium cell anchors its formation energy: it is never drawn into validation, and the
+    validation set keeps mace_run_train's size."""
+    from limace.data.io import read_configurations
+    from limace.training.config import DataConfig
+    from limace.training.data import split_indices
+
+    frames = read_configurations(DATA)
+    types = [a.info.get("config_type") for a in frames]
+    n_eq = types.count("equilibrium")
+    assert n_eq >= 1
+    excluded = DataConfig().valid_exclude
+    assert "equilibrium" in excluded
+    for seed in range(20):
+        tr, va = split_indices(len(frames), 0.2, seed, [t not in excluded for t in types])
+        assert len(va) == max(1, int(0.2 * len(frames))) and len(tr) + len(va) == len(frames)
+        assert not set(tr) & set(va)
+        assert all(types[i] != "equilibrium" for i in va)
+    # without the rule the same seeds do draw equilibrium cells into validation (what happened to potential 0.5)
+    assert any(types[i] == "equilibrium" for s in range(20) for i in split_indices(len(frames), 0.2, s)[1])
+
+
 def test_config_paths_relative_to_config_file(tmp_path):
     from limace.training.config import load_config
 

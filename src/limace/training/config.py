@@ -74,6 +74,9 @@ class DataConfig:
     valid_fraction: float = 0.1
     test_file: Union[str, list[str], None] = None  # evaluated at the end when given
     split_seed: Optional[int] = None  # None: the top-level seed (committee members share one split)
+    # config_types never drawn into the validation split: a phase's single equilibrium cell (the anchor of its
+    # formation energy; potential 0.5 lost beta-Sn and Li13Sn5 to validation) and isolated atoms
+    valid_exclude: list[str] = field(default_factory=lambda: ["equilibrium", "IsolatedAtom"])
     num_workers: int = 0
 
 

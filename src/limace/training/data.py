@@ -25,6 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 from limace.errors import ValidationError
+from limace.keys import CONFIG_TYPE_KEY
 from limace.training._mace import dtype_of, import_mace
 from limace.training.config import TrainConfig
 from limace.training.graphs import to_configurations, to_graphs
@@ -87,13 +88,20 @@ def fingerprint(paths: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def split_indices(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random train/valid split with mace_run_train's sizes (int(fraction*n) valid, at least one in each)."""
+def split_indices(n: int, valid_fraction: float, seed: int,
+                  eligible: Optional[Sequence[bool]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/valid split with mace_run_train's sizes (int(fraction*n) valid, at least one in each); with
+    ``eligible``, validation configurations are drawn only where it is True (the others are always trained on)."""
     if n < 2:
         raise ValidationError(f"need at least 2 configurations to split off a validation set (got {n})")
-    n_valid = min(max(1, int(valid_fraction * n)), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
+    if eligible is not None and len(eligible) != n:
+        raise ValueError(f"eligible has {len(eligible)} entries for {n} configurations")
+    pool = np.arange(n) if eligible is None else np.flatnonzero(np.asarray(eligible, dtype=bool))
+    n_valid = min(max(1, int(valid_fraction * n)), n - 1, len(pool))
+    if n_valid < 1:
+        raise ValidationError("data.valid_exclude leaves no configuration for the validation set")
+    valid = np.sort(np.random.default_rng(seed).permutation(pool)[:n_valid])
+    return np.setdiff1d(np.arange(n), valid), valid
 
 
 def compute_statistics(cfg: TrainConfig, train_frames: Sequence, n_valid: int, fp: str) -> DataStatistics:
@@ -257,7 +265,8 @@ class LimaceDataModule(pl.LightningDataModule):
             self.train_frames, self.valid_frames = frames, read_frames(valid_paths)
         else:
             split_seed = self.cfg.seed if d.split_seed is None else d.split_seed
-            tr, va = split_indices(len(frames), d.valid_fraction, split_seed)
+            eligible = [str(a.info.get(CONFIG_TYPE_KEY, "")) not in d.valid_exclude for a in frames]
+            tr, va = split_indices(len(frames), d.valid_fraction, split_seed, eligible)
             self.train_frames, self.valid_frames = [frames[i] for i in tr], [frames[i] for i in va]
         if d.test_file:
             self.test_frames = read_frames(_as_list(d.test_file))
