@@ -73,3 +73,12 @@ def test_unknown_system_is_a_one_line_error(tiny_mace_model_path, limace_exe, tm
     res = subprocess.run([limace_exe, "screen", "Li-Pb", "-p", str(tiny_mace_model_path), "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "unknown system 'Li-Pb'" in res.stderr and res.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("opt, value, expect", [("--min-volume-ratio", "1.5", "min_volume_ratio must be in (0, 1], got 1.5"),
+                                                ("--min-formation-energy", "0.2", "min_formation_energy must be < 0")])
+def test_bad_sanity_bound_is_a_one_line_error(tiny_mace_model_path, limace_exe, tmp_path, opt, value, expect):
+    res = subprocess.run([limace_exe, "screen", "Li-In", "-p", str(tiny_mace_model_path), "--out", str(tmp_path),
+                          opt, value], capture_output=True, text=True)
+    assert res.returncode == 2 and expect in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert not (tmp_path / "results.json").exists()

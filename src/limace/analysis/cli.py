@@ -53,6 +53,10 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            out: Path = typer.Option(Path("screen-report"), "--out", "-o", help="report directory"),
            max_atoms: int = typer.Option(4, help="structure search: orderings with up to this many atoms"),
            prototypes: bool = typer.Option(True, help="structure search: decorate the library's prototypes"),
+           min_volume_ratio: float = typer.Option(0.7, help="keep off the hull relaxed cells denser than this x "
+                                                  "Vegard's volume (a potential's hole)"),
+           min_formation_energy: float = typer.Option(-1.0, help="keep off the hull relaxed cells below this "
+                                                      "formation energy (eV/atom)"),
            barrier_phases: Optional[list[str]] = typer.Option(None, "--barrier-phase",
                                                               help="phases for barriers (default: stable ones)"),
            max_barrier_phases: Optional[int] = typer.Option(None, help="at most this many barrier phases per system"),
@@ -72,7 +76,8 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     from limace.analysis.search import SearchSettings
 
     settings = ScreenSettings(
-        search=SearchSettings(max_atoms=max_atoms, prototypes=prototypes),
+        search=SearchSettings(max_atoms=max_atoms, prototypes=prototypes, min_volume_ratio=min_volume_ratio,
+                              min_formation_energy=min_formation_energy),
         barriers=BarrierSettings(min_image_distance=min_image_distance, n_images=n_images, max_steps=neb_steps),
         barrier_phases=tuple(barrier_phases) if barrier_phases else None, max_barrier_phases=max_barrier_phases,
         max_barrier_atoms=max_barrier_atoms, sn_reference=sn_reference, verify_dft=verify_dft)

@@ -201,6 +201,10 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     for system in systems:
         if system not in SYSTEMS:
             raise LimaceInputError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+    if not 0 < settings.search.min_volume_ratio <= 1:
+        raise LimaceInputError(f"min_volume_ratio must be in (0, 1], got {settings.search.min_volume_ratio}")
+    if settings.search.min_formation_energy >= 0:
+        raise LimaceInputError(f"min_formation_energy must be < 0 eV/atom, got {settings.search.min_formation_energy}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sdict = settings.as_dict()
