@@ -69,6 +69,21 @@ def test_pack_refuses_mixed_protocols(tmp_path):
         pack(tmp_path / "l.extxyz", name="toy", dest=tmp_path / "toy")
 
 
+def test_pack_joins_several_label_files_and_refuses_a_configuration_twice(tmp_path):
+    """The plan's labels plus DFT checks of screened structures go into one dataset; a config_id in both is an error."""
+    from limace.errors import ValidationError
+
+    frames = fake_labelled(10, 4)
+    write(tmp_path / "a.extxyz", frames[:9], format="extxyz")
+    write(tmp_path / "b.extxyz", frames[9:], format="extxyz")
+    man = pack([tmp_path / "a.extxyz", tmp_path / "b.extxyz"], name="toy", dest=tmp_path / "toy")
+    assert man["n_configs"] == len(frames)
+    assert [s["labels"] for s in man["source"]] == [str(tmp_path / "a.extxyz"), str(tmp_path / "b.extxyz")]
+    write(tmp_path / "c.extxyz", frames[8:], format="extxyz")
+    with pytest.raises(ValidationError, match=f"c.extxyz: configuration {frames[8].info[CONFIG_ID_KEY]} is also in"):
+        pack([tmp_path / "a.extxyz", tmp_path / "c.extxyz"], name="toy", dest=tmp_path / "toy2")
+
+
 @pytest.mark.skipif("li-in-sn-v1" not in available(), reason="dataset not packed yet")
 def test_shipped_dataset_manifest_matches_its_files():
     man = manifest("li-in-sn-v1")

@@ -122,7 +122,8 @@ def data_info(target: str = typer.Argument("li-in-sn-v1", help="a data file, or 
 
 
 @data_app.command("pack")
-def data_pack(labels: Path = typer.Argument(..., help="labelled extxyz (one protocol)"),
+def data_pack(labels: list[Path] = typer.Argument(..., help="labelled extxyz files (one protocol; a configuration "
+                                                            "in one file only)"),
               name: str = typer.Option("li-in-sn-v1", help="dataset name"),
               dest: Optional[Path] = typer.Option(None, help="directory (default: inside the package)")):
     """Split (stratified, fixed in the manifest), compress and checksum labels into a shipped dataset."""

@@ -19,6 +19,7 @@ import lzma
 import math
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -148,12 +149,25 @@ def _write_xz(path: Path, frames: list[Atoms]) -> None:
     atomic_write_bytes(path, lzma.compress(buf.getvalue().encode(), preset=9))
 
 
-def pack(labels: str | Path, name: str = "li-in-sn-v1", version: str = "1", dest: Path | None = None) -> dict:
-    """Validate ``labels`` and write the dataset (split files + manifest) into the package (or ``dest``)."""
+def pack(labels: str | Path | Sequence[str | Path], name: str = "li-in-sn-v1", version: str = "1",
+         dest: Path | None = None) -> dict:
+    """Validate ``labels`` (one file or several, e.g. the plan's labels and the DFT checks of screened structures)
+    and write the dataset (split files + manifest) into the package (or ``dest``)."""
     from limace.data.io import read_configurations, summarize
     from limace.data.label import get_protocol
 
-    frames = read_configurations(labels)
+    paths = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels]
+    if not paths:
+        raise ValidationError("pack: no labels file given")
+    frames, seen = [], {}
+    for path in paths:
+        for a in read_configurations(path):
+            cid = str(a.info[CONFIG_ID_KEY])
+            if cid in seen:
+                raise ValidationError(f"{path}: configuration {cid} is also in {seen[cid]}")
+            seen[cid] = path
+            frames.append(a)
+    labels = ", ".join(map(str, paths))
     d = Path(dest) if dest else datasets_root() / name
     d.mkdir(parents=True, exist_ok=True)
     prev_path = d / "manifest.json"
@@ -187,7 +201,7 @@ def pack(labels: str | Path, name: str = "li-in-sn-v1", version: str = "1", dest
                       f"config_type topped up to >= {MIN_TEST_FRACTION:.0%}; assignments in earlier manifests are kept",
         "split": {s: sorted(str(a.info[CONFIG_ID_KEY]) for a in fr) for s, fr in parts.items()},
         "files": files,
-        "source": {"labels": str(labels), "sha256": sha256(Path(labels))},
+        "source": [{"labels": str(p), "sha256": sha256(p)} for p in paths],
     }
     atomic_write_json(prev_path, man)
     return man
