@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from limace.data.consistency import dataset_formation_energies, equal_structure_groups
+from limace.data.consistency import dataset_formation_energies, equal_structure_groups, pressure_consistency
 from limace.data.datasets import load_dataset, manifest
 from limace.data.io import composition_label
 
@@ -39,6 +39,14 @@ def main(name: str = "li-in-sn-v1") -> None:
         lines.append(f"| {g['formula']} | {', '.join(map(str, g['sizes']))} | {g['spread_meV_per_atom']:.2f} |")
     if not groups:
         lines.append("| (no repeated structure yet) | | |")
+    lines += ["", "## Consistency: stress labels against the energies", "",
+              "Per phase, the pressure -dE/dV of a polynomial through the labelled energies of its equilibrium and "
+              "isotropically strained cells against the pressure -tr(stress)/3 of the stress labels "
+              "(`limace.data.consistency.pressure_consistency`). A constant offset is a Pulay stress of the "
+              "fixed plane-wave cutoff: those stress labels contradict the energies a potential learns.", "",
+              "| phase | formula | cells | offset (GPa) | spread (GPa) |", "| --- | --- | --- | --- | --- |"]
+    for r in pressure_consistency(frames):
+        lines.append(f"| {r['phase']} | {r['formula']} | {r['n']} | {r['offset_GPa']:+.2f} | {r['spread_GPa']:.2f} |")
     for system in ("Li-In", "Li-Sn"):
         lines += ["", f"## Formation energies, {system} (DFT, the dataset's own elemental references)", ""]
         try:

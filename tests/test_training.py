@@ -198,6 +198,27 @@ def test_loss_falls(tmp_path):
     assert after < 0.5 * before, (before, after)
 
 
+def test_training_without_stress_labels_in_the_loss(tmp_path):
+    """stress_weight 0 (e.g. labels with a Pulay stress) trains on energies and forces only, in both stages, and the
+    loss still falls (it crashed in mace's stress loss before)."""
+    import lightning.pytorch as pl
+
+    from limace.training.data import LimaceDataModule
+    from limace.training.export import load_model
+    from limace.training.module import MaceModule
+    from limace.training.run import train
+
+    cfg = load(tiny(tmp_path, trainer={"max_epochs": 16}, ema={"enabled": False}, loss={"stress_weight": 0.0},
+                    stage_two={"enabled": True, "start_epoch": 14, "lr": 0.002, "stress_weight": 0.0}))
+    dm = LimaceDataModule(cfg)
+    stats = dm.load()
+    pl.seed_everything(cfg.seed, verbose=False)
+    before = _weighted_loss(MaceModule(cfg.as_dict(), stats.as_dict()).model, dm.train_frames, w=(1.0, 100.0, 0.0))
+    res = train(cfg, log=lambda m: None)
+    after = _weighted_loss(load_model(res.members[0].model_path), dm.train_frames, w=(1.0, 100.0, 0.0))
+    assert after < 0.6 * before, (before, after)
+
+
 def test_stage_two_and_validation_metrics_equal_evaluation_of_exported_model(tmp_path):
     """Stage two switches loss and lr at its epoch; the logged val/* of the last epoch (EMA weights) are the
     `limace evaluate` numbers of the exported model."""

@@ -66,3 +66,37 @@ def dataset_formation_energies(frames: Sequence[Atoms], system: str, sn_referenc
                   "energy": float(a.info[ENERGY_KEY])}
         picked.append(b)
     return HullAnalysis.from_structures(system, picked, sn_reference=sn_reference, potential="DFT pbe-pw400")
+
+
+def pressure_consistency(frames: Sequence[Atoms], min_points: int = 3) -> list[dict]:
+    """Stress labels against the labelled energies: per phase, the pressure -dE/dV of a polynomial through the
+    phase's equilibrium and isotropically strained cells (degree min(3, n-1), so exact for three points) against the
+    pressure -tr(stress)/3 of the labels, in GPa.
+
+    A constant offset is a Pulay stress (a plane-wave basis of fixed cutoff): the stress labels then contradict the
+    energies a potential learns, and weighting them in the loss pulls its E(V) away from the labelled one.
+    """
+    import numpy as np
+
+    from limace.keys import STRESS_KEY
+
+    ev_a3_to_gpa = 160.21766
+    by_phase: dict[str, list[Atoms]] = {}
+    for a in frames:
+        if a.info.get(CONFIG_TYPE_KEY) in ("equilibrium", "strain_iso") and a.info.get("phase") \
+                and ENERGY_KEY in a.info and STRESS_KEY in a.info:
+            by_phase.setdefault(str(a.info["phase"]), []).append(a)
+    out = []
+    for phase, fr in by_phase.items():
+        if len(fr) < min_points or len({round(a.get_volume() / len(a), 6) for a in fr}) < min_points:
+            continue
+        v = np.array([a.get_volume() / len(a) for a in fr])
+        e = np.array([a.info[ENERGY_KEY] / len(a) for a in fr])
+        p_label = np.array([-np.mean(np.asarray(a.info[STRESS_KEY]).reshape(-1)[:3]) for a in fr]) * ev_a3_to_gpa
+        c = np.polyfit(v, e, min(3, len(fr) - 1))
+        p_energy = -np.polyval(np.polyder(c), v) * ev_a3_to_gpa
+        diff = p_label - p_energy
+        out.append({"phase": phase, "formula": fr[0].get_chemical_formula(empirical=True), "n": len(fr),
+                    "offset_GPa": float(np.mean(diff)), "spread_GPa": float(np.ptp(diff)),
+                    "volumes_A3_per_atom": [float(x) for x in np.sort(v)]})
+    return sorted(out, key=lambda r: r["phase"])

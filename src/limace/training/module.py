@@ -83,6 +83,8 @@ def make_loss(kind: str, energy: float, forces: float, stress: float, huber_delt
     if kind == "huber":
         return modules.WeightedHuberEnergyForcesStressLoss(energy_weight=energy, forces_weight=forces,
                                                            stress_weight=stress, huber_delta=huber_delta)
+    if stress == 0:  # stress is then not computed at all (_compute_stress), so the loss must not read it
+        return modules.WeightedEnergyForcesLoss(energy_weight=energy, forces_weight=forces)
     return modules.WeightedEnergyForcesStressLoss(energy_weight=energy, forces_weight=forces, stress_weight=stress)
 
 
@@ -139,7 +141,7 @@ class MaceModule(pl.LightningModule):
 
     def _compute_stress(self) -> bool:
         w = self.cfg.stage_two.stress_weight if self.stage == 2 else self.cfg.loss.stress_weight
-        return w > 0
+        return w > 0 or self.cfg.loss.kind == "huber"  # mace's Huber loss always has a stress term
 
     def eval_model(self) -> torch.nn.Module:
         """The weights to evaluate and export: the EMA average when EMA is on."""
