@@ -78,9 +78,8 @@ def pressure_consistency(frames: Sequence[Atoms], min_points: int = 3) -> list[d
     """
     import numpy as np
 
-    from limace.keys import STRESS_KEY
+    from limace.keys import EV_PER_A3_TO_GPA, STRESS_KEY
 
-    ev_a3_to_gpa = 160.21766
     by_phase: dict[str, list[Atoms]] = {}
     for a in frames:
         if a.info.get(CONFIG_TYPE_KEY) in ("equilibrium", "strain_iso") and a.info.get("phase") \
@@ -88,13 +87,13 @@ def pressure_consistency(frames: Sequence[Atoms], min_points: int = 3) -> list[d
             by_phase.setdefault(str(a.info["phase"]), []).append(a)
     out = []
     for phase, fr in by_phase.items():
-        if len(fr) < min_points or len({round(a.get_volume() / len(a), 6) for a in fr}) < min_points:
-            continue
         v = np.array([a.get_volume() / len(a) for a in fr])
+        if len(np.unique(v.round(6))) < min_points:
+            continue
         e = np.array([a.info[ENERGY_KEY] / len(a) for a in fr])
-        p_label = np.array([-np.mean(np.asarray(a.info[STRESS_KEY]).reshape(-1)[:3]) for a in fr]) * ev_a3_to_gpa
+        p_label = np.array([-np.mean(np.asarray(a.info[STRESS_KEY]).reshape(-1)[:3]) for a in fr]) * EV_PER_A3_TO_GPA
         c = np.polyfit(v, e, min(3, len(fr) - 1))
-        p_energy = -np.polyval(np.polyder(c), v) * ev_a3_to_gpa
+        p_energy = -np.polyval(np.polyder(c), v) * EV_PER_A3_TO_GPA
         diff = p_label - p_energy
         out.append({"phase": phase, "formula": fr[0].get_chemical_formula(empirical=True), "n": len(fr),
                     "offset_GPa": float(np.mean(diff)), "spread_GPa": float(np.ptp(diff)),

@@ -167,7 +167,7 @@ def pack(labels: str | Path | Sequence[str | Path], name: str = "li-in-sn-v1", v
                 raise ValidationError(f"{path}: configuration {cid} is also in {seen[cid]}")
             seen[cid] = path
             frames.append(a)
-    labels = ", ".join(map(str, paths))
+    where = ", ".join(map(str, paths))
     d = Path(dest) if dest else datasets_root() / name
     d.mkdir(parents=True, exist_ok=True)
     prev_path = d / "manifest.json"
@@ -177,7 +177,7 @@ def pack(labels: str | Path | Sequence[str | Path], name: str = "li-in-sn-v1", v
         previous = {c: s for s in SPLITS for c in old["split"][s]}
     protocols = {a.info.get("label_protocol") for a in frames}
     if len(protocols) != 1:
-        raise ValidationError(f"{labels}: mixes labelling protocols {sorted(map(str, protocols))}; one dataset, one protocol")
+        raise ValidationError(f"{where}: mixes labelling protocols {sorted(map(str, protocols))}; one dataset, one protocol")
     protocol = protocols.pop()
     versions = {k[len("label_version_"):]: v for k, v in frames[0].info.items() if k.startswith("label_version_")}
     split = assign_split(frames, previous)
