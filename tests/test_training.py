@@ -107,6 +107,8 @@ def run_cli(args, capsys):
     (lambda c: c["data"].update(train_file="nowhere.extxyz"), "key 'data.train_file' names"),
     (lambda c: c.update(data={"valid_fraction": 0.1}), "key 'data.train_file' is required"),
     (lambda c: c.update(model=[1, 2]), "key 'model' must be a section"),
+    (lambda c: c["data"].update(stress_offset={"Xx": -1.0}), "key 'data.stress_offset.Xx' is not a chemical symbol"),
+    (lambda c: c["data"].update(stress_offset="auto"), "key 'data.stress_offset'"),
 ])
 def test_bad_config_is_one_line_error(tmp_path, capsys, mutate, expect):
     cfg = tiny(tmp_path)
@@ -118,6 +120,33 @@ def test_bad_config_is_one_line_error(tmp_path, capsys, mutate, expect):
     assert expect in err
     if "nowhere" in expect or "names" in expect:
         assert "nowhere.extxyz: no such file" in err
+
+
+def test_stress_offset_shifts_training_stress_labels_only(tmp_path):
+    """data.stress_offset removes a Pulay stress from the training and validation stress labels (diagonal only, by
+    atom fraction), keeps the test labels as computed, and travels in the model statistics."""
+    from limace.data.io import read_configurations
+    from limace.keys import EV_PER_A3_TO_GPA
+    from limace.training.config import TrainConfig
+    from limace.training.data import LimaceDataModule
+
+    raw = {a.info["config_id"]: a for a in read_configurations(DATA)}
+    cfg = TrainConfig.from_dict(tiny(tmp_path, data={"stress_offset": {"Li": -1.0, "Sn": -4.0, "In": -2.0},
+                                                     "test_file": str(DATA)}))
+    dm = LimaceDataModule(cfg)
+    stats = dm.load()
+    assert stats.stress_offset_GPa == {"Li": -1.0, "Sn": -4.0, "In": -2.0}
+    checked = 0
+    for a in dm.train_frames + dm.valid_frames:
+        r = raw[a.info["config_id"]]
+        syms = r.get_chemical_symbols()
+        shift = sum({"Li": -1.0, "Sn": -4.0, "In": -2.0}[x] for x in syms) / len(syms) / EV_PER_A3_TO_GPA
+        d = np.asarray(a.info["REF_stress"]) - np.asarray(r.info["REF_stress"])
+        np.testing.assert_allclose(d, [shift] * 3 + [0.0] * 3, atol=1e-12)
+        checked += 1
+    assert checked == n_configs()
+    for a in dm.test_frames:
+        np.testing.assert_array_equal(a.info["REF_stress"], raw[a.info["config_id"]].info["REF_stress"])
 
 
 def test_validation_split_keeps_equilibrium_cells_in_training():

@@ -99,3 +99,49 @@ def pressure_consistency(frames: Sequence[Atoms], min_points: int = 3) -> list[d
                     "offset_GPa": float(np.mean(diff)), "spread_GPa": float(np.ptp(diff)),
                     "volumes_A3_per_atom": [float(x) for x in np.sort(v)]})
     return sorted(out, key=lambda r: r["phase"])
+
+
+def fit_pulay_stress(frames: Sequence[Atoms], min_points: int = 3) -> dict[str, float]:
+    """Per-element Pulay stress in GPa: the offsets of :func:`pressure_consistency` (label pressure minus -dE/dV, per
+    phase) fitted by least squares as sum_e x_e p_e over the phase's atom fractions x_e.
+
+    The Pulay stress of a fixed plane-wave cutoff grows with the density of hard (semicore) electrons, so one value
+    per element, weighted by composition, describes the alloys (here: LiIn and LiSn sit at half of In and Sn).
+    Elements without a phase of at least ``min_points`` volumes in ``frames`` get 0.
+    """
+    import numpy as np
+    from ase.formula import Formula
+
+    rows = pressure_consistency(frames, min_points=min_points)
+    if not rows:
+        return {}
+    counts = [Formula(r["formula"]).count() for r in rows]
+    els = sorted({e for c in counts for e in c})
+    x = np.array([[c.get(e, 0) / sum(c.values()) for e in els] for c in counts], dtype=float)
+    y = np.array([r["offset_GPa"] for r in rows])
+    p, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return {e: float(v) for e, v in zip(els, p)}
+
+
+def remove_pulay_stress(frames: Sequence[Atoms], per_element_GPa: dict[str, float]) -> list[Atoms]:
+    """Copies of ``frames`` whose stress labels have the Pulay stress of :func:`fit_pulay_stress` removed (a
+    hydrostatic shift of the diagonal), so that -tr(stress)/3 is the pressure -dE/dV of the labelled energies.
+    Frames without a stress label are copied unchanged; elements missing from ``per_element_GPa`` count 0."""
+    import numpy as np
+
+    from limace.keys import EV_PER_A3_TO_GPA, STRESS_KEY
+
+    out = []
+    for a in frames:
+        b = a.copy()
+        if STRESS_KEY in a.info:
+            syms = a.get_chemical_symbols()
+            offset = sum(per_element_GPa.get(s, 0.0) for s in syms) / len(syms)  # GPa, in label-pressure terms
+            s = np.array(a.info[STRESS_KEY], dtype=float).reshape(-1).copy()
+            if s.size == 9:
+                s[[0, 4, 8]] += offset / EV_PER_A3_TO_GPA
+            else:
+                s[:3] += offset / EV_PER_A3_TO_GPA  # pressure = -tr/3: raising the diagonal lowers the pressure
+            b.info[STRESS_KEY] = s if s.size == 6 else s.reshape(3, 3)
+        out.append(b)
+    return out

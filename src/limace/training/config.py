@@ -77,6 +77,9 @@ class DataConfig:
     # config_types never drawn into the validation split: a phase's single equilibrium cell (the anchor of its
     # formation energy; potential 0.5 lost beta-Sn and Li13Sn5 to validation) and isolated atoms
     valid_exclude: list[str] = field(default_factory=lambda: ["equilibrium", "IsolatedAtom"])
+    # remove a Pulay stress from the training/validation stress labels (limace.data.consistency): "none"; "fit"
+    # (per element, from the training split's equilibrium + isotropic-strain cells); or {element: GPa}
+    stress_offset: Union[Literal["none", "fit"], dict[str, float]] = "none"
     num_workers: int = 0
 
 
@@ -275,6 +278,10 @@ class TrainConfig:
                     bad(f"model.e0s.{s}", "is not a chemical symbol")
             if m.elements is not None and set(m.elements) - set(m.e0s):
                 bad("model.e0s", f"lacks element(s) {', '.join(sorted(set(m.elements) - set(m.e0s)))}")
+        if isinstance(d.stress_offset, dict):
+            for s in d.stress_offset:
+                if s not in _chemical_symbols():
+                    bad(f"data.stress_offset.{s}", "is not a chemical symbol")
         if not 0 < d.valid_fraction < 1:
             bad("data.valid_fraction", f"must be in (0, 1) (got {d.valid_fraction})")
         if t.max_epochs is None and t.max_steps is None:

@@ -18,7 +18,7 @@ import hashlib
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -52,6 +52,8 @@ class DataStatistics:
     n_train: int
     n_valid: int
     fingerprint: str  # of the data files the statistics came from
+    # Pulay stress removed from the stress labels, GPa per element (data.stress_offset; empty: none)
+    stress_offset_GPa: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -279,6 +281,12 @@ class LimaceDataModule(pl.LightningDataModule):
         fp = fingerprint(train_paths + valid_paths)
         if self.statistics is None:
             self.statistics = compute_statistics(self.cfg, self.train_frames, len(self.valid_frames), fp)
+            if d.stress_offset == "fit":
+                from limace.data.consistency import fit_pulay_stress
+
+                self.statistics.stress_offset_GPa = fit_pulay_stress(self.train_frames + self.valid_frames)
+            elif isinstance(d.stress_offset, dict):
+                self.statistics.stress_offset_GPa = {k: float(v) for k, v in d.stress_offset.items()}
         elif self.statistics.fingerprint != fp:
             warnings.warn(f"limace: the data files changed since the checkpoint was written (fingerprint "
                           f"{self.statistics.fingerprint} -> {fp}); keeping the checkpoint's model statistics",
@@ -291,6 +299,11 @@ class LimaceDataModule(pl.LightningDataModule):
 
                 raise ValidationError(f"{name} data has element(s) {', '.join(chemical_symbols[z] for z in extra)} "
                                       f"the model does not know ({', '.join(chemical_symbols[z] for z in sorted(known))})")
+        if self.statistics.stress_offset_GPa:  # the test split keeps its labels as computed
+            from limace.data.consistency import remove_pulay_stress
+
+            self.train_frames = remove_pulay_stress(self.train_frames, self.statistics.stress_offset_GPa)
+            self.valid_frames = remove_pulay_stress(self.valid_frames, self.statistics.stress_offset_GPa)
         z_table = AtomicNumberTable(self.statistics.atomic_numbers)
         dtype = dtype_of(self.cfg.trainer.precision)
         self._train = to_graphs(self.train_frames, z_table, self.cfg.model.r_max, dtype)

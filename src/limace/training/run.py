@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -205,6 +206,9 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = LimaceDataModule(cfg, seed=seed, statistics=stats)
     stats = dm.load()
+    if stats.stress_offset_GPa and _is_rank_zero():
+        print("limace: Pulay stress removed from the training stress labels (GPa per element): "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in sorted(stats.stress_offset_GPa.items())), file=sys.stderr)
     module = MaceModule(cfg.as_dict(), stats.as_dict())
 
     from lightning.pytorch.callbacks import TQDMProgressBar
