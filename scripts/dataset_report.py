@@ -9,7 +9,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from limace.data.consistency import dataset_formation_energies, equal_structure_groups, pressure_consistency
+from limace.data.consistency import (dataset_formation_energies, equal_structure_groups, fit_pulay_stress,
+                                     pressure_consistency)
 from limace.data.datasets import load_dataset, manifest
 from limace.data.io import composition_label
 
@@ -47,6 +48,13 @@ def main(name: str = "li-in-sn-v1") -> None:
               "| phase | formula | cells | offset (GPa) | spread (GPa) |", "| --- | --- | --- | --- | --- |"]
     for r in pressure_consistency(frames):
         lines.append(f"| {r['phase']} | {r['formula']} | {r['n']} | {r['offset_GPa']:+.2f} | {r['spread_GPa']:.2f} |")
+    fit = fit_pulay_stress(load_dataset(name, "train"))
+    lines += ["", "One value per element, weighted by atom fraction, describes the alloys (LiSn, Li7Sn2 and Li13Sn5 sit "
+              "at the Sn value times their Sn fraction). Fitted on the train split (`fit_pulay_stress`): "
+              + ", ".join(f"{el} {v:+.2f} GPa" for el, v in sorted(fit.items()))
+              + ". Training with `data.stress_offset: fit` (the `small` recipe) removes it from the training and "
+              "validation stress labels, so the stress a potential learns is -dE/dV of the energies it learns; "
+              "`limace evaluate` compares with the labels as computed."]
     for system in ("Li-In", "Li-Sn"):
         lines += ["", f"## Formation energies, {system} (DFT, the dataset's own elemental references)", ""]
         try:
