@@ -74,12 +74,13 @@ def predict(model: str, frames):
 
 
 def offset_fit_errors(frames, e_pred, e_ref):
-    """Per-atom energy errors after a least-squares energy offset per element."""
+    """Per-atom energy errors after one energy offset per element, fitted by least squares on the per-atom errors
+    (the metric reported; a fit on total energies would favour the large cells)."""
     elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
     counts = np.array([[a.get_chemical_symbols().count(el) for el in elements] for a in frames], dtype=float)
+    n = np.array([len(a) for a in frames], dtype=float)
     resid = e_ref - e_pred
-    offsets, *_ = np.linalg.lstsq(counts, resid, rcond=None)
-    n = np.array([len(a) for a in frames])
+    offsets, *_ = np.linalg.lstsq(counts / n[:, None], resid / n, rcond=None)
     return (e_pred + counts @ offsets - e_ref) / n, dict(zip(elements, offsets))
 
 
