@@ -48,7 +48,8 @@ def _formation(energy, atoms, mu):
 
 
 @pytest.mark.xfail(strict=True, reason="limace-lisnin-small 0.7 is preliminary (442 labelled configurations): "
-                   "formation energies are off by 5.1 meV/atom on average, 17.1 at most (LiSn B2); issue 8 stays open "
+                   "formation energies are off by 5.1 meV/atom on average, 17.1 at most (a 4-atom bcc LiSn "
+                   "ordering); issue 8 stays open "
                    "until it passes")
 def test_formation_energies_of_test_split_phases_within_10_mev():
     from limace.potentials import load
