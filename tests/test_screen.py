@@ -82,3 +82,51 @@ def test_bad_sanity_bound_is_a_one_line_error(tiny_mace_model_path, limace_exe, 
                           opt, value], capture_output=True, text=True)
     assert res.returncode == 2 and expect in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path):
+    """--verify-dft labels the near-hull structures and the hull's references, and reports for each the model's
+    error, the DFT formation energy against the DFT references and the energy above the DFT-only hull (GPAW at
+    cheap test settings here; the screen uses the reference protocol)."""
+    from ase.build import bulk
+    from ase.io import read, write
+
+    from limace.analysis.screen import verify_dft
+    from limace.data import get_structure
+
+    structures = tmp_path / "work" / "Li-In" / "structures"
+    structures.mkdir(parents=True)
+    cells = {"Li_bcc": get_structure("Li_bcc", primitive=True), "In_tI2": get_structure("In_tI2", primitive=True),
+             "bcc-LiIn": bulk("LiIn", "cesiumchloride", a=3.4), "bcc-Li3In": bulk("Li", "bcc", a=3.45, cubic=True)}
+    cells["bcc-Li3In"].symbols[0] = "In"  # Li3In ordering on the cubic bcc cell (B2 with Li on half the corners)
+    cells["bcc-Li3In"] = cells["bcc-Li3In"].repeat((2, 1, 1))
+    cells["bcc-Li3In"].symbols[2] = "Li"
+    for k, (name, a) in enumerate(cells.items()):
+        a.info.update({"name": name, "energy": -1.0 * len(a) - 0.01 * k * len(a)})  # the "model" energies
+        write(structures / f"{name}.extxyz", a)
+    result = {"hull": {"references": {"Li": {"name": "Li_bcc"}, "In": {"name": "In_tI2"}}},
+              "near_hull": [{"name": n, "formula": cells[n].get_chemical_formula(), "e_above_hull_eV_per_atom": 0.0,
+                             "source": "search"} for n in ("bcc-LiIn", "bcc-Li3In")]}
+    rows = verify_dft("Li-In", result, tmp_path, workers=1, protocol="gpaw-test")
+    labels = {a.info["name"]: a for a in read(tmp_path / "work" / "Li-In" / "dft_verify.extxyz", ":")}
+    assert set(labels) == set(cells)  # the references are labelled too
+    mu = {el: labels[n].info["REF_energy"] / len(cells[n]) for el, n in (("Li", "Li_bcc"), ("In", "In_tI2"))}
+    ef = {}
+    for r in rows:
+        a, lab = cells[r["name"]], labels[r["name"]]
+        assert r["dft_error_meV_per_atom"] == pytest.approx(1000 * (a.info["energy"] - lab.info["REF_energy"]) / len(a),
+                                                            abs=0.01)
+        ef[r["name"]] = (lab.info["REF_energy"] - sum(mu[s] for s in a.get_chemical_symbols())) / len(a)
+        assert r["dft_formation_energy_eV_per_atom"] == pytest.approx(ef[r["name"]], abs=1e-6)
+    # the DFT-only hull by hand: points (x_Li, E_f) with the references at 0; a compound's energy above the hull is
+    # its distance to the lowest chord (or point) spanning its x
+    pts = {"Li_bcc": (1.0, 0.0), "In_tI2": (0.0, 0.0)}
+    pts.update({n: (cells[n].get_chemical_symbols().count("Li") / len(cells[n]), e) for n, e in ef.items()})
+    for r in rows:
+        x0, e0 = pts[r["name"]]
+        lowest = e0
+        for xa, ea in pts.values():
+            for xb, eb in pts.values():
+                if xa < x0 < xb:
+                    lowest = min(lowest, ea + (eb - ea) * (x0 - xa) / (xb - xa))
+        assert r["dft_e_above_hull_eV_per_atom"] == pytest.approx(e0 - lowest, abs=1e-6)

@@ -22,7 +22,8 @@ settings, so a killed screen resumes without recomputing finished work. Tasks ru
         "stable": [formula, ...], "references": {...}, "sn_reference": "Sn_alpha" | "Sn_beta",
         "voltage": {"average_V", "average_kind", "max_li_per_host", "plateaus": [{"y_start", "y_end", "voltage_V",
                     "phases"}]},
-        "near_hull": [{"name", "formula", "e_above_hull_eV_per_atom", "source", "dft_error_meV_per_atom"?}],
+        "near_hull": [{"name", "formula", "e_above_hull_eV_per_atom", "source", "dft_error_meV_per_atom"?,
+                       "dft_formation_energy_eV_per_atom"?, "dft_e_above_hull_eV_per_atom"?}],
         "barriers": {"phases": [... as in barriers.json of `limace barriers` ...]}}}}
 """
 
@@ -121,27 +122,52 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
             "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def verify_dft(system: str, result: dict, out: Path, workers: int) -> list[dict]:
-    """Single points at the reference protocol for the near-hull structures; the model's error per atom."""
+def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str = "pbe-pw400") -> list[dict]:
+    """Single points at the reference protocol for the near-hull structures and the hull's elemental references;
+    per structure the model's error per atom, its DFT formation energy (against the DFT energies of the same
+    references) and its energy above the hull that these DFT energies alone build."""
     from ase.io import read
 
+    from limace.analysis.hull import HullAnalysis
     from limace.data.label import label_configurations
     from limace.keys import ENERGY_KEY
 
     structures = Path(out) / "work" / system / "structures"
+    refs = {el: r["name"] for el, r in result["hull"]["references"].items()}
     todo = []
-    for n in result["near_hull"]:
-        a = read(structures / f"{n['name']}.extxyz")
+    for name in [*refs.values(), *(n["name"] for n in result["near_hull"])]:
+        a = read(structures / f"{name}.extxyz")
+        if "energy" not in a.info:  # ASE's extxyz reader moves energy= into a SinglePointCalculator
+            a.info["energy"] = a.get_potential_energy() if a.calc is not None else None
+        a.calc = None
         a.info["config_type"] = "screen_verify"
-        todo.append((n, a))
+        todo.append((name, a))
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
-    label_configurations([a for _, a in todo], labels, protocol="pbe-pw400", workers=workers)
+    label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers)
     done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
-    rows = []
-    for n, a in todo:
+    dft = {}
+    for name, a in todo:
         lab = done.get(a.info.get("config_id"))
-        err = None if lab is None else 1000 * (a.info["energy"] - lab.info[ENERGY_KEY]) / len(a)
-        rows.append({**n, "dft_error_meV_per_atom": None if err is None else round(err, 2)})
+        if lab is not None:
+            dft[name] = (a, float(lab.info[ENERGY_KEY]))
+    dft_hull = None
+    if all(name in dft for name in refs.values()):
+        picked = []
+        for name, (a, e) in dft.items():
+            b = a.copy()
+            b.info = {"name": name, "source": a.info.get("source", ""), "energy": e}
+            picked.append(b)
+        dft_hull = {r["name"]: r for r in HullAnalysis.from_structures(
+            system, picked, references=refs, potential=f"DFT {protocol}").summary()["hull"]}
+    rows = []
+    for n in result["near_hull"]:
+        a, e = dft.get(n["name"], (None, None))
+        h = (dft_hull or {}).get(n["name"])
+        rows.append({**n,
+                     "dft_error_meV_per_atom": None if e is None or a.info["energy"] is None
+                     else round(1000 * (a.info["energy"] - e) / len(a), 2),
+                     "dft_formation_energy_eV_per_atom": None if h is None else h["formation_energy_eV_per_atom"],
+                     "dft_e_above_hull_eV_per_atom": None if h is None else h["e_above_hull_eV_per_atom"]})
     return rows
 
 
@@ -380,11 +406,16 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
         for p in v["plateaus"]:
             lines.append(f"| {p['y_start']:.3f} | {p['y_end']:.3f} | {p['voltage_V']:.3f} | {' → '.join(p['phases'])} |")
         if r["near_hull"]:
-            lines += ["", "Near the hull (for DFT verification):", "", "| name | formula | E above hull (meV/atom) | "
-                      "source | model − DFT (meV/atom) |", "| --- | --- | --- | --- | --- |"]
+            lines += ["", "Near the hull (for DFT verification; `--verify-dft`: single points at the reference protocol, "
+                      "DFT formation energy and energy above the hull built from these DFT energies alone):", "",
+                      "| name | formula | E above hull (meV/atom) | source | model − DFT (meV/atom) | DFT E_f (meV/atom) "
+                      "| DFT E above hull (meV/atom) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            milli = lambda v: None if v is None else 1000 * v  # noqa: E731
             for n in r["near_hull"]:
                 lines.append(f"| {n['name']} | {n['formula']} | {1000 * n['e_above_hull_eV_per_atom']:.1f} | {n['source']} | "
-                             f"{fmt(n.get('dft_error_meV_per_atom'), 1)} |")
+                             f"{fmt(n.get('dft_error_meV_per_atom'), 1)} | "
+                             f"{fmt(milli(n.get('dft_formation_energy_eV_per_atom')), 1)} | "
+                             f"{fmt(milli(n.get('dft_e_above_hull_eV_per_atom')), 1)} |")
         lines += ["", f"### Li migration barriers ({s})", ""]
         if r["barriers"]["phases"]:
             lines.append(markdown_table(r["barriers"]))
