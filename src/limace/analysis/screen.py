@@ -406,14 +406,15 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
         for p in v["plateaus"]:
             lines.append(f"| {p['y_start']:.3f} | {p['y_end']:.3f} | {p['voltage_V']:.3f} | {' → '.join(p['phases'])} |")
         if r["near_hull"]:
-            lines += ["", "Near the hull (for DFT verification; `--verify-dft`: single points at the reference protocol, "
-                      "DFT formation energy and energy above the hull built from these DFT energies alone):", "",
-                      "| name | formula | E above hull (meV/atom) | source | model − DFT (meV/atom) | DFT E_f (meV/atom) "
-                      "| DFT E above hull (meV/atom) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            lines += ["", "Near the hull (for DFT verification; `--verify-dft`: single points at the reference "
+                      "protocol, DFT formation energy and energy above the hull built from these DFT energies "
+                      "alone):", "",
+                      "| name | formula | E above hull (meV/atom) | source | model − DFT (meV/atom) | "
+                      "DFT E_f (meV/atom) | DFT E above hull (meV/atom) |", "| --- | --- | --- | --- | --- | --- | --- |"]
             milli = lambda v: None if v is None else 1000 * v  # noqa: E731
             for n in r["near_hull"]:
-                lines.append(f"| {n['name']} | {n['formula']} | {1000 * n['e_above_hull_eV_per_atom']:.1f} | {n['source']} | "
-                             f"{fmt(n.get('dft_error_meV_per_atom'), 1)} | "
+                lines.append(f"| {n['name']} | {n['formula']} | {1000 * n['e_above_hull_eV_per_atom']:.1f} | "
+                             f"{n['source']} | {fmt(n.get('dft_error_meV_per_atom'), 1)} | "
                              f"{fmt(milli(n.get('dft_formation_energy_eV_per_atom')), 1)} | "
                              f"{fmt(milli(n.get('dft_e_above_hull_eV_per_atom')), 1)} |")
         lines += ["", f"### Li migration barriers ({s})", ""]

@@ -286,9 +286,9 @@ class LimaceDataModule(pl.LightningDataModule):
 
                 self.statistics.stress_offset_GPa = fit_pulay_stress(self.train_frames + self.valid_frames)
                 if not self.statistics.stress_offset_GPa:
-                    warnings.warn("limace: data.stress_offset is 'fit' but no phase has equilibrium + isotropic-strain "
-                                  "cells at 3 or more volumes with energies and stresses; stress labels left as they are",
-                                  stacklevel=2)
+                    warnings.warn("limace: data.stress_offset is 'fit' but no phase has equilibrium + "
+                                  "isotropic-strain cells at 3 or more volumes with energies and stresses; stress "
+                                  "labels left as they are", stacklevel=2)
             elif isinstance(d.stress_offset, dict):
                 self.statistics.stress_offset_GPa = {k: float(v) for k, v in d.stress_offset.items()}
         elif self.statistics.fingerprint != fp:
