@@ -134,6 +134,13 @@ def test_pressure_consistency_finds_a_pulay_like_stress_offset():
         a.info["REF_stress"] = a.info["REF_stress"] + np.array([1, 1, 1, 0, 0, 0]) * 3.0 / 160.21766
     (row,) = pressure_consistency(frames)
     assert row["offset_GPa"] == pytest.approx(-3.0, abs=0.05)
+    # the same labels as full 3x3 tensors (validate accepts both shapes) give the same offset
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    for a in frames:
+        a.info["REF_stress"] = voigt_6_to_full_3x3_stress(a.info["REF_stress"])
+    (row33,) = pressure_consistency(frames)
+    assert row33["offset_GPa"] == pytest.approx(row["offset_GPa"], abs=1e-9)
 
 
 def test_pulay_stress_fit_per_element_and_removed():

@@ -18,6 +18,26 @@ from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY
 UNDISTORTED = ("equilibrium",)  # plus enumerated orderings ("enum_*")
 
 
+def _diagonal_index(stress) -> list[int]:
+    """Indices of the diagonal (xx, yy, zz) in the flattened stress label: Voigt (6,) or full (3, 3)."""
+    import numpy as np
+
+    size = np.asarray(stress).size
+    if size == 6:
+        return [0, 1, 2]
+    if size == 9:
+        return [0, 4, 8]
+    raise ValueError(f"stress label has {size} components; expected 6 (Voigt) or 9 (3x3)")
+
+
+def label_pressure(stress) -> float:
+    """Pressure -tr(stress)/3 of a stress label (Voigt or 3x3), in the label's units."""
+    import numpy as np
+
+    flat = np.asarray(stress, dtype=float).reshape(-1)
+    return float(-flat[_diagonal_index(flat)].mean())
+
+
 def _undistorted(a: Atoms) -> bool:
     t = str(a.info.get(CONFIG_TYPE_KEY, ""))
     return t in UNDISTORTED or t.startswith("enum_")
@@ -91,7 +111,7 @@ def pressure_consistency(frames: Sequence[Atoms], min_points: int = 3) -> list[d
         if len(np.unique(v.round(6))) < min_points:
             continue
         e = np.array([a.info[ENERGY_KEY] / len(a) for a in fr])
-        p_label = np.array([-np.mean(np.asarray(a.info[STRESS_KEY]).reshape(-1)[:3]) for a in fr]) * EV_PER_A3_TO_GPA
+        p_label = np.array([label_pressure(a.info[STRESS_KEY]) for a in fr]) * EV_PER_A3_TO_GPA
         c = np.polyfit(v, e, min(3, len(fr) - 1))
         p_energy = -np.polyval(np.polyder(c), v) * EV_PER_A3_TO_GPA
         diff = p_label - p_energy
@@ -138,10 +158,7 @@ def remove_pulay_stress(frames: Sequence[Atoms], per_element_GPa: dict[str, floa
             syms = a.get_chemical_symbols()
             offset = sum(per_element_GPa.get(s, 0.0) for s in syms) / len(syms)  # GPa, in label-pressure terms
             s = np.array(a.info[STRESS_KEY], dtype=float).reshape(-1).copy()
-            if s.size == 9:
-                s[[0, 4, 8]] += offset / EV_PER_A3_TO_GPA
-            else:
-                s[:3] += offset / EV_PER_A3_TO_GPA  # pressure = -tr/3: raising the diagonal lowers the pressure
+            s[_diagonal_index(s)] += offset / EV_PER_A3_TO_GPA  # pressure = -tr/3: raising the diagonal lowers it
             b.info[STRESS_KEY] = s if s.size == 6 else s.reshape(3, 3)
         out.append(b)
     return out
