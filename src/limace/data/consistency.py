@@ -18,24 +18,11 @@ from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY
 UNDISTORTED = ("equilibrium",)  # plus enumerated orderings ("enum_*")
 
 
-def _diagonal_index(stress) -> list[int]:
-    """Indices of the diagonal (xx, yy, zz) in the flattened stress label: Voigt (6,) or full (3, 3)."""
-    import numpy as np
-
-    size = np.asarray(stress).size
-    if size == 6:
-        return [0, 1, 2]
-    if size == 9:
-        return [0, 4, 8]
-    raise ValueError(f"stress label has {size} components; expected 6 (Voigt) or 9 (3x3)")
-
-
 def label_pressure(stress) -> float:
     """Pressure -tr(stress)/3 of a stress label (Voigt or 3x3), in the label's units."""
-    import numpy as np
+    from limace.data.io import to_voigt
 
-    flat = np.asarray(stress, dtype=float).reshape(-1)
-    return float(-flat[_diagonal_index(flat)].mean())
+    return float(-to_voigt(stress)[:3].mean())
 
 
 def _undistorted(a: Atoms) -> bool:
@@ -148,7 +135,9 @@ def remove_pulay_stress(frames: Sequence[Atoms], per_element_GPa: dict[str, floa
     hydrostatic shift of the diagonal), so that -tr(stress)/3 is the pressure -dE/dV of the labelled energies.
     Frames without a stress label are copied unchanged; elements missing from ``per_element_GPa`` count 0."""
     import numpy as np
+    from ase.stress import voigt_6_to_full_3x3_stress
 
+    from limace.data.io import to_voigt
     from limace.keys import EV_PER_A3_TO_GPA, STRESS_KEY
 
     out = []
@@ -157,8 +146,8 @@ def remove_pulay_stress(frames: Sequence[Atoms], per_element_GPa: dict[str, floa
         if STRESS_KEY in a.info:
             syms = a.get_chemical_symbols()
             offset = sum(per_element_GPa.get(s, 0.0) for s in syms) / len(syms)  # GPa, in label-pressure terms
-            s = np.array(a.info[STRESS_KEY], dtype=float).reshape(-1).copy()
-            s[_diagonal_index(s)] += offset / EV_PER_A3_TO_GPA  # pressure = -tr/3: raising the diagonal lowers it
-            b.info[STRESS_KEY] = s if s.size == 6 else s.reshape(3, 3)
+            s = to_voigt(a.info[STRESS_KEY]).copy()
+            s[:3] += offset / EV_PER_A3_TO_GPA  # pressure = -tr/3: raising the diagonal lowers it
+            b.info[STRESS_KEY] = s if np.shape(a.info[STRESS_KEY]) == (6,) else voigt_6_to_full_3x3_stress(s)
         out.append(b)
     return out

@@ -27,6 +27,14 @@ _FORMATS = {
 }
 
 
+def to_voigt(stress) -> np.ndarray:
+    """A stress label or result as Voigt (xx, yy, zz, yz, xz, xy), from either shape labels may hold: (6,) or (3, 3)."""
+    s = np.asarray(stress, dtype=float)
+    if s.shape == (6,):
+        return s
+    return s.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+
+
 def guess_format(path: Path) -> str:
     name = path.name.lower()
     if name.startswith("vasprun") or name.endswith(".xml"):
@@ -60,7 +68,7 @@ def _to_labelled(atoms: Atoms) -> Atoms:
             out.arrays[FORCES_KEY] = np.asarray(res["forces"], dtype=float)
         if STRESS_KEY not in out.info and res.get("stress") is not None:
             s = np.asarray(res["stress"], dtype=float)
-            out.info[STRESS_KEY] = s if s.shape == (6,) else s.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            out.info[STRESS_KEY] = to_voigt(s)
     return out
 
 

@@ -24,10 +24,11 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from limace.data.io import to_voigt
 from limace.errors import ValidationError
 from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY, EV_PER_A3_TO_GPA, FORCES_KEY, STRESS_KEY
 
-_VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
+_VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])  # (3, 3) -> Voigt, as limace.data.io.to_voigt
 
 
 @dataclass
@@ -38,13 +39,6 @@ class Predictions:
     energy: np.ndarray
     forces: np.ndarray
     stress: np.ndarray
-
-
-def _voigt(s) -> np.ndarray:
-    s = np.asarray(s, dtype=float)
-    if s.shape == (6,):
-        return s
-    return s.reshape(3, 3)[_VOIGT]
 
 
 def predict_mace(model, frames: Sequence, batch_size: int = 16, device: str = "cpu") -> Predictions:
@@ -90,7 +84,7 @@ def predict_calculator(calc, frames: Sequence) -> Predictions:
         energies.append(float(b.get_potential_energy()))
         forces.append(np.asarray(b.get_forces(), dtype=float))
         if np.all(b.pbc) and abs(b.cell.volume) > 1e-9 and "stress" in getattr(calc, "implemented_properties", ()):
-            stresses.append(_voigt(b.get_stress()))
+            stresses.append(to_voigt(b.get_stress()))
         else:
             stresses.append(np.full(6, np.nan))
     return Predictions(np.array(energies), np.concatenate(forces), np.array(stresses))
@@ -262,7 +256,7 @@ def evaluate_predictions(frames: Sequence, pred: Predictions, name: str = "model
     n_atoms = np.array([len(a) for a in frames], dtype=int)
     e_ref = np.array([float(a.info[ENERGY_KEY]) for a in frames])
     f_ref = np.concatenate([np.asarray(a.arrays[FORCES_KEY], dtype=float) for a in frames])
-    s_ref = np.array([_voigt(a.info[STRESS_KEY]) if STRESS_KEY in a.info else np.full(6, np.nan) for a in frames])
+    s_ref = np.array([to_voigt(a.info[STRESS_KEY]) if STRESS_KEY in a.info else np.full(6, np.nan) for a in frames])
     if pred.energy.shape != e_ref.shape or pred.forces.shape != f_ref.shape or pred.stress.shape != s_ref.shape:
         raise ValueError(f"predictions do not match the frames: energy {pred.energy.shape} vs {e_ref.shape}, "
                          f"forces {pred.forces.shape} vs {f_ref.shape}, stress {pred.stress.shape} vs {s_ref.shape}")
