@@ -530,3 +530,49 @@ def test_shipped_dataset_train_and_test_splits(tmp_path, monkeypatch):
     cfg["data"]["train_file"] = str(DATA)
     with pytest.raises(Exception, match="data.dataset' and data.train_file are both given"):
         load(cfg)
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------------------------
+
+
+def test_fine_tuning_starts_from_the_given_model(trained, tmp_path, capsys):
+    """model.init_from: training starts from exactly the trained model (its weights, E0s, scale), whatever the new
+    data's statistics, and a model of another size is a one-line error naming the key."""
+    import torch
+
+    from limace.training.evaluate import predict_mace
+    from limace.training.export import load_model
+    from limace.training.run import train
+
+    from ase.io import read
+
+    frames = read(DATA, ":")
+    before = predict_mace(load_model(trained.model_path), frames)
+    # other E0s in the config and a different validation split: both must be overridden by the model's own
+    cfg = tiny(tmp_path, name="ft", seed=11, trainer={"max_steps": 1, "max_epochs": None},
+               model={"max_L": 1, "pair_repulsion": True, "init_from": str(trained.model_path),
+                      "e0s": {"Li": 0.0, "In": 0.0, "Sn": 0.0}},
+               optimizer={"lr": 1e-12}, ema={"enabled": False})
+    res = train(load(cfg), log=lambda m: None)
+    after = predict_mace(load_model(res.model_paths[0]), frames)
+    np.testing.assert_allclose(after.energy, before.energy, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(after.forces, before.forces, atol=1e-7, rtol=0)
+    # ... whereas from scratch with the same settings the model is a different one
+    scratch = train(load(tiny(tmp_path, name="scratch", seed=11, trainer={"max_steps": 1, "max_epochs": None},
+                              model={"max_L": 1, "pair_repulsion": True}, optimizer={"lr": 1e-12},
+                              ema={"enabled": False})), log=lambda m: None)
+    far = predict_mace(load_model(scratch.model_paths[0]), frames)
+    assert np.abs(far.energy - before.energy).max() > 1e-3
+
+    bad = tiny(tmp_path, name="ft_bad", model={"max_L": 1, "pair_repulsion": True, "channels": 16,
+                                               "init_from": str(trained.model_path)})
+    capsys.readouterr()
+    code, err = run_cli(["train", str(write_cfg(tmp_path, bad, "bad.yaml"))], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"model.init_from {trained.model_path}" in err and "architecture differs" in err
+    for init, expect in ((str(tmp_path / "none.model"), "none.model: no such file"),
+                         ("no-such-potential", "no-such-potential")):
+        bad["model"]["init_from"] = init
+        code, err = run_cli(["train", str(write_cfg(tmp_path, bad, "bad.yaml"))], capsys)
+        assert code == 2 and len(err.splitlines()) == 1 and "model.init_from" in err and expect in err, err
+    assert torch.get_default_dtype() == torch.float32  # nothing leaked

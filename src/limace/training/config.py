@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class ModelConfig:
     pair_repulsion: bool = False  # add the ZBL screened-nuclear repulsion (mace_run_train --pair_repulsion): keeps
     # atoms apart at distances the data never shows, so relaxations and MD cannot collapse pairs
     elements: Optional[list[str]] = None  # None: the elements of the training data
+    # fine-tuning: start from the weights of a trained MACE model (a .model file, or a pretrained potential's registry
+    # name) instead of random ones. Its elements, E0s, scale and average neighbour count are kept (so training starts
+    # from exactly that model); the sizes above must be the ones it was built with. Ignored when a run resumes.
+    init_from: Optional[str] = None
     e0s: Union[Literal["average"], dict[str, float]] = "average"  # "average": least squares on the training data
 
 
@@ -223,6 +228,8 @@ class TrainConfig:
         self.data.valid_file = res(self.data.valid_file)
         self.data.test_file = res(self.data.test_file)
         self.run_dir = res(self.run_dir if self.run_dir is not None else f"runs/{self.name}")
+        if self.model.init_from and _is_path_like(self.model.init_from):
+            self.model.init_from = res(self.model.init_from)
 
     def _check(self, source: str, check_files: bool = True) -> None:
         def bad(key: str, msg: str):
@@ -300,12 +307,21 @@ class TrainConfig:
             bad("stage_two.start_epoch", "is required when trainer.max_epochs is null")
         if self.stage_two.start_epoch is not None and self.stage_two.start_epoch < 0:
             bad("stage_two.start_epoch", f"must be >= 0 (got {self.stage_two.start_epoch})")
+        if m.init_from is not None and not m.init_from.strip():
+            bad("model.init_from", "is empty; give a .model file or a pretrained potential name, or null")
         if check_files:
+            if m.init_from and _is_path_like(m.init_from) and not Path(m.init_from).is_file():
+                bad("model.init_from", f"names {m.init_from}: no such file")
             for key in ("data.train_file", "data.valid_file", "data.test_file"):
                 paths = _get(self, key)
                 for p in ([paths] if isinstance(paths, str) else (paths or [])):
                     if p and not Path(p).is_file():
                         bad(key, f"names {p}: no such file")
+
+
+def _is_path_like(spec: str) -> bool:
+    """A file path rather than a registry name (as :func:`limace.potentials.calculator.resolve` tells them apart)."""
+    return "/" in spec or os.sep in spec or spec.endswith((".model", ".pt", ".pth"))
 
 
 def _get(obj: Any, dotted: str) -> Any:

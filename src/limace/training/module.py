@@ -15,8 +15,10 @@ Logged metrics (stable names; energies in meV/atom, forces in meV/A, stress in G
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any, Optional
 
+from limace.errors import ValidationError
 from limace.keys import EV_PER_A3_TO_GPA
 from limace.training._mace import dtype_of, import_mace
 from limace.training.config import TrainConfig
@@ -77,6 +79,28 @@ def build_model(cfg: TrainConfig, stats: DataStatistics) -> torch.nn.Module:
             atomic_inter_scale=stats.std,
             atomic_inter_shift=stats.mean if m.shift else 0.0,
         )
+
+
+def statistics_from_model(model: torch.nn.Module, stats: DataStatistics, source: str) -> DataStatistics:
+    """``stats`` with what :func:`build_model` takes from them replaced by a trained ``model``'s own values.
+
+    Fine-tuning starts from exactly ``model``: its elements (in its order), E0s, interaction-energy scale and shift
+    and average neighbour count. The data-side fields (split sizes, fingerprint, Pulay stress) stay. ``source``
+    names the model in the one-line error when its elements differ from the data's.
+    """
+    from ase.data import chemical_symbols
+
+    zs = [int(z) for z in model.atomic_numbers]
+    if sorted(zs) != sorted(stats.atomic_numbers):
+        sym = lambda z_list: "/".join(chemical_symbols[z] for z in sorted(z_list))  # noqa: E731
+        raise ValidationError(f"model.init_from {source}: the model knows {sym(zs)} but the training data (or "
+                              f"model.elements) has {sym(stats.atomic_numbers)}; fine-tuning keeps the elements")
+    e0 = model.atomic_energies_fn.atomic_energies.detach().reshape(-1, len(zs))[0]
+    ss = getattr(model, "scale_shift", None)
+    return replace(stats, atomic_numbers=zs, e0s={z: float(e) for z, e in zip(zs, e0)},
+                   avg_num_neighbors=float(model.interactions[0].avg_num_neighbors),
+                   std=float(ss.scale.reshape(-1)[0]) if ss is not None else 1.0,
+                   mean=float(ss.shift.reshape(-1)[0]) if ss is not None else 0.0)
 
 
 def make_loss(kind: str, energy: float, forces: float, stress: float, huber_delta: float) -> torch.nn.Module:
@@ -142,6 +166,30 @@ class MaceModule(pl.LightningModule):
     def _compute_stress(self) -> bool:
         w = self.cfg.stage_two.stress_weight if self.stage == 2 else self.cfg.loss.stress_weight
         return w > 0 or self.cfg.loss.kind == "huber"  # mace's Huber loss always has a stress term
+
+    def init_weights_from(self, model: torch.nn.Module, source: str) -> None:
+        """Start from ``model``'s weights (fine-tuning); it must have this module's architecture (one-line error).
+
+        Build this module with :func:`statistics_from_model` of the same model so that the buffers agree too.
+        """
+        m = self.cfg.model
+        theirs = {"r_max": float(model.r_max), "num_interactions": int(model.num_interactions),
+                  "pair_repulsion": bool(getattr(model, "pair_repulsion", False))}
+        for key, val in theirs.items():
+            if val != getattr(m, key):
+                raise ValidationError(f"model.init_from {source}: was built with model.{key}={val!r} but the config "
+                                      f"has {getattr(m, key)!r}; use the model's sizes to fine-tune it")
+        mine, state = self.model.state_dict(), model.state_dict()
+        for k in sorted(mine.keys() | state.keys()):
+            if k not in mine or k not in state or mine[k].shape != state[k].shape:
+                what = ("has no" if k not in state else "has an extra" if k not in mine
+                        else f"has shape {tuple(state[k].shape)} (config: {tuple(mine[k].shape)}) for")
+                raise ValidationError(f"model.init_from {source}: {what} parameter '{k}'; its architecture differs "
+                                      "from the config's model section (channels, max_L, max_ell, correlation, "
+                                      "radial_mlp, ...)")
+        self.model.load_state_dict(state)  # copied into this module's precision
+        if self.ema_model is not None:
+            self.ema_model.module.load_state_dict(self.model.state_dict())
 
     def eval_model(self) -> torch.nn.Module:
         """The weights to evaluate and export: the EMA average when EMA is on."""

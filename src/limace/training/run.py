@@ -39,7 +39,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO  # noqa: E402
 from lightning.pytorch.callbacks import Checkpoint  # noqa: E402
 
 from limace.training.data import DataStatistics, LimaceDataModule  # noqa: E402
-from limace.training.module import MaceModule  # noqa: E402
+from limace.training.module import MaceModule, statistics_from_model  # noqa: E402
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -148,6 +148,18 @@ def _statistics_from_checkpoint(ckpt: Path, cfg: TrainConfig) -> DataStatistics:
     return stats
 
 
+def _init_source(spec: str) -> torch.nn.Module:
+    """The trained MACE model ``model.init_from`` names: a .model file or a pretrained potential's registry name."""
+    from limace.errors import LimaceInputError
+    from limace.potentials.calculator import read_model, resolve
+
+    try:
+        path, _ = resolve(spec)
+        return read_model(path)
+    except LimaceInputError as exc:
+        raise ValidationError(f"model.init_from: {exc}") from None
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     """The newest complete checkpoint in ``ckpt_dir`` (last.ckpt, or a step=N.ckpt written after it), if any.
 
@@ -206,10 +218,18 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = LimaceDataModule(cfg, seed=seed, statistics=stats)
     stats = dm.load()
+    source = None
+    if ckpt_path is None and cfg.model.init_from:  # a resumed run has the fine-tuned weights in its checkpoint
+        source = _init_source(cfg.model.init_from)
+        stats = dm.statistics = statistics_from_model(source, stats, cfg.model.init_from)
     if stats.stress_offset_GPa and _is_rank_zero():
         print("limace: Pulay stress removed from the training stress labels (GPa per element): "
               + ", ".join(f"{k} {v:+.2f}" for k, v in sorted(stats.stress_offset_GPa.items())), file=sys.stderr)
     module = MaceModule(cfg.as_dict(), stats.as_dict())
+    if source is not None:
+        module.init_weights_from(source, cfg.model.init_from)
+        if _is_rank_zero():
+            log(f"limace: fine-tuning from {cfg.model.init_from}")
 
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
