@@ -189,6 +189,11 @@ def test_example_config_is_the_packaged_recipe():
 
     root = Path(__file__).parents[1]
     load_config(root / "examples" / "train_medium.yaml", check_files=False)
+    # the fine-tuning example has the shipped potential's sizes (else init_from refuses it)
+    ft = load_config(root / "examples" / "finetune_small.yaml", check_files=False).as_dict()["model"]
+    small = load_config("small", check_files=False).as_dict()["model"]
+    assert ft.pop("init_from") == "limace-lisnin-small"
+    assert {k: v for k, v in ft.items() if k != "e0s"} == {k: v for k, v in small.items() if k not in ("e0s", "init_from")}
     ex = load_config(root / "examples" / "train_small.yaml", check_files=False).as_dict()
     pk = load_config("small", check_files=False).as_dict()
     ex.pop("run_dir"), pk.pop("run_dir")
