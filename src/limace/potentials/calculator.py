@@ -26,11 +26,12 @@ from ase.stress import full_3x3_to_voigt_6_stress  # noqa: E402
 from mace.calculators import MACECalculator  # noqa: E402
 
 from limace.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
-from limace.potentials.registry import PotentialEntry, fetch, get_potential, sha256_file  # noqa: E402
+from limace.potentials.registry import (  # noqa: E402
+    PotentialEntry, fetch, get_potential, looks_like_path, sha256_file,
+)
 
 PathOrName = Union[str, Path]
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
-_PATH_SUFFIXES = (".model", ".pt", ".pth")
 
 
 def _check_dtype(dtype) -> str:
@@ -53,13 +54,9 @@ def _check_device(device) -> str:
     return str(dev)
 
 
-def _looks_like_path(spec: str) -> bool:
-    return os.sep in spec or "/" in spec or spec.endswith(_PATH_SUFFIXES)
-
-
 def resolve(spec: PathOrName, offline: bool | None = None, progress: bool = True) -> tuple[Path, PotentialEntry | None]:
     """The model file for a registry name (fetched and verified) or a path, and the registry entry if any."""
-    if isinstance(spec, Path) or (isinstance(spec, str) and _looks_like_path(spec)):
+    if isinstance(spec, Path) or (isinstance(spec, str) and looks_like_path(spec)):
         return Path(spec).expanduser(), None
     if not isinstance(spec, str):
         raise LimaceInputError(f"a potential is a registry name or a .model path, got {type(spec).__name__}")

@@ -106,6 +106,14 @@ class PotentialEntry:
         }
 
 
+_PATH_SUFFIXES = (".model", ".pt", ".pth")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a potential spec names a file rather than a registry entry (a separator or a model-file suffix)."""
+    return os.sep in spec or "/" in spec or spec.endswith(_PATH_SUFFIXES)
+
+
 # -- environment -----------------------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from limace.errors import ValidationError
+from limace.potentials.registry import looks_like_path
 
 _SYMBOLS = None
 
@@ -228,7 +228,7 @@ class TrainConfig:
         self.data.valid_file = res(self.data.valid_file)
         self.data.test_file = res(self.data.test_file)
         self.run_dir = res(self.run_dir if self.run_dir is not None else f"runs/{self.name}")
-        if self.model.init_from and _is_path_like(self.model.init_from):
+        if self.model.init_from and looks_like_path(self.model.init_from):
             self.model.init_from = res(self.model.init_from)
 
     def _check(self, source: str, check_files: bool = True) -> None:
@@ -310,18 +310,13 @@ class TrainConfig:
         if m.init_from is not None and not m.init_from.strip():
             bad("model.init_from", "is empty; give a .model file or a pretrained potential name, or null")
         if check_files:
-            if m.init_from and _is_path_like(m.init_from) and not Path(m.init_from).is_file():
+            if m.init_from and looks_like_path(m.init_from) and not Path(m.init_from).is_file():
                 bad("model.init_from", f"names {m.init_from}: no such file")
             for key in ("data.train_file", "data.valid_file", "data.test_file"):
                 paths = _get(self, key)
                 for p in ([paths] if isinstance(paths, str) else (paths or [])):
                     if p and not Path(p).is_file():
                         bad(key, f"names {p}: no such file")
-
-
-def _is_path_like(spec: str) -> bool:
-    """A file path rather than a registry name (as :func:`limace.potentials.calculator.resolve` tells them apart)."""
-    return "/" in spec or os.sep in spec or spec.endswith((".model", ".pt", ".pth"))
 
 
 def _get(obj: Any, dotted: str) -> Any:
