@@ -27,12 +27,17 @@ _FORMATS = {
 }
 
 
+# (3, 3) -> Voigt (xx, yy, zz, yz, xz, xy): row and column index of each component; indexes numpy arrays and batched
+# (N, 3, 3) torch tensors alike (``t[:, VOIGT_ROWS, VOIGT_COLS]``)
+VOIGT_ROWS, VOIGT_COLS = [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]
+
+
 def to_voigt(stress) -> np.ndarray:
     """A stress label or result as Voigt (xx, yy, zz, yz, xz, xy), from either shape labels may hold: (6,) or (3, 3)."""
     s = np.asarray(stress, dtype=float)
     if s.shape == (6,):
         return s
-    return s.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    return s.reshape(3, 3)[VOIGT_ROWS, VOIGT_COLS]
 
 
 def guess_format(path: Path) -> str:

@@ -24,11 +24,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from limace.data.io import to_voigt
+from limace.data.io import VOIGT_COLS, VOIGT_ROWS, to_voigt
 from limace.errors import ValidationError
 from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY, EV_PER_A3_TO_GPA, FORCES_KEY, STRESS_KEY
-
-_VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])  # (3, 3) -> Voigt, as limace.data.io.to_voigt
 
 
 @dataclass
@@ -68,7 +66,7 @@ def predict_mace(model, frames: Sequence, batch_size: int = 16, device: str = "c
         out = model(batch.to_dict(), training=False, compute_force=True, compute_stress=True)
         energies.append(out["energy"].detach().cpu().double().numpy())
         forces.append(out["forces"].detach().cpu().double().numpy())
-        stresses.append(out["stress"].detach().cpu().double().numpy()[:, _VOIGT[0], _VOIGT[1]])
+        stresses.append(out["stress"].detach().cpu().double().numpy()[:, VOIGT_ROWS, VOIGT_COLS])
     stress = np.concatenate(stresses)
     periodic = np.array([bool(np.all(a.pbc)) and abs(a.cell.volume) > 1e-9 for a in frames])
     stress[~periodic] = np.nan

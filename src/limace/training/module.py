@@ -18,6 +18,7 @@ import warnings
 from dataclasses import replace
 from typing import Any, Optional
 
+from limace.data.io import VOIGT_COLS, VOIGT_ROWS
 from limace.errors import ValidationError
 from limace.keys import EV_PER_A3_TO_GPA
 from limace.training._mace import dtype_of, import_mace
@@ -35,7 +36,6 @@ from mace.tools.torch_tools import default_dtype  # noqa: E402
 from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
 
-_VI, _VJ = [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]  # Voigt components, as limace.training.evaluate
 
 
 def hidden_irreps(channels: int, max_L: int) -> o3.Irreps:
@@ -278,7 +278,7 @@ class MaceModule(pl.LightningModule):
         de = (out["energy"].detach().double() - batch.energy.double()) / natoms
         df = (out["forces"].detach().double() - batch.forces.double()).reshape(-1)
         has_s = batch.stress_weight > 0
-        ds = (out["stress"].detach().double() - batch.stress.double())[has_s][:, _VI, _VJ].reshape(-1) * EV_PER_A3_TO_GPA
+        ds = (out["stress"].detach().double() - batch.stress.double())[has_s][:, VOIGT_ROWS, VOIGT_COLS].reshape(-1) * EV_PER_A3_TO_GPA
         n = batch.num_graphs
         self._val += torch.stack([
             loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=self.device),
