@@ -67,6 +67,12 @@ def test_a_second_run_reuses_every_finished_task(screened):
     after = json.loads((out / "results.json").read_text())
     assert {p: p.stat().st_mtime_ns for p in (out / "work").glob("*.json")} == stamps
     assert after["systems"] == before["systems"]
+    # and says so: every task of both stages came from work/ (the first run computed them all)
+    n_barrier_tasks = before["resumed_tasks"]["barriers"][1]
+    assert before["resumed_tasks"] == {"hull + search": [0, 2], "barriers": [0, n_barrier_tasks]}
+    assert after["resumed_tasks"] == {"hull + search": [2, 2], "barriers": [n_barrier_tasks, n_barrier_tasks]}
+    assert (f"tasks resumed from work/: hull + search 2 of 2, barriers {n_barrier_tasks} of {n_barrier_tasks}"
+            in (out / "report.md").read_text())
 
 
 def test_unknown_system_is_a_one_line_error(tiny_mace_model_path, limace_exe, tmp_path):

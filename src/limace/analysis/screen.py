@@ -236,6 +236,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     sdict = settings.as_dict()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    resumed: dict[str, list[int]] = {}  # stage -> [tasks taken from work/, tasks]
 
     def run_tasks(tasks: dict[str, tuple], desc: str) -> dict[str, dict]:
         """tasks: cache path -> (key, fn, args). Cached results are reused, the rest run (in parallel)."""
@@ -246,6 +247,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
                 results[path] = hit
             else:
                 todo[path] = (key, fn, args)
+        resumed[desc] = [len(results), len(tasks)]
         n_workers = min(workers, len(todo)) if todo else 1
         ex = make_executor(n_workers, scheduler) if len(todo) > 1 or scheduler else None
         bar = tqdm(total=len(tasks), initial=len(results), desc=desc, disable=not progress, unit="task")
@@ -325,6 +327,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
             "barriers": barriers[s],
         }
     results["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
+    results["resumed_tasks"] = resumed
     _write_report(results, hulls, out)
     return results
 
@@ -374,8 +377,10 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
         _plot_percolation(all_barriers, out / "barriers.png")
 
     fmt = lambda x, n=3: "—" if x is None else f"{x:.{n}f}"  # noqa: E731
+    taken = [f"{stage} {n} of {total}" for stage, (n, total) in results.get("resumed_tasks", {}).items() if n]
     lines = ["# limace screen report", "", f"Potential: `{results['potential']}`. "
-             f"Total time {results['timings_s']['total']} s.", ""]
+             f"Total time {results['timings_s']['total']} s"
+             + (f" (this run; tasks resumed from work/: {', '.join(taken)})." if taken else "."), ""]
     for s in systems:
         r = results["systems"][s]
         lines += [f"## {s}", ""]
