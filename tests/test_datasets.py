@@ -90,6 +90,8 @@ def test_shipped_dataset_manifest_matches_its_files():
     train, test = load_dataset("li-in-sn-v1", "train"), load_dataset("li-in-sn-v1", "test")
     assert len(train) == man["counts"]["train"]["n"] and len(test) == man["counts"]["test"]["n"]
     assert len(test) >= 0.1 * (len(train) + len(test))
+    # the size issue 3 asks of v1: >= 600 labelled configurations, >= 80 of them with >= 12 atoms
+    assert len(train) + len(test) >= 600 and sum(len(a) >= 12 for a in train + test) >= 80
     from collections import Counter
 
     assert dict(Counter(a.info[CONFIG_TYPE_KEY] for a in train + test)) == man["counts"]["all"]["config_type"]
