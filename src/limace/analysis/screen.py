@@ -377,7 +377,7 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
         _plot_percolation(all_barriers, out / "barriers.png")
 
     fmt = lambda x, n=3: "—" if x is None else f"{x:.{n}f}"  # noqa: E731
-    taken = [f"{stage} {n} of {total}" for stage, (n, total) in results.get("resumed_tasks", {}).items() if n]
+    taken = [f"{stage} {n} of {total}" for stage, (n, total) in results["resumed_tasks"].items() if n]
     lines = ["# limace screen report", "", f"Potential: `{results['potential']}`. "
              f"Total time {results['timings_s']['total']} s"
              + (f" (this run; tasks resumed from work/: {', '.join(taken)})." if taken else "."), ""]

@@ -36,8 +36,6 @@ from mace.tools.torch_tools import default_dtype  # noqa: E402
 from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
 
-
-
 def hidden_irreps(channels: int, max_L: int) -> o3.Irreps:
     """``channels`` x (0e + 1o + ... up to max_L), as mace_run_train's num_channels / max_L."""
     return o3.Irreps((channels * o3.Irreps.spherical_harmonics(max_L)).sort().irreps.simplify())
@@ -278,7 +276,8 @@ class MaceModule(pl.LightningModule):
         de = (out["energy"].detach().double() - batch.energy.double()) / natoms
         df = (out["forces"].detach().double() - batch.forces.double()).reshape(-1)
         has_s = batch.stress_weight > 0
-        ds = (out["stress"].detach().double() - batch.stress.double())[has_s][:, VOIGT_ROWS, VOIGT_COLS].reshape(-1) * EV_PER_A3_TO_GPA
+        ds = (out["stress"].detach().double() - batch.stress.double())[has_s][:, VOIGT_ROWS, VOIGT_COLS]
+        ds = ds.reshape(-1) * EV_PER_A3_TO_GPA
         n = batch.num_graphs
         self._val += torch.stack([
             loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=self.device),
