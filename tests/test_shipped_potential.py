@@ -47,9 +47,6 @@ def _formation(energy, atoms, mu):
     return (energy - sum(mu[s] for s in syms)) / len(atoms)
 
 
-@pytest.mark.xfail(strict=True, reason="limace-lisnin-small 1.2 is preliminary (722 labelled configurations): "
-                   "formation energies of the 25 test structures are off by 2.8 meV/atom on average, 13.5 at most "
-                   "(a 4-atom bcc LiSn3 ordering; every other one within 10); issue 8 stays open until it passes")
 def test_formation_energies_of_test_split_phases_within_10_mev():
     from limace.potentials import load
 
