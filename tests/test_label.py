@@ -154,3 +154,27 @@ def test_gpaw_reference_label_matches_a_direct_gpaw_call(tmp_path, limace_exe):
     np.testing.assert_allclose(lab.info[STRESS_KEY], direct.get_stress(voigt=True), atol=1e-6)
     assert lab.info["label_protocol"] == "pbe-pw400"
     assert lab.info["label_version_gpaw"] == "26.7.0" and lab.info["label_version_gpaw_data"] == "1.2.1"
+
+
+@needs_gpaw
+@pytest.mark.dft
+@pytest.mark.slow
+def test_a_cell_whose_gpaw_symmetry_analysis_fails_is_labelled_without_point_group(tmp_path):
+    """GPAW 26.7 raises SymmetryAnalysisBug on this relaxed alpha-Sn cell at the reference protocol (a screen's DFT
+    check lost its Sn reference to it); the job labels it with time-reversal symmetry only and says so."""
+    from ase import Atoms
+
+    from limace.data.label import _gpaw_calculator
+
+    atoms = Atoms("Sn2", cell=[4.7002, 4.7002, 4.7002, 60, 60, 60], scaled_positions=[[0, 0, 0], [0.25] * 3], pbc=True)
+    direct = atoms.copy()
+    direct.calc = _gpaw_calculator()
+    with pytest.raises(Exception, match="standardize_cell"):
+        direct.get_potential_energy()
+    out = tmp_path / "out.extxyz"
+    rep = label_configurations([atoms], out, protocol="pbe-pw400", workers=1)
+    assert rep.labelled == 1 and rep.failed == 0
+    lab = read(out)
+    assert lab.info["label_symmetry"].startswith("time reversal only")
+    assert lab.info[ENERGY_KEY] / len(lab) == pytest.approx(-3.9405, abs=1e-3)  # alpha-Sn at 400 eV, PBE
+    assert np.abs(lab.arrays[FORCES_KEY]).max() < 1e-3  # diamond positions: no force by symmetry

@@ -40,6 +40,9 @@ class Protocol:
     description: str
     make_calculator: Callable[[], object]
     code_versions: Callable[[], dict] = field(default=lambda: {})
+    # the same calculation without point-group symmetry (k-points reduced by time reversal only): used when the
+    # code's symmetry analysis itself fails on a cell (GPAW's SymmetryAnalysisBug, seen on a relaxed alpha-Sn cell)
+    without_point_group: Callable[[], object] | None = None
 
 
 # -- the reference protocol ------------------------------------------------------------------------------------------
@@ -99,12 +102,15 @@ PROTOCOLS: dict[str, Protocol] = {
         "0.2 eV order 1, default SCF convergence, free (force-consistent) energy",
         make_calculator=_gpaw_calculator,
         code_versions=_gpaw_versions,
+        without_point_group=lambda: _gpaw_calculator(symmetry={"point_group": False}),
     ),
     "gpaw-test": Protocol(
         name="gpaw-test",
         description="Cheap GPAW settings for tests only (PW 200 eV, 1 k-point): never mix into datasets",
         make_calculator=lambda: _gpaw_calculator(mode={"name": "pw", "ecut": 200.0}, kpts={"size": (1, 1, 1)}),
         code_versions=_gpaw_versions,
+        without_point_group=lambda: _gpaw_calculator(mode={"name": "pw", "ecut": 200.0}, kpts={"size": (1, 1, 1)},
+                                                     symmetry={"point_group": False}),
     ),
     "emt": Protocol(
         name="emt",
@@ -167,7 +173,13 @@ def _label_worker(atoms: Atoms, protocol_name: str) -> tuple[str, Atoms | None, 
     cid = ensure_config_id(atoms)
     try:
         proto = get_protocol(protocol_name)
-        labelled = label_atoms(atoms, proto.make_calculator(), proto.name, proto.code_versions())
+        try:
+            labelled = label_atoms(atoms, proto.make_calculator(), proto.name, proto.code_versions())
+        except Exception as exc:
+            if proto.without_point_group is None or type(exc).__name__ != "SymmetryAnalysisBug":
+                raise
+            labelled = label_atoms(atoms, proto.without_point_group(), proto.name, proto.code_versions())
+            labelled.info["label_symmetry"] = "time reversal only (point-group analysis failed)"
         return cid, labelled, None
     except Exception as exc:  # recorded in the failure file, the job goes on
         tb = traceback.format_exc(limit=3).strip().splitlines()
