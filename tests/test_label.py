@@ -166,7 +166,9 @@ def test_a_cell_whose_gpaw_symmetry_analysis_fails_is_labelled_without_point_gro
 
     from limace.data.label import _gpaw_calculator
 
-    atoms = Atoms("Sn2", cell=[4.7002, 4.7002, 4.7002, 60, 60, 60], scaled_positions=[[0, 0, 0], [0.25] * 3], pbc=True)
+    d = 3.3235344886779785  # the cell as the screen's float32 relaxation left it: 1e-10 A off the ideal fcc lattice
+    cell = [[3.577869389648214e-10, d, d], [d, 3.390147051973713e-10, d], [d, d, 1.8769744439262048e-11]]
+    atoms = Atoms("Sn2", cell=cell, positions=[[0, 0, 0], [1.66176724] * 3], pbc=True)
     direct = atoms.copy()
     direct.calc = _gpaw_calculator()
     with pytest.raises(Exception, match="standardize_cell"):
