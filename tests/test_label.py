@@ -164,13 +164,13 @@ def test_a_cell_whose_gpaw_symmetry_analysis_fails_is_labelled_without_point_gro
     check lost its Sn reference to it); the job labels it with time-reversal symmetry only and says so."""
     from ase import Atoms
 
-    from limace.data.label import _gpaw_calculator
+    from limace.data.label import get_protocol
 
     d = 3.3235344886779785  # the cell as the screen's float32 relaxation left it: 1e-10 A off the ideal fcc lattice
     cell = [[3.577869389648214e-10, d, d], [d, 3.390147051973713e-10, d], [d, d, 1.8769744439262048e-11]]
     atoms = Atoms("Sn2", cell=cell, positions=[[0, 0, 0], [1.66176724] * 3], pbc=True)
     direct = atoms.copy()
-    direct.calc = _gpaw_calculator()
+    direct.calc = get_protocol("pbe-pw400").make_calculator()
     with pytest.raises(Exception, match="standardize_cell"):
         direct.get_potential_energy()
     out = tmp_path / "out.extxyz"

@@ -20,6 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,11 @@ class Protocol:
 
     name: str
     description: str
-    make_calculator: Callable[[], object]
+    make_calculator: Callable[..., object]  # keyword arguments override the protocol's calculator parameters
     code_versions: Callable[[], dict] = field(default=lambda: {})
-    # the same calculation without point-group symmetry (k-points reduced by time reversal only): used when the
-    # code's symmetry analysis itself fails on a cell (GPAW's SymmetryAnalysisBug, seen on a relaxed alpha-Sn cell)
-    without_point_group: Callable[[], object] | None = None
+    # GPAW protocols: when GPAW's own symmetry analysis fails on a cell (SymmetryAnalysisBug, seen on a relaxed
+    # alpha-Sn cell), the same calculation is run without point-group symmetry (k-points reduced by time reversal)
+    retry_without_point_group: bool = False
 
 
 # -- the reference protocol ------------------------------------------------------------------------------------------
@@ -102,15 +103,14 @@ PROTOCOLS: dict[str, Protocol] = {
         "0.2 eV order 1, default SCF convergence, free (force-consistent) energy",
         make_calculator=_gpaw_calculator,
         code_versions=_gpaw_versions,
-        without_point_group=lambda: _gpaw_calculator(symmetry={"point_group": False}),
+        retry_without_point_group=True,
     ),
     "gpaw-test": Protocol(
         name="gpaw-test",
         description="Cheap GPAW settings for tests only (PW 200 eV, 1 k-point): never mix into datasets",
-        make_calculator=lambda: _gpaw_calculator(mode={"name": "pw", "ecut": 200.0}, kpts={"size": (1, 1, 1)}),
+        make_calculator=partial(_gpaw_calculator, mode={"name": "pw", "ecut": 200.0}, kpts={"size": (1, 1, 1)}),
         code_versions=_gpaw_versions,
-        without_point_group=lambda: _gpaw_calculator(mode={"name": "pw", "ecut": 200.0}, kpts={"size": (1, 1, 1)},
-                                                     symmetry={"point_group": False}),
+        retry_without_point_group=True,
     ),
     "emt": Protocol(
         name="emt",
@@ -176,9 +176,10 @@ def _label_worker(atoms: Atoms, protocol_name: str) -> tuple[str, Atoms | None, 
         try:
             labelled = label_atoms(atoms, proto.make_calculator(), proto.name, proto.code_versions())
         except Exception as exc:
-            if proto.without_point_group is None or type(exc).__name__ != "SymmetryAnalysisBug":
+            if not proto.retry_without_point_group or type(exc).__name__ != "SymmetryAnalysisBug":
                 raise
-            labelled = label_atoms(atoms, proto.without_point_group(), proto.name, proto.code_versions())
+            calc = proto.make_calculator(symmetry={"point_group": False})
+            labelled = label_atoms(atoms, calc, proto.name, proto.code_versions())
             labelled.info["label_symmetry"] = "time reversal only (point-group analysis failed)"
         return cid, labelled, None
     except Exception as exc:  # recorded in the failure file, the job goes on
