@@ -34,6 +34,7 @@ from limace.data.structures import get_structure, list_phases, sort_species
 
 ELEMENT_PHASES = ("Li_bcc", "In_tI2", "Sn_beta", "Sn_alpha")
 RATTLE_AMPLITUDES = (0.03, 0.07, 0.11, 0.15)
+RANDOM_ALLOY_REPEAT = {"bcc": (2, 2, 2), "fcc": (2, 2, 1)}  # of the cubic cell: 16 sites on either parent
 
 
 def _stage(configs: list[Atoms], stage: int) -> list[Atoms]:
@@ -136,7 +137,7 @@ def plan_v1(seed: int = 20261128) -> list[Atoms]:
     for parent in ("bcc", "fcc"):
         for frac_li in (0.25, 0.5, 0.75, 0.875):
             for host in ("In", "Sn"):
-                s7.append(g.random_alloy(parent, ("Li", host), (frac_li, 1 - frac_li), repeat=(2, 2, 2) if parent == "bcc" else (2, 2, 1), seed=rng))
+                s7.append(g.random_alloy(parent, ("Li", host), (frac_li, 1 - frac_li), repeat=RANDOM_ALLOY_REPEAT[parent], seed=rng))
     plan += _stage(s7, 7)
 
     # 8. larger orderings, sampled
@@ -170,13 +171,13 @@ def plan_v1(seed: int = 20261128) -> list[Atoms]:
         pool = [a for a in binaries if host in a.get_chemical_symbols()]
         for i, k in enumerate(rng.choice(len(pool), size=min(n, len(pool)), replace=False)):
             e = float(rng.choice((-0.05, -0.03, 0.03, 0.05)))
-            s = g.strained(pool[int(k)], (e,), "iso", seed=rng)[0]
-            s10 += g.rattled(s, (0.05,), seed=rng) if i % 2 else [s]
+            st = g.strained(pool[int(k)], (e,), "iso", seed=rng)[0]
+            s10 += g.rattled(st, (0.05,), seed=rng) if i % 2 else [st]
     randoms = [("bcc", "Sn", 0.75), ("bcc", "Sn", 0.75), ("bcc", "Sn", 0.6875), ("bcc", "Sn", 0.8125),
                ("bcc", "Sn", 0.625), ("fcc", "Sn", 0.75), ("fcc", "Sn", 0.6875), ("bcc", "In", 0.75),
                ("bcc", "In", 0.6875), ("fcc", "In", 0.75)]
     for i, (parent, host, x) in enumerate(randoms):
-        r = g.random_alloy(parent, ("Li", host), (x, 1 - x), repeat=(2, 2, 2) if parent == "bcc" else (2, 2, 1), seed=rng)
+        r = g.random_alloy(parent, ("Li", host), (x, 1 - x), repeat=RANDOM_ALLOY_REPEAT[parent], seed=rng)
         s10 += g.rattled(r, (0.05,), seed=rng) if i % 2 else [r]
     plan += _stage(s10, 10)
 
