@@ -1,21 +1,34 @@
-"""Percolation of Li hops through the periodic crystal (science.md).
+"""Percolation of Li hops through the periodic crystal (science.md, "Percolation").
 
-Every hop copy is an edge (i, j, offset) of the periodic Li-site graph, weighted by its barrier. The dD percolation
-barrier is the smallest E* such that the edges with barrier <= E* connect a site to its own periodic images along d
-independent lattice directions. Edges are added in order of barrier into a union-find that keeps, for every site, its
-lattice offset relative to the root of its component; an edge closing a cycle contributes the cycle's net lattice
-translation, and the rank of a component's translations is the dimension through which it percolates.
+Every hop copy is an edge (i, j, offset) of the periodic Li-site graph. Each Li site i has a vacancy energy E_i (the
+relaxed supercell with a vacancy at i) and each distinct hop an absolute saddle energy S_ij (the highest energy of its
+converged band, same supercell, same potential). For an absolute threshold T the edges with S_ij <= T split the sites
+into components; a component percolates in d dimensions when its edges connect a site to its own periodic images
+along d independent lattice directions. The dD percolation barrier is
 
-Edge weight for a hop whose end sites differ (forward != backward barrier): the larger of the two, i.e. the saddle
-energy above the lower-energy vacancy site of the pair — crossing the edge in both directions needs it.
+    E*_d = min over thresholds T and components C of the edges S <= T that percolate in >= d dimensions
+           of  T - E_min(C),          E_min(C) = the lowest site energy in C,
+
+i.e. the smallest E* such that the hops with S_ij <= E_min + E* connect the component whose lowest site is E_min
+through the crystal in d dimensions. Only the saddle levels can be such thresholds, so edges are added in order of
+saddle energy (all edges of one level together) into a union-find that keeps, for every site, its lattice offset
+relative to the root of its component and, per component, its lowest site energy and the lattice translations of its
+cycles (their rank is the dimension through which it percolates); after each level every percolating component is a
+candidate.
+
+With equivalent sites (all E_i equal) this is the classical rule: the smallest hop barrier at which the network
+percolates. When sites differ, a per-hop max(forward, backward) is not the right weight: a path climbs from the
+lowest site it visits to the highest saddle it crosses, and these need not belong to the same hop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+DIMS = ("1d", "2d", "3d")
 
 
 def _rank(vectors: list[np.ndarray]) -> int:
@@ -25,10 +38,11 @@ def _rank(vectors: list[np.ndarray]) -> int:
 
 
 class _PeriodicUnionFind:
-    def __init__(self, n: int):
+    def __init__(self, n: int, site_energies: Sequence[float]):
         self.parent = list(range(n))
         self.shift = [np.zeros(3, dtype=int) for _ in range(n)]  # position of node relative to its parent
         self.translations: dict[int, list[np.ndarray]] = {k: [] for k in range(n)}
+        self.e_min = {k: (float(site_energies[k]), k) for k in range(n)}  # lowest (energy, site) per root
 
     def find(self, a: int) -> tuple[int, np.ndarray]:
         """Root of ``a`` and the lattice offset of ``a`` relative to it (path compression keeps offsets right)."""
@@ -37,7 +51,6 @@ class _PeriodicUnionFind:
             path.append(a)
             a = self.parent[a]
         root = a
-        # compress: accumulate offsets from the top of the path down
         total = np.zeros(3, dtype=int)
         for node in reversed(path):
             total = total + self.shift[node]
@@ -45,73 +58,127 @@ class _PeriodicUnionFind:
             self.parent[node] = root
         return root, (self.shift[path[0]] if path else np.zeros(3, dtype=int))
 
+    def _add_translation(self, root: int, t: np.ndarray) -> None:
+        if np.any(t != 0) and _rank(self.translations[root] + [t]) > _rank(self.translations[root]):
+            self.translations[root].append(t)
+
     def add_edge(self, i: int, j: int, offset: Sequence[int]) -> None:
         """Edge from site i (cell 0) to site j in cell ``offset``."""
         ri, oi = self.find(i)
         rj, oj = self.find(j)
         off = np.asarray(offset, dtype=int)
         if ri == rj:
-            cycle = oi + off - oj  # going i -> j(off) and back to j's own position in the component
-            if np.any(cycle != 0) and _rank(self.translations[ri] + [cycle]) > _rank(self.translations[ri]):
-                self.translations[ri].append(cycle)
+            self._add_translation(ri, oi + off - oj)  # i -> j(off) and back to j's own position in the component
             return
-        # attach rj under ri: position of rj relative to ri so that j sits at oi + off
-        self.parent[rj] = ri
+        self.parent[rj] = ri  # attach rj under ri so that j sits at oi + off
         self.shift[rj] = oi + off - oj
         for t in self.translations.pop(rj):
-            if _rank(self.translations[ri] + [t]) > _rank(self.translations[ri]):
-                self.translations[ri].append(t)
+            self._add_translation(ri, t)
+        self.e_min[ri] = min(self.e_min[ri], self.e_min.pop(rj))
 
-    def max_dimension(self) -> int:
-        return max((_rank(t) for t in self.translations.values()), default=0)
+    def roots(self) -> list[int]:
+        return [k for k in range(len(self.parent)) if self.parent[k] == k]
+
+    def dimension(self, root: int) -> int:
+        return _rank(self.translations[root])
 
 
 @dataclass
 class PercolationResult:
-    """Lowest barrier (eV) at which the hop network percolates in 1D/2D/3D, and the hops that make it."""
+    """Percolation barrier (eV) in 1D/2D/3D and what makes it.
+
+    ``barriers[d]``: E*_d (None: no percolation in d dimensions with the hops given); ``hops[d]``: the distinct hops
+    with a copy in the percolating component and a saddle at or below its threshold (the path); ``saddle[d]``: that
+    absolute threshold E_min + E*_d (eV, the highest saddle crossed); ``lowest_site[d]``: the site of E_min;
+    ``site_energy_min[d]``: E_min (eV)."""
 
     barriers: dict[str, float | None]
     hops: dict[str, list[int]]
+    saddle: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(DIMS))
+    lowest_site: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(DIMS))
+    site_energy_min: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(DIMS))
 
     def as_dict(self) -> dict:
-        return {d: {"barrier_eV": self.barriers[d], "hops": self.hops[d]} for d in ("1d", "2d", "3d")}
+        return {d: {"barrier_eV": self.barriers[d], "hops": self.hops[d], "saddle_eV": self.saddle[d],
+                    "lowest_site": self.lowest_site[d], "lowest_site_energy_eV": self.site_energy_min[d]}
+                for d in DIMS}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PercolationResult":
-        return cls(barriers={k: d[k]["barrier_eV"] for k in ("1d", "2d", "3d")},
-                   hops={k: list(d[k]["hops"]) for k in ("1d", "2d", "3d")})
+        return cls(barriers={k: d[k]["barrier_eV"] for k in DIMS}, hops={k: list(d[k]["hops"]) for k in DIMS},
+                   saddle={k: d[k].get("saddle_eV") for k in DIMS},
+                   lowest_site={k: d[k].get("lowest_site") for k in DIMS},
+                   site_energy_min={k: d[k].get("lowest_site_energy_eV") for k in DIMS})
 
 
 def percolation(n_sites: int, hop_copies: Sequence[Sequence[tuple[int, int, Sequence[int]]]],
-                barriers: Sequence[float | None]) -> PercolationResult:
-    """Percolation barriers of a periodic site graph.
+                saddle_energies: Sequence[float | None],
+                site_energies: Sequence[float | None] | None = None) -> PercolationResult:
+    """Percolation barriers of a periodic site graph (see the module docstring).
 
     ``hop_copies[h]``: all copies (i, j, offset) of distinct hop h (site indices in ``range(n_sites)``);
-    ``barriers[h]``: its barrier in eV, or None when unknown (the hop is then left out).
+    ``saddle_energies[h]``: its absolute saddle energy (eV), or None when unknown (the hop is then left out);
+    ``site_energies[i]``: the vacancy energy of site i (eV; None for sites no hop touches). Without site energies
+    all sites count as 0 and ``saddle_energies`` are the hop barriers themselves (equivalent sites).
     """
-    if len(hop_copies) != len(barriers):
-        raise ValueError("one barrier per distinct hop")
-    order = sorted((b, h) for h, b in enumerate(barriers) if b is not None and np.isfinite(b))
-    uf = _PeriodicUnionFind(n_sites)
-    result_b: dict[str, float | None] = {"1d": None, "2d": None, "3d": None}
-    result_h: dict[str, list[int]] = {"1d": [], "2d": [], "3d": []}
-    used: list[int] = []
+    if len(hop_copies) != len(saddle_energies):
+        raise ValueError("one saddle energy per distinct hop")
+    if site_energies is None:
+        site_energies = [0.0] * n_sites
+    if len(site_energies) != n_sites:
+        raise ValueError(f"one site energy per site: {n_sites} sites, {len(site_energies)} energies")
+    e_site = [np.inf if e is None else float(e) for e in site_energies]
+    for h, s in enumerate(saddle_energies):
+        if s is None or not np.isfinite(s):
+            continue
+        for i, j, _ in hop_copies[h]:
+            if not (np.isfinite(e_site[int(i)]) and np.isfinite(e_site[int(j)])):
+                raise ValueError(f"hop {h} joins site {i} and {j}; both need a site energy")
+    order = sorted((float(s), h) for h, s in enumerate(saddle_energies) if s is not None and np.isfinite(s))
+    uf = _PeriodicUnionFind(n_sites, e_site)
+    best: dict[str, tuple | None] = dict.fromkeys(DIMS)
+    added: list[int] = []
     k = 0
     while k < len(order):
         level = order[k][0]
-        # add every hop at this barrier level together (ties percolate together)
-        while k < len(order) and order[k][0] <= level + 1e-12:
+        while k < len(order) and order[k][0] <= level + 1e-12:  # ties percolate together
             h = order[k][1]
             for i, j, off in hop_copies[h]:
                 uf.add_edge(int(i), int(j), off)
-            used.append(h)
+            added.append(h)
             k += 1
-        dim = uf.max_dimension()
-        for d in range(1, dim + 1):
-            key = f"{d}d"
-            if result_b[key] is None:
-                result_b[key] = float(level)
-                result_h[key] = sorted(used)
-        if dim == 3:
-            break
-    return PercolationResult(result_b, result_h)
+        for root in uf.roots():
+            dim = uf.dimension(root)
+            if dim == 0:
+                continue
+            e_min, site = uf.e_min[root]
+            value = level - e_min
+            for d in range(1, dim + 1):
+                key = f"{d}d"
+                if best[key] is None or value < best[key][0] - 1e-12:
+                    path = sorted({h for h in added if any(uf.find(int(c[0]))[0] == root for c in hop_copies[h])})
+                    best[key] = (value, level, e_min, site, path)
+    return PercolationResult(
+        barriers={d: None if best[d] is None else float(best[d][0]) for d in DIMS},
+        hops={d: [] if best[d] is None else best[d][4] for d in DIMS},
+        saddle={d: None if best[d] is None else float(best[d][1]) for d in DIMS},
+        lowest_site={d: None if best[d] is None else int(best[d][3]) for d in DIMS},
+        site_energy_min={d: None if best[d] is None else float(best[d][2]) for d in DIMS})
+
+
+def percolation_bounds(n_sites: int, hop_copies, site_energies, known: Sequence[float | None],
+                       lower: Sequence[float]) -> tuple[PercolationResult, PercolationResult, dict[str, bool]]:
+    """Certified percolation with some saddles still unknown.
+
+    ``known[h]``: the converged saddle energy of hop h, or None; ``lower[h]``: a lower bound of every hop's saddle
+    (e.g. max(E_i, E_j)). E*_d only grows when a saddle grows, so E*_d with the unknown hops at their lower bounds is
+    a lower bound and E*_d without them an upper bound; where they are equal the value is certified.
+    Returns (upper = result from the known hops only, lower, certified per dimension)."""
+    upper = percolation(n_sites, hop_copies, known, site_energies)
+    low = percolation(n_sites, hop_copies, [k if k is not None else lo for k, lo in zip(known, lower)],
+                      site_energies)
+    cert = {}
+    for d in DIMS:
+        a, b = upper.barriers[d], low.barriers[d]
+        cert[d] = (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= 1e-9)
+    return upper, low, cert
