@@ -164,7 +164,43 @@ from limace.analysis.cli import register as _register_analysis  # noqa: E402
 _register_analysis(app)
 
 
+def _click_flavours():
+    """The exception classes of every click the installed typer may raise: its bundled copy (``typer._click``, typer
+    >= 0.2x) and the separate ``click`` package (older typer, or commands built with click directly)."""
+    usage, exits, aborts, others = [], [typer.Exit], [typer.Abort], []
+    for modname in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = __import__(modname, fromlist=["ClickException"])
+        except ImportError:
+            continue
+        usage.append(mod.ClickException)
+        exits += [getattr(mod, "Exit", typer.Exit)]
+        aborts += [getattr(mod, "Abort", typer.Abort)]
+        others += [c for c in (getattr(mod, "NoArgsIsHelpError", None),) if c is not None]
+    return tuple(usage), tuple(exits), tuple(aborts), tuple(others)
+
+
+def _usage_line(exc) -> str:
+    """One line for a click usage error: ``data plan: Missing argument 'OUT'. (see limace data plan --help)``."""
+    try:
+        msg = exc.format_message()
+    except Exception:  # pragma: no cover - a click exception that cannot format itself
+        msg = str(exc)
+    msg = " ".join(str(msg).split())
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", "") or ""
+    sub = " ".join(path.split()[1:])
+    where = f"{sub}: " if sub else ""
+    hint = f" (see limace {sub + ' ' if sub else ''}--help)" if ctx is not None else ""
+    return f"{where}{msg}{hint}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the ``limace`` command line: user mistakes (bad values, files, usage) are one line on stderr, exit 2."""
     import os
     import warnings
 
@@ -176,27 +212,32 @@ def main(argv: list[str] | None = None) -> None:
 
     # e3nn 0.4.4 under torch >= 2.6 warns on every import about the weights-only workaround mace sets; not for users
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
+    usage_errors, exits, aborts, no_args = _click_flavours()
+
+    def fail(message: str) -> None:
+        typer.echo(f"limace: error: {_one_line(message)}", err=True)
+        sys.exit(2)
 
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except LimaceInputError as exc:
-        typer.echo(f"limace: error: {exc}", err=True)
-        sys.exit(2)
-    except FileNotFoundError as exc:
-        typer.echo(f"limace: error: {exc.filename or exc}: no such file", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
+        fail(str(exc))
+    except no_args as exc:  # `limace`, `limace data`: the help, as click shows it
+        exc.show()
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except usage_errors as exc:
+        fail(_usage_line(exc))
+    except exits as exc:
+        sys.exit(exc.exit_code)
+    except (*aborts, KeyboardInterrupt):
         typer.echo("limace: aborted", err=True)
         sys.exit(130)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except FileNotFoundError as exc:
+        fail(f"{exc.filename or exc}: no such file")
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        fail(f"{exc.filename}: {exc.strerror.lower()}" if exc.filename else str(exc))
+    if isinstance(rv, int) and rv:  # standalone_mode=False returns the exit code of `ctx.exit(code)`
+        sys.exit(rv)
 
 
 if __name__ == "__main__":
