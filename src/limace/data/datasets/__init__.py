@@ -8,6 +8,15 @@ the split itself (the test ``config_id`` list, fixed once written) and a SHA-256
 The held-out test split (>= 10 % of every config_type, never used for training or model selection) is chosen by a
 hash of ``config_id`` so it does not depend on the order of the labels; once a configuration is in a manifest's
 train or test list it stays there when the dataset grows.
+
+Frozen test splits (issue 23): ``freeze_test(name, "test-v1")`` records the test split's ``config_id`` list under
+``manifest["frozen"]["test-v1"]``; later packs carry it forward unchanged, and ``load_dataset(name, "test-v1")``
+returns exactly those configurations. A frozen split is for reporting only: data, recipes and models are chosen on
+the validation split (a part of train), never on it.
+
+The extrapolation split (``config_type`` ``extrap_*``, :mod:`limace.data.extrapolation`) is written to its own file
+and is in neither train nor test nor ``"all"``: it is drawn by fixed rules to measure how a potential does off its
+training set, and is never trained on.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from limace.fileio import atomic_write_bytes, atomic_write_json
 from limace.keys import CONFIG_ID_KEY, CONFIG_TYPE_KEY
 
 SPLITS = ("train", "test")
+EXTRAPOLATION = "extrapolation"
+EXTRAPOLATION_PREFIX = "extrap_"
 TEST_FRACTION = 0.12  # hash rule; every config_type is then topped up to >= 10 %
 MIN_TEST_FRACTION = 0.10
 
@@ -75,15 +86,33 @@ def _read_xz(path: Path) -> list[Atoms]:
     return read(io.StringIO(text), index=":", format="extxyz")
 
 
+def splits(name: str = "li-in-sn-v1") -> list[str]:
+    """The splits ``load_dataset`` accepts for this dataset: train, test, all, the frozen test splits and, when
+    shipped, extrapolation."""
+    man = manifest(name)
+    return [*SPLITS, "all", *man.get("frozen", {}), *([EXTRAPOLATION] if EXTRAPOLATION in man["files"] else [])]
+
+
 def load_dataset(name: str = "li-in-sn-v1", split: str = "all", verify: bool = True) -> list[Atoms]:
-    """The configurations of a shipped dataset: ``split`` is ``"train"``, ``"test"`` or ``"all"``.
+    """The configurations of a shipped dataset: ``split`` is ``"train"``, ``"test"``, ``"all"`` (train + test), a
+    frozen test split such as ``"test-v1"``, or ``"extrapolation"``.
 
     With ``verify`` the files' SHA-256 are checked against the manifest first.
     """
-    if split not in (*SPLITS, "all"):
-        raise ValidationError(f"unknown split {split!r}; use train, test or all")
     d = _dir(name)
     man = manifest(name)
+    known = splits(name)
+    if split not in known:
+        raise ValidationError(f"unknown split {split!r} of {name}; use {', '.join(known)}")
+    frozen = man.get("frozen", {}).get(split)
+    if frozen is not None:
+        ids = set(frozen["config_ids"])
+        out = [a for a in load_dataset(name, "test", verify) if str(a.info[CONFIG_ID_KEY]) in ids]
+        if len(out) != len(ids):
+            raise ValidationError(f"{name}: frozen split {split} lists {len(ids)} configurations, the test file has {len(out)} of them")
+        for a in out:
+            a.info["split"] = split
+        return out
     out: list[Atoms] = []
     for s in SPLITS if split == "all" else (split,):
         entry = man["files"][s]
@@ -95,6 +124,26 @@ def load_dataset(name: str = "li-in-sn-v1", split: str = "all", verify: bool = T
             a.info["split"] = s
         out += frames
     return out
+
+
+def freeze_test(name: str = "li-in-sn-v1", tag: str = "test-v1", dest: Path | None = None) -> dict:
+    """Record the current test split of ``name`` as the frozen split ``tag`` in its manifest (see module docstring);
+    refuses to change an existing frozen split."""
+    d = Path(dest) if dest else _dir(name)
+    path = d / "manifest.json"
+    man = json.loads(path.read_text())
+    frozen = man.setdefault("frozen", {})
+    ids = sorted(man["split"]["test"])
+    if tag in frozen:
+        if sorted(frozen[tag]["config_ids"]) != ids:
+            raise ValidationError(f"{name}: frozen split {tag} exists with other configurations; freeze under a new tag")
+        return man
+    frozen[tag] = {"frozen": time.strftime("%Y-%m-%d"), "n": len(ids),
+                   "rule": "for reporting only: never used to choose data, recipes or models (model selection on the "
+                           "validation split); carried forward unchanged by every later pack",
+                   "config_ids": ids}
+    atomic_write_json(path, man)
+    return man
 
 
 def dataset_info(name: str = "li-in-sn-v1") -> dict:
@@ -171,10 +220,18 @@ def pack(labels: str | Path | Sequence[str | Path], name: str = "li-in-sn-v1", v
     d = Path(dest) if dest else datasets_root() / name
     d.mkdir(parents=True, exist_ok=True)
     prev_path = d / "manifest.json"
-    previous = {}
+    previous, frozen = {}, {}
     if prev_path.exists():
         old = json.loads(prev_path.read_text())
         previous = {c: s for s in SPLITS for c in old["split"][s]}
+        frozen = old.get("frozen", {})
+    extrap = [a for a in frames if str(a.info.get(CONFIG_TYPE_KEY, "")).startswith(EXTRAPOLATION_PREFIX)]
+    frames = [a for a in frames if not str(a.info.get(CONFIG_TYPE_KEY, "")).startswith(EXTRAPOLATION_PREFIX)]
+    for tag, fz in frozen.items():
+        missing = set(fz["config_ids"]) - {str(a.info[CONFIG_ID_KEY]) for a in frames}
+        if missing:
+            raise ValidationError(f"{where}: lacks {len(missing)} configuration(s) of the frozen split {tag}, "
+                                  f"e.g. {sorted(missing)[0]}; a frozen split never shrinks")
     protocols = {a.info.get("label_protocol") for a in frames}
     if len(protocols) != 1:
         raise ValidationError(f"{where}: mixes labelling protocols {sorted(map(str, protocols))}; one dataset, one protocol")
@@ -182,6 +239,8 @@ def pack(labels: str | Path | Sequence[str | Path], name: str = "li-in-sn-v1", v
     versions = {k[len("label_version_"):]: v for k, v in frames[0].info.items() if k.startswith("label_version_")}
     split = assign_split(frames, previous)
     parts = {s: [a for a in frames if split[str(a.info[CONFIG_ID_KEY])] == s] for s in SPLITS}
+    if extrap:
+        parts[EXTRAPOLATION] = extrap
     files = {}
     for s, fr in parts.items():
         path = d / f"{s}.extxyz.xz"
@@ -200,6 +259,7 @@ def pack(labels: str | Path | Sequence[str | Path], name: str = "li-in-sn-v1", v
         "split_rule": f"stratified by config_type: sha256('split:'+config_id) < {TEST_FRACTION} -> test, then each "
                       f"config_type topped up to >= {MIN_TEST_FRACTION:.0%}; assignments in earlier manifests are kept",
         "split": {s: sorted(str(a.info[CONFIG_ID_KEY]) for a in fr) for s, fr in parts.items()},
+        "frozen": frozen,
         "files": files,
         "source": [{"labels": str(p), "sha256": sha256(p)} for p in paths],
     }
