@@ -37,6 +37,11 @@ def demo(out: Optional[Path] = typer.Option(None, help="output directory (defaul
          workers: int = typer.Option(2, help="worker processes"),
          pipeline: bool = typer.Option(False, "--pipeline", help="run the DFT data pipeline on a tiny example instead")):
     """Run the main job (a reduced screen with the shipped potential) and say where the report is."""
+    from limace.errors import check_number
+    from limace.fileio import check_output_path
+
+    check_number("--workers", workers, at_least=1)
+    check_output_path(out or Path("limace-demo-data" if pipeline else "limace-demo"), "--out", directory=True)
     from limace.demo import run_pipeline_demo, run_screen_demo
 
     if pipeline:
@@ -63,15 +68,21 @@ def data_phases(system: Optional[str] = typer.Option(None, help="Li-In, Li-Sn or
 def data_plan(out: Path = typer.Argument(..., help="extxyz file to write the unlabelled configurations to"),
               seed: int = typer.Option(20261128, help="seed of every generator")):
     """Write the configurations of dataset li-in-sn-v1 (unlabelled, cheapest first) to OUT."""
+    import io
+
     from ase.io import write
 
+    from limace.errors import check_number
+    from limace.fileio import atomic_write_text, check_output_path
+
+    check_number("--seed", seed, at_least=0, at_most=2**63 - 1)
+    check_output_path(out, "OUT")
     from limace.data.plan import cheapest_first, plan_v1
 
     configs = cheapest_first(plan_v1(seed=seed))  # the labelling job works through them in this order
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    write(tmp, configs, format="extxyz")
-    tmp.replace(out)
+    buf = io.StringIO()
+    write(buf, configs, format="extxyz")
+    atomic_write_text(out, buf.getvalue())  # no stray temporary file if the rename fails
     typer.echo(f"{len(configs)} configurations -> {out}")
 
 
@@ -84,7 +95,17 @@ def data_label(inp: Path = typer.Argument(..., help="configurations to label (ex
                limit: Optional[int] = typer.Option(None, help="label at most this many now"),
                retry_failed: bool = typer.Option(False, help="retry configurations recorded as failed")):
     """Label configurations with DFT (or another protocol); skips those already in OUT."""
-    from limace.data.label import failure_path, label_file
+    from limace.errors import LimaceInputError, check_number
+    from limace.fileio import check_output_path
+
+    check_number("--workers", workers, at_least=1)
+    check_number("--limit", limit, at_least=0)
+    check_output_path(out, "OUT")
+    if inp.exists() and out.exists() and inp.resolve() == out.resolve():
+        raise LimaceInputError(f"{out}: OUT is the input file; write the labels to another file")
+    from limace.data.label import failure_path, get_protocol, label_file
+
+    get_protocol(protocol)  # an unknown protocol fails before the configurations are read
 
     rep = label_file(inp, out, protocol=protocol, workers=workers, scheduler=scheduler, limit=limit,
                      retry_failed=retry_failed)
@@ -125,11 +146,32 @@ def data_info(target: str = typer.Argument("li-in-sn-v1", help="a data file, or 
 def data_pack(labels: list[Path] = typer.Argument(..., help="labelled extxyz files (one protocol; a configuration "
                                                             "in one file only)"),
               name: str = typer.Option("li-in-sn-v1", help="dataset name"),
-              dest: Optional[Path] = typer.Option(None, help="directory (default: inside the package)")):
-    """Split (stratified, fixed in the manifest), compress and checksum labels into a shipped dataset."""
-    from limace.data.datasets import pack
+              dest: Optional[Path] = typer.Option(None, help="directory to write the dataset to"),
+              into_package: bool = typer.Option(False, "--into-package",
+                                                help="write into the installed package (what limace ships) instead "
+                                                     "of --dest"),
+              force: bool = typer.Option(False, "--force", help="replace a dataset that is already there (the split "
+                                                                  "of configurations already in it is kept)")):
+    """Split (stratified, fixed in the manifest), compress and checksum labels into a dataset directory (--dest), or
+    into the package's shipped datasets (--into-package)."""
+    import re
 
-    man = pack(labels, name=name, dest=dest)
+    from limace.errors import LimaceInputError
+    from limace.fileio import check_output_path
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise LimaceInputError(f"--name {name!r}: a dataset name is letters, digits, '.', '_' and '-'")
+    if (dest is None) == (not into_package):
+        raise LimaceInputError("data pack: give --dest DIR, or --into-package to replace what limace ships"
+                               if dest is None else "data pack: give either --dest or --into-package, not both")
+    from limace.data.datasets import datasets_root, pack
+
+    target = dest if dest is not None else datasets_root() / name
+    check_output_path(target, "--dest" if dest is not None else "package dataset", directory=True)
+    if (target / "manifest.json").exists() and not force:
+        raise LimaceInputError(f"{target}: already holds dataset {name!r}; pass --force to replace it (configurations "
+                               "already in it keep their split)")
+    man = pack(labels, name=name, dest=target)
     c = man["counts"]
     typer.echo(f"{name}: {man['n_configs']} configurations (train {c['train']['n']}, test {c['test']['n']})")
 

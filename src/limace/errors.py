@@ -1,4 +1,4 @@
-"""Exception hierarchy.
+"""Exception hierarchy, and :func:`check_number` for the numbers users give.
 
 User/setup mistakes (bad files, keys, values) derive from :class:`LimaceInputError` and are reported by the CLI as
 one line with exit code 2. Failures of a calculation (SCF not converged, calculator crash) derive from
@@ -43,3 +43,22 @@ class ModelFileError(LimaceInputError):
 
 class UnsupportedElementError(LimaceInputError):
     """A structure contains elements the potential was not trained on."""
+
+
+def check_number(name: str, value, *, at_least: float | None = None, above: float | None = None,
+                 at_most: float | None = None):
+    """``value`` if it is a finite number within the bounds given, else :class:`LimaceInputError` naming ``name``
+    (``--workers must be >= 1, got 0``). ``None`` passes (an option left unset)."""
+    import math
+
+    if value is None:
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LimaceInputError(f"{name} must be a finite number, got {value}")
+    if at_least is not None and value < at_least:
+        raise LimaceInputError(f"{name} must be >= {at_least:g}, got {value:g}")
+    if above is not None and not value > above:
+        raise LimaceInputError(f"{name} must be > {above:g}, got {value:g}")
+    if at_most is not None and value > at_most:
+        raise LimaceInputError(f"{name} must be <= {at_most:g}, got {value:g}")
+    return value
