@@ -55,13 +55,15 @@ def demo(out: Optional[Path] = typer.Option(None, help="output directory (defaul
 
 @data_app.command("phases")
 def data_phases(system: Optional[str] = typer.Option(None, help="Li-In, Li-Sn or element")):
-    """List the structure library: id, formula, space group, atoms (conventional/primitive), buildable, source."""
+    """List the structure library: id, formula, space group, atoms (conventional/primitive) and provenance
+    (refined / isotypic prototype / model-built, or space group only when not built); docs/phases.md has the sources."""
     from limace.data.structures import list_phases
 
+    typer.echo(f"{'id':14s} {'formula':9s} {'system':7s} {'space group':26s} {'atoms':8s} provenance")
     for p in list_phases(system=system):
         n = f"{p.natoms_conv or '-'}/{p.natoms_prim or '-'}"
         typer.echo(f"{p.id:14s} {p.formula:9s} {p.system:7s} {str(p.spacegroup_symbol or '?'):26s} {n:8s} "
-                   f"{'built' if p.buildable else 'space group only'}")
+                   f"{p.provenance_label}")
 
 
 @data_app.command("plan")
