@@ -56,11 +56,17 @@ def _has_li_and_host(a: Atoms) -> bool:
     return "Li" in s and len(s) > 1
 
 
-def library_phases(max_prim_atoms: int = 24) -> list[Atoms]:
-    """Primitive cells of the buildable compound phases with at most ``max_prim_atoms`` atoms."""
+# The library phases of plan v1: the buildable compounds when the plan was made. Phases built later (issue 21) are
+# added by a stage of their own, so that the random draws of stages 6-10, and with them the config_ids of the
+# labels already made, do not change.
+PLAN_V1_LIBRARY = ("LiSn", "Li17Sn4", "Li7Sn2", "Li2Sn5", "Li7Sn3", "Li13Sn5", "LiIn")
+
+
+def library_phases(max_prim_atoms: int = 24, ids: tuple[str, ...] = PLAN_V1_LIBRARY) -> list[Atoms]:
+    """Primitive cells of the library phases ``ids`` (buildable compounds) with at most ``max_prim_atoms`` atoms."""
     out = []
     for p in list_phases(buildable=True):
-        if p.system == "element":
+        if p.system == "element" or p.id not in ids:
             continue
         prim = p.build(primitive=True)
         if len(prim) <= max_prim_atoms:

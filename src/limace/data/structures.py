@@ -1,7 +1,15 @@
 """The library of Li-In-Sn phases, built from crystallographic facts kept in ``phases.yaml``.
 
-Every entry records its source. Entries with Wyckoff sites are built with :func:`ase.spacegroup.crystal`;
-entries known only by space group are listed (``buildable=False``) and left to structure search.
+Every entry records its source, and every built entry its provenance class (:data:`PROVENANCE_CLASSES`):
+
+- ``refined``: the compound's own experimental structure (lattice and coordinates of that compound);
+- ``isotypic prototype``: the coordinates of an isotypic compound (AFLOW prototype), on the compound's own lattice
+  where it is known, otherwise a scaled or relaxed one (the ``source`` says which prototype and how);
+- ``model-built``: a bcc superstructure with the reported space group, relaxed with the shipped potential
+  (``scripts/build_library_phases.py``); its coordinates are a model, to be checked with DFT.
+
+Entries with Wyckoff sites are built with :func:`ase.spacegroup.crystal`; entries known only by space group (or
+only as a hypothetical database structure) are listed (``buildable=False``) and left to structure search.
 
 >>> from limace.data import get_structure, list_phases
 >>> atoms = get_structure("LiSn")            # conventional cell, ASE Atoms
@@ -23,6 +31,7 @@ from ase import Atoms
 from limace.errors import UnknownNameError
 
 SYSTEMS = ("element", "Li-In", "Li-Sn")
+PROVENANCE_CLASSES = ("refined", "isotypic prototype", "model-built")
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,19 @@ class Phase:
     notes: str | None = None
     materials_project_id: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    provenance: str | None = None
 
     @property
     def buildable(self) -> bool:
         """True when both sites and a lattice are known."""
         return bool(self.sites) and self.cellpar is not None
+
+    @property
+    def provenance_label(self) -> str:
+        """The provenance class of a built entry; ``"space group only"`` or ``"not built"`` otherwise."""
+        if self.buildable and self.provenance:
+            return self.provenance
+        return "space group only" if self.spacegroup_symbol or self.spacegroup_number else "not built"
 
     def build(self, primitive: bool = False) -> Atoms:
         """The conventional (default) or primitive cell as ASE Atoms, with ``info['phase']`` set."""
@@ -104,6 +121,13 @@ def _load() -> dict[str, Phase]:
     phases: dict[str, Phase] = {}
     for p in raw["phases"]:
         sg = p.get("spacegroup") or {}
+        built = bool(p.get("sites")) and bool(p.get("cellpar"))
+        prov = p.get("provenance")
+        # packaged data, not user input: a built entry without a known provenance class is a bug in phases.yaml
+        if built and prov not in PROVENANCE_CLASSES:
+            raise ValueError(f"phases.yaml: {p['id']}: provenance {prov!r} is not one of {PROVENANCE_CLASSES}")
+        if not built and prov is not None:
+            raise ValueError(f"phases.yaml: {p['id']}: provenance {prov!r} given for an entry that is not built")
         phases[p["id"]] = Phase(
             id=p["id"],
             formula=p["formula"],
@@ -122,6 +146,7 @@ def _load() -> dict[str, Phase]:
             notes=p.get("notes"),
             materials_project_id=p.get("materials_project_id"),
             aliases=tuple(p.get("aliases") or ()),
+            provenance=prov,
         )
     return phases
 
