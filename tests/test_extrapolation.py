@@ -115,3 +115,23 @@ def test_shipped_frozen_test_split_is_the_test_split_it_froze():
     assert len(got) == fz["n"] >= 100
     assert {a.info[CONFIG_ID_KEY] for a in got} <= set(man["split"]["test"])
     assert not {a.info[CONFIG_ID_KEY] for a in got} & set(man["split"]["train"])
+
+
+def test_md_snapshots_are_hot_frames_tagged_by_rule():
+    from limace.md.explore import _repeat_to, md_cells, md_snapshots
+    from limace.potentials.pair import BatchedMorse
+
+    cells = md_cells()
+    assert cells and all(len(c) >= 8 for _, c in cells)
+    # a Morse crystal at its own lattice spacing stands in for the potential: cheap, stable
+    li = _repeat_to(get_structure("Li_bcc", primitive=True), 8)
+    li.set_cell(li.cell * (2.0 / 3.039), scale_atoms=True)  # nearest neighbours at 2.0 A
+    model = BatchedMorse(epsilon=0.1, r0=2.0, rcut1=1.9, rcut2=2.7)
+    snaps = md_snapshots([("toy", li)], model, temperatures_K=(300.0, 900.0), steps=60, timestep_fs=1.0)
+    assert [a.info["md_temperature_K"] for a in snaps] == [300.0, 900.0]
+    for a in snaps:
+        assert a.info["config_type"] == "extrap_md" and a.info["config_id"]
+        assert len(a) == len(li)
+        # the atoms moved off the lattice
+        assert np.abs(a.get_all_distances(mic=True) - li.get_all_distances(mic=True)).max() > 0.01
+    assert snaps[0].info["config_id"] != snaps[1].info["config_id"]
