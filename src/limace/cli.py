@@ -50,6 +50,20 @@ def demo(out: Optional[Path] = typer.Option(None, help="output directory (defaul
         run_screen_demo(out or Path("limace-demo"), workers=workers)
 
 
+@app.command("learn")
+def learn_cmd(config: Path = typer.Argument(..., help="active-learning YAML (see examples/learn.yaml)")):
+    """Active learning: explore -> select by committee disagreement -> label -> fine-tune -> evaluate -> register,
+    for the configured number of rounds; resumes after a kill. Prints the summary as JSON."""
+    from limace.learn import learn, load_learn_config
+
+    cfg = load_learn_config(config)
+    from limace.fileio import check_output_path
+
+    check_output_path(cfg.run_dir, "run_dir", directory=True)
+    summary = learn(cfg, log=lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(summary, indent=1))
+
+
 # -- data ------------------------------------------------------------------------------------------------------------
 
 
@@ -110,7 +124,7 @@ def data_label(inp: Path = typer.Argument(..., help="configurations to label (ex
     get_protocol(protocol)  # an unknown protocol fails before the configurations are read
 
     rep = label_file(inp, out, protocol=protocol, workers=workers, scheduler=scheduler, limit=limit,
-                     retry_failed=retry_failed)
+                     retry_failed=retry_failed, progress=sys.stderr.isatty())  # progress bar only on a terminal
     typer.echo(json.dumps(rep.as_dict()))
     if rep.failed:
         typer.echo(f"{rep.failed} failure(s) recorded in {failure_path(out)}", err=True)
@@ -239,6 +253,50 @@ def _usage_line(exc) -> str:
     return f"{where}{msg}{hint}"
 
 
+class _NoisyImports:
+    """A meta-path finder for the third-party modules that ``print`` at import (mace's ``tools/cg.py``: the
+    "cuequivariance ... not available" line): while such a module is executed, its stdout goes to stderr with the
+    known noise dropped, so stdout stays what the command prints (``limace md cfg.yaml | python -c 'json.load...'``).
+    """
+
+    NAMES = frozenset({"mace.tools.cg"})
+    DROP = ("cuequivariance",)
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.NAMES:
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+        drop = self.DROP
+
+        class _Stderr:
+            def write(self, text):
+                if text.strip() and not any(d in text for d in drop):
+                    sys.stderr.write(text)
+                return len(text)
+
+            def flush(self):
+                sys.stderr.flush()
+
+        def exec_module(module):
+            import contextlib
+
+            with contextlib.redirect_stdout(_Stderr()):
+                run(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _quiet_imports() -> None:
+    if not any(isinstance(f, _NoisyImports) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoisyImports())
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -256,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # e3nn 0.4.4 under torch >= 2.6 warns on every import about the weights-only workaround mace sets; not for users
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
+    warnings.filterwarnings("ignore", message=".*weights_only.*")  # torch.load of our own .model files
+    _quiet_imports()
     usage_errors, exits, aborts, no_args = _click_flavours()
 
     def fail(message: str) -> None:

@@ -26,6 +26,11 @@ def demo_settings():
         max_barrier_phases=1, max_barrier_atoms=60)
 
 
+def _num(x) -> str:
+    """A summary number at meV precision (``0.480``), or ``-`` where there is none."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def run_screen_demo(out: Path = Path("limace-demo"), workers: int = 2, potential: str = DEMO_POTENTIAL) -> dict:
     from limace.analysis.screen import run_screen
 
@@ -33,8 +38,9 @@ def run_screen_demo(out: Path = Path("limace-demo"), workers: int = 2, potential
     results = run_screen(["Li-In", "Li-Sn"], potential, out, demo_settings(), workers=workers, dtype="float32")
     for s, r in results["systems"].items():
         v = r["voltage"]
-        bar = [f"{p['phase']}: 1D {p['percolation']['1d']['barrier_eV']} eV" for p in r["barriers"]["phases"]]
-        print(f"{s}: stable {', '.join(r['stable'])}; average voltage {v['average_V']} V; barriers {'; '.join(bar)}")
+        bar = [f"{p['phase']}: 1D {_num(p['percolation']['1d']['barrier_eV'])} eV" for p in r["barriers"]["phases"]]
+        print(f"{s}: stable {', '.join(r['stable'])}; average voltage {_num(v['average_V'])} V; "
+              f"barriers {'; '.join(bar)}")
     print(f"done in {time.perf_counter() - t0:.0f} s; report: {(out / 'report.md').resolve()}")
     return results
 

@@ -1,9 +1,69 @@
 """``limace barriers`` (and, later, ``limace screen``). Heavy imports stay inside the commands."""
 
+import re
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+_STRUCTURE_SUFFIXES = (".extxyz", ".xyz", ".traj", ".cif", ".vasp", ".json", ".xml", ".pdb", ".gen", ".in")
+_FORMULA = re.compile(r"(?:(?:Li|In|Sn)\d*)+")
+
+
+def did_you_mean(value: str, choices, what: str, hint: str = "") -> str:
+    """``unknown WHAT 'x' (did you mean 'y'?); HINT`` for an error line (difflib's closest of ``choices``)."""
+    import difflib
+
+    choices = list(dict.fromkeys(choices))
+    close = difflib.get_close_matches(value, choices, n=3, cutoff=0.5)
+    msg = f"unknown {what} {value!r}"
+    if close:
+        msg += f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+    elif len(choices) <= 8:
+        msg += f"; choose from {', '.join(choices)}"
+    return msg + (f"; {hint}" if hint else "")
+
+
+def check_structure_specs(specs, option: str = "PHASES") -> None:
+    """Each spec is a structure file (read and validated: finite positions, no overlapping atoms, a periodic cell,
+    Li in it) or a buildable structure-library phase, checked before any model is loaded."""
+    from limace.data.io import read_structures
+    from limace.data.structures import list_phases
+    from limace.errors import LimaceInputError
+
+    phases = list_phases()
+    by_name = {p.id: p for p in phases}
+    for p in phases:
+        if p.buildable:
+            by_name.setdefault(p.formula, p)
+    for spec in specs:
+        path = Path(spec)
+        if path.exists():
+            frames = read_structures(path, allowed_elements=None)
+            if not any("Li" in a.get_chemical_symbols() for a in frames):
+                raise LimaceInputError(f"{spec}: has no Li, no Li hops to compute")
+            continue
+        if "/" in spec or spec.lower().endswith(_STRUCTURE_SUFFIXES):
+            raise LimaceInputError(f"{spec}: no such structure file")
+        p = by_name.get(spec)
+        if p is None:
+            raise LimaceInputError(did_you_mean(spec, list(by_name), f"phase in {option}",
+                                                "give a structure file or a phase of `limace data phases`"))
+        if not p.buildable:
+            raise LimaceInputError(f"{spec}: phase {p.id} has no structure in the library (space group only); give a "
+                                   "structure file")
+        if "Li" not in re.findall(r"[A-Z][a-z]?", p.formula):
+            raise LimaceInputError(f"{spec}: has no Li, no Li hops to compute")
+
+
+def check_run_options(device: str, dtype: str) -> None:
+    from limace.errors import LimaceInputError
+
+    if dtype not in ("float64", "float32"):
+        raise LimaceInputError(f"--dtype must be float64 or float32, not {dtype!r}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise LimaceInputError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
 
 
 def register(app: typer.Typer) -> None:
@@ -27,22 +87,34 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
 
     Resumable: with --out, phases already computed with the same settings and model file are not recomputed.
     """
-    from limace.analysis.barriers import BarrierSettings, markdown_table, run_barriers, resolve_phase
+    from limace.errors import LimaceInputError, check_number
+    from limace.fileio import check_output_path
+    from limace.potentials.registry import check_potential_spec
+
+    # everything the user gave is checked before the model is loaded and any work starts
+    check_number("--cutoff", cutoff, above=0)
+    check_number("--min-image-distance", min_image_distance, above=0)
+    check_number("--n-images", n_images, at_least=1)
+    check_number("--fmax", fmax, above=0)
+    check_number("--max-steps", max_steps, at_least=1)
+    check_run_options(device, dtype)
+    if out is not None:
+        check_output_path(out, "--out", directory=True)
+    check_structure_specs(phases)
+    check_potential_spec(potential)
+    from limace.analysis.neb import OPTIMIZERS
+
+    if optimizer not in OPTIMIZERS:
+        raise LimaceInputError(did_you_mean(optimizer, OPTIMIZERS, "--optimizer"))
+    from limace.analysis.barriers import BarrierSettings, markdown_table, run_barriers
     from limace.potentials import load
     from limace.potentials.calculator import potential_sha256
 
-    from limace.analysis.neb import OPTIMIZERS
-    from limace.errors import LimaceInputError
-
-    if optimizer not in OPTIMIZERS:
-        raise LimaceInputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    for spec in phases:  # bad names fail before the model is loaded
-        resolve_phase(spec)
     model = load(potential, device=device, dtype=dtype, batched=True)
     settings = BarrierSettings(cutoff=cutoff, min_image_distance=min_image_distance, n_images=n_images, fmax=fmax,
                                optimizer=optimizer, max_steps=max_steps)
     report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings,
-                          potential_sha256=potential_sha256(potential))
+                          potential_sha256=potential_sha256(potential), progress=sys.stderr.isatty())
     typer.echo(markdown_table(report))
     if out is not None:
         typer.echo(f"wrote {out / 'barriers.json'}, {out / 'barriers.md'} and NEB profile plots")
@@ -71,6 +143,33 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            device: str = typer.Option("cpu", help="cpu or cuda"),
            dtype: str = typer.Option("float64", help="float64 or float32")):
     """Hull, voltage, structure search and Li barriers in one report (resumable: finished tasks are kept)."""
+    from limace.analysis.hull import SN_REFERENCES, SYSTEMS
+    from limace.errors import LimaceInputError, check_number
+    from limace.fileio import check_output_path
+    from limace.potentials.registry import check_potential_spec
+
+    # everything the user gave is checked before the model is loaded and any work starts
+    for system in systems:
+        if system not in SYSTEMS:
+            raise LimaceInputError(did_you_mean(system, SYSTEMS, "system"))
+    if sn_reference not in SN_REFERENCES:
+        raise LimaceInputError(did_you_mean(sn_reference, SN_REFERENCES, "--sn-reference"))
+    check_number("--max-atoms", max_atoms, at_least=1)
+    check_number("--min-volume-ratio", min_volume_ratio, above=0, at_most=1)
+    check_number("--min-formation-energy", min_formation_energy)
+    if not min_formation_energy < 0:
+        raise LimaceInputError(f"--min-formation-energy must be < 0 eV/atom, got {min_formation_energy:g}")
+    check_number("--max-barrier-phases", max_barrier_phases, at_least=0)
+    check_number("--max-barrier-atoms", max_barrier_atoms, at_least=1)
+    check_number("--min-image-distance", min_image_distance, above=0)
+    check_number("--n-images", n_images, at_least=1)
+    check_number("--neb-steps", neb_steps, at_least=1)
+    check_number("--workers", workers, at_least=1)
+    check_run_options(device, dtype)
+    for name in barrier_phases or ():
+        _check_barrier_phase(name, max_atoms)
+    check_output_path(out, "--out", directory=True)
+    check_potential_spec(potential)
     from limace.analysis.barriers import BarrierSettings
     from limace.analysis.screen import ScreenSettings, run_screen
     from limace.analysis.search import SearchSettings
@@ -82,7 +181,32 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
         barrier_phases=tuple(barrier_phases) if barrier_phases else None, max_barrier_phases=max_barrier_phases,
         max_barrier_atoms=max_barrier_atoms, sn_reference=sn_reference, verify_dft=verify_dft)
     results = run_screen(systems, potential, out, settings, workers=workers, scheduler=scheduler, device=device,
-                         dtype=dtype)
+                         dtype=dtype, progress=sys.stderr.isatty())  # progress bars only on a terminal
     for s, r in results["systems"].items():
-        typer.echo(f"{s}: stable {', '.join(r['stable'])}; average voltage {r['voltage']['average_V']} V")
+        typer.echo(f"{s}: stable {', '.join(r['stable'])}; average voltage {_fmt(r['voltage']['average_V'], 3)} V")
     typer.echo(f"report: {(out / 'report.md').resolve()}")
+
+
+def _fmt(value, digits: int) -> str:
+    """A number at ``digits`` decimals for a summary line (``0.480``); anything else as it is."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _check_barrier_phase(name: str, max_atoms: int) -> None:
+    """A ``--barrier-phase``: a library phase or formula (also with In and Sn swapped, as the prototype search makes
+    them), the formula of an ordering the search can make (``max_atoms`` atoms at most), or a structure-search name
+    (``LiSn-type-...``, ``PARENT-K-FORMULA``); anything else is a typo, refused at once with the closest names."""
+    from limace.data.structures import list_phases
+    from limace.errors import LimaceInputError
+
+    phases = list_phases()
+    swap = {"In": "Sn", "Sn": "In"}
+    formulas = {p.formula for p in phases}
+    formulas |= {re.sub(r"In|Sn", lambda m: swap[m.group()], f) for f in formulas}
+    known = [p.id for p in phases] + sorted(formulas)
+    if name in known or re.fullmatch(r".+-(type|\d+)-(?:(?:Li|In|Sn)\d*)+", name):
+        return
+    if _FORMULA.fullmatch(name) and sum(int(n or 1) for n in re.findall(r"[A-Z][a-z]?(\d*)", name)) <= max_atoms:
+        return
+    raise LimaceInputError(did_you_mean(name, known, "--barrier-phase",
+                                        "give a phase of `limace data phases`, a formula, or a search name"))

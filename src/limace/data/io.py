@@ -109,10 +109,14 @@ def read_configurations(path: str | Path, index: str = ":", labelled: bool = Tru
     return frames
 
 
-def validate(atoms: Atoms, where: str = "configuration", labelled: bool = True,
-             allowed_elements: Sequence[str] | None = ELEMENTS, min_distance: float = 1.2,
-             require_periodic: bool = True) -> None:
-    """Raise :class:`ValidationError` (one line naming ``where`` and the key) for the first problem found."""
+# Structures to simulate (MD, NEB, relaxations): two atoms closer than this are an input error, not a calculation
+MIN_STRUCTURE_DISTANCE = 0.5
+
+
+def validate_structure(atoms: Atoms, where: str = "structure", allowed_elements: Sequence[str] | None = ELEMENTS,
+                       min_distance: float = MIN_STRUCTURE_DISTANCE, require_periodic: bool = True) -> None:
+    """Raise :class:`ValidationError` (one line naming ``where``) for the first problem of the geometry: no atoms,
+    foreign elements, a missing/degenerate/non-finite cell, non-finite positions, atoms closer than ``min_distance``."""
     n = len(atoms)
     if n == 0:
         raise ValidationError(f"{where}: no atoms")
@@ -120,11 +124,15 @@ def validate(atoms: Atoms, where: str = "configuration", labelled: bool = True,
         bad = sorted(set(atoms.get_chemical_symbols()) - set(allowed_elements))
         if bad:
             raise ValidationError(f"{where}: element(s) {', '.join(bad)} not allowed (allowed: {', '.join(allowed_elements)})")
+    if not np.all(np.isfinite(atoms.cell.array)):
+        raise ValidationError(f"{where}: key 'cell' has NaN/inf")
     if require_periodic:
         if not atoms.pbc.all():
             raise ValidationError(f"{where}: key 'pbc' is {atoms.pbc.tolist()}, a periodic cell is expected")
         if abs(atoms.cell.volume) < 1e-6:
             raise ValidationError(f"{where}: key 'cell' has zero volume")
+    elif atoms.pbc.any() and abs(atoms.cell.volume) < 1e-6 and atoms.cell.rank < int(atoms.pbc.sum()):
+        raise ValidationError(f"{where}: key 'cell' is degenerate along a periodic direction")
     if not np.all(np.isfinite(atoms.positions)):
         raise ValidationError(f"{where}: key 'positions' has NaN/inf")
     if n > 1 and min_distance > 0:
@@ -133,6 +141,55 @@ def validate(atoms: Atoms, where: str = "configuration", labelled: bool = True,
         d = neighbor_list("d", atoms, min_distance) if atoms.pbc.any() else atoms.get_all_distances()[np.triu_indices(n, 1)]
         if len(d) and d.min() < min_distance:
             raise ValidationError(f"{where}: atoms closer than {min_distance} A (shortest {d.min():.3f} A)")
+
+
+def read_structures(path: str | Path, index: str = ":", allowed_elements: Sequence[str] | None = ELEMENTS,
+                    min_distance: float = MIN_STRUCTURE_DISTANCE, require_periodic: bool = True) -> list[Atoms]:
+    """Every frame of a structure file (extxyz, traj, cif, POSCAR... anything ASE reads), each checked by
+    :func:`validate_structure`; labels are neither needed nor checked. The frames come back as ASE read them
+    (momenta, info and arrays kept).
+
+    Missing, empty, truncated or binary files, and files with no frames, are one-line :class:`ValidationError`.
+    """
+    from ase.io import read
+
+    path = Path(path)
+    if not path.exists():
+        raise ValidationError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValidationError(f"{path}: is a directory, not a structure file")
+    if path.stat().st_size == 0:
+        raise ValidationError(f"{path}: empty file")
+    try:
+        fmt = guess_format(path)
+    except ValidationError:
+        fmt = None  # cif, POSCAR, ...: ASE's own detection
+    try:
+        frames = read(path, index=index, format=fmt)
+    except Exception as exc:  # truncated, binary, or not a structure format ASE knows
+        first = str(exc).splitlines()[0][:160] if str(exc).strip() else ""
+        raise ValidationError(f"{path}: cannot be read as {fmt or 'a structure file'} ({type(exc).__name__}"
+                              f"{': ' + first if first else ''})") from None
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    if not frames:
+        raise ValidationError(f"{path}: no structures in the file")
+    for k, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms):
+            raise ValidationError(f"{path}: frame {k} is not a structure ({type(atoms).__name__})")
+        validate_structure(atoms, where=f"{path}: frame {k}", allowed_elements=allowed_elements,
+                           min_distance=min_distance, require_periodic=require_periodic)
+    return frames
+
+
+def validate(atoms: Atoms, where: str = "configuration", labelled: bool = True,
+             allowed_elements: Sequence[str] | None = ELEMENTS, min_distance: float = 1.2,
+             require_periodic: bool = True) -> None:
+    """Raise :class:`ValidationError` (one line naming ``where`` and the key) for the first problem found: the
+    geometry (:func:`validate_structure`), then the labels."""
+    n = len(atoms)
+    validate_structure(atoms, where, allowed_elements=allowed_elements, min_distance=min_distance,
+                       require_periodic=require_periodic)
     has_any = ENERGY_KEY in atoms.info or FORCES_KEY in atoms.arrays or STRESS_KEY in atoms.info
     if not labelled and not has_any:
         return

@@ -15,18 +15,39 @@ def md(config: Path = typer.Argument(..., help="YAML run configuration (see lima
     checkpoint when run again."""
     import dataclasses
     import json
+    import re
+    import sys
 
+    from limace.data.io import read_structures
+    from limace.errors import LimaceInputError, check_number
+    from limace.fileio import check_output_path
     from limace.md.config import MDConfig
-    from limace.md.runner import run_config
+    from limace.potentials.registry import check_potential_spec
 
+    # the config, the structures, the output directory and the potential are checked before any model is loaded
     cfg = MDConfig.from_yaml(config)
+    check_number("--steps", steps, at_least=0)
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise LimaceInputError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+    if progress is None:  # a progress bar only on a terminal (no kB-long \r lines in logs)
+        progress = cfg.progress and sys.stderr.isatty()
     overrides = {k: v for k, v in (("steps", steps), ("device", device), ("progress", progress)) if v is not None}
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
+    for path in cfg.structures:
+        read_structures(path, allowed_elements=None, require_periodic=False)
+    check_output_path(cfg.output_dir, f"{config}: output_dir", directory=True)
+    check_potential_spec(cfg.potential)
+    from limace.md.runner import run_config
+
     result = run_config(cfg, restart=not fresh)
     typer.echo(json.dumps(result.as_dict()))
     for s in result.stopped:
         typer.echo(f"system {s.system} stopped at step {s.step}: {s.reason}", err=True)
+    n = len(result.final)
+    if n and len(result.stopped) == n:  # nothing ran to the end: a failed run, whatever the JSON says
+        typer.echo(f"limace: md: all {n} systems were stopped (see {cfg.output_dir}/summary.json)", err=True)
+        raise typer.Exit(1)
 
 
 def diffusion(runs: list[Path] = typer.Argument(..., help="output_dir(s) of limace md runs"),
@@ -37,7 +58,20 @@ def diffusion(runs: list[Path] = typer.Argument(..., help="output_dir(s) of lima
     """MSD and diffusion coefficients of every system of the runs; Arrhenius fit (Ea with 95 % CI) when there are
     two or more temperatures. Writes diffusion.json, msd.png and arrhenius.png."""
     import json
+    import math
 
+    from limace.errors import LimaceInputError
+    from limace.fileio import check_output_path
+
+    if window is not None:
+        lo, hi = window
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or not hi > lo:
+            raise LimaceInputError(f"--window needs 0 <= start < end (fs, finite), got {lo:g} {hi:g}")
+    for run in runs:
+        if not run.is_dir():
+            raise LimaceInputError(f"{run}: no such run directory" if not run.exists() else
+                                   f"{run}: is a file; give the output_dir of a limace md run")
+    check_output_path(out or runs[0], "--out", directory=True)
     from limace.md.diffusion import ArrheniusFit, analyze_run, save_plots
 
     analyses = []

@@ -71,6 +71,7 @@ class MDConfig:
 
     def __post_init__(self):
         where = "md config"
+        _check_finite(self, where)
         if self.ensemble not in ENSEMBLES:
             raise ValidationError(f"{where}: ensemble {self.ensemble!r} is not one of {', '.join(ENSEMBLES)}")
         for name in ("steps",):
@@ -88,6 +89,11 @@ class MDConfig:
             raise ValidationError(f"{where}: chain_length must be >= 1, got {self.chain_length}")
         if self.threads is not None and self.threads < 1:
             raise ValidationError(f"{where}: threads must be >= 1, got {self.threads}")
+        if self.seed < 0:
+            raise ValidationError(f"{where}: seed must be >= 0, got {self.seed}")
+        if isinstance(self.max_atoms_per_call, int) and self.max_atoms_per_call < 1:
+            raise ValidationError(f"{where}: max_atoms_per_call must be >= 1, 'auto' or null, got "
+                                  f"{self.max_atoms_per_call}")
         if self.skin_A < 0:
             raise ValidationError(f"{where}: skin_A must be >= 0, got {self.skin_A}")
         if self.ensemble != "nve" and self.temperature_K is None:
@@ -98,6 +104,7 @@ class MDConfig:
                 if v is not None and v < 0:
                     raise ValidationError(f"{where}: {name} must be >= 0, got {v}")
         g = self.guard
+        _check_finite(g, f"{where}: guard")
         if g.check_every < 1 or not g.max_temperature_K > 0 or g.min_distance_A < 0:
             raise ValidationError(f"{where}: guard needs check_every >= 1, max_temperature_K > 0, min_distance_A >= 0")
 
@@ -141,6 +148,18 @@ class MDConfig:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_finite(obj, where: str) -> None:
+    """Every number of a config (and every item of a per-system list) is finite: ``.nan``/``.inf`` in YAML are
+    errors naming the key, not a run whose systems are all stopped."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValidationError(f"{where}: {f.name} must be a finite number, got {v}")
 
 
 def _typed(cls, data, source: str, prefix: str) -> dict:

@@ -27,7 +27,7 @@ from mace.calculators import MACECalculator  # noqa: E402
 
 from limace.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
 from limace.potentials.registry import (  # noqa: E402
-    PotentialEntry, fetch, get_potential, looks_like_path, sha256_file,
+    PotentialEntry, check_model_archive, fetch, get_potential, looks_like_path, sha256_file,
 )
 
 PathOrName = Union[str, Path]
@@ -86,10 +86,7 @@ def read_model(path: str | Path, device: str = "cpu") -> torch.nn.Module:
     Only load files you trust: a ``.model`` file is a pickle (registry weights are checksum-verified).
     """
     path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such model file")
-    if not path.is_file():
-        raise ModelFileError(f"{path}: is not a file; give the path of a MACE .model file")
+    check_model_archive(path)  # missing, not a file, or damaged (zip members' CRC): one line, before unpickling
     try:
         model = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # truncated, not a pickle, or written by an incompatible version

@@ -371,6 +371,46 @@ def get_potential(name: str, offline: bool | None = None) -> PotentialEntry:
     raise UnknownNameError(f"unknown potential {name!r}{hint}")
 
 
+def check_model_archive(path: str | Path) -> None:
+    """Raise :class:`ModelFileError` (one line) unless ``path`` is a readable file whose zip members (torch.save's
+    format) all match their CRC-32: bytes flipped inside a ``.model`` otherwise load silently and give NaN.
+    Files in torch's legacy (non-zip) format are left to ``torch.load``."""
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: is not a file; give the path of a MACE .model file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: empty file, not a MACE model")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except PermissionError:
+        raise ModelFileError(f"{path}: cannot be read (permission denied)") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise ModelFileError(f"{path}: damaged model file ({type(exc).__name__}: {str(exc)[:120]}); download or "
+                             "copy it again") from None
+    if bad is not None:
+        raise ModelFileError(f"{path}: damaged model file (member {bad} fails its CRC check); download or copy it "
+                             "again")
+
+
+def check_potential_spec(spec: str, offline: bool | None = None) -> None:
+    """Check a potential given on the command line (a registry name or a model path) without loading torch: an
+    unknown name (with the closest ones) or a missing/damaged file is a one-line :class:`LimaceInputError` here,
+    before any work starts."""
+    if looks_like_path(spec) or Path(spec).is_file():
+        check_model_archive(Path(spec).expanduser())
+        return
+    get_potential(spec, offline)
+
+
 # -- download and cache ----------------------------------------------------------------------------------------------
 
 

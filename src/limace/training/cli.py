@@ -15,11 +15,22 @@ def train_cmd(config: Path = typer.Argument(..., help="training config (YAML; se
 
     CONFIG is a YAML file, or the name of a packaged recipe (`small`: limace-lisnin-small).
     """
+    from limace.errors import LimaceInputError
+    from limace.fileio import check_output_path
     from limace.training.config import load_config
 
     cfg = load_config(config)  # validated before anything heavy is imported
     if run_dir is not None:
+        check_output_path(run_dir, "--run-dir", directory=True)
         cfg.run_dir = str(run_dir.resolve())
+    else:
+        check_output_path(cfg.run_dir, f"{config}: run_dir", directory=True)
+    if resume is not None and not resume.is_file():
+        raise LimaceInputError(f"--resume {resume}: no such checkpoint file")
+    import sys
+
+    if not sys.stderr.isatty():  # Lightning's progress bar only on a terminal (no kB-long \r lines in logs)
+        cfg.trainer.progress_bar = False
     from limace.training.run import train
 
     result = train(cfg, resume=resume, log=lambda m: typer.echo(m, err=True))
@@ -43,23 +54,43 @@ def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace o
                  plots: bool = typer.Option(True, help="write parity plots (PNG)")):
     """Errors of MODEL on DATA: E (meV/atom), F (meV/A), stress (GPa) MAE/RMSE per config_type; JSON and plots."""
     from limace.errors import ValidationError
+    from limace.fileio import check_output_path
+    from limace.potentials.registry import check_model_archive
 
     if dtype not in (None, "float32", "float64"):
         raise ValidationError(f"--dtype must be float32 or float64, not {dtype!r}")
     if batch_size < 1:
         raise ValidationError(f"--batch-size must be >= 1, not {batch_size}")
+    _check_device(device)
+    check_model_archive(model)
+    out = out if out is not None else model.with_name(f"{model.stem}_eval")
+    check_output_path(out, "--out", directory=True)
+    if data.exists():
+        from limace.data.io import read_configurations
+
+        frames = read_configurations(data, allowed_elements=None, require_periodic=False)  # checked before the model
+    else:
+        frames = _dataset_split(str(data))
     from limace.training.evaluate import evaluate_model
 
-    frames = _dataset_split(str(data)) if not data.exists() else data
     res = evaluate_model(model, frames, name=model.stem, batch_size=batch_size, device=device, dtype=dtype,
                          fit_energy_offsets=fit_offsets)
-    out = out if out is not None else model.with_name(f"{model.stem}_eval")
     paths = res.save(out, plots=plots)
     typer.echo(f"{model} on {data}")
     typer.echo(res.table())
     if res.energy_offsets:
         typer.echo("energy offsets (eV/atom): " + ", ".join(f"{k} {v:+.4f}" for k, v in res.energy_offsets.items()))
     typer.echo(f"-> {paths['summary']}" + (f" and parity_*.png in {out}" if plots else ""))
+
+
+def _check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` (whether CUDA is there is checked when the model is loaded)."""
+    import re
+
+    from limace.errors import ValidationError
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ValidationError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
 
 
 def _dataset_split(spec: str):

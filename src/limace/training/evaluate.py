@@ -248,6 +248,23 @@ def fit_element_offsets(frames: Sequence, residual: np.ndarray) -> dict[str, flo
     return {s: float(v) for s, v in zip(symbols, c)}
 
 
+def _check_finite(frames: Sequence, pred: Predictions, name: str) -> None:
+    """Non-finite energies or forces are an error naming the first such configuration, never NaN in a summary
+    (a damaged or diverging model; stress may be NaN only where it was not predicted)."""
+    from limace.errors import LimaceInputError
+
+    bad_e = ~np.isfinite(pred.energy)
+    n_atoms = np.array([len(a) for a in frames], dtype=int)
+    bad_f = ~np.isfinite(pred.forces).all(axis=1)
+    bad_f_cfg = np.repeat(np.arange(len(frames)), n_atoms)[bad_f] if bad_f.any() else np.array([], dtype=int)
+    bad_s = np.isinf(pred.stress).any(axis=1)
+    bad = sorted(set(np.flatnonzero(bad_e).tolist()) | set(bad_f_cfg.tolist()) | set(np.flatnonzero(bad_s).tolist()))
+    if bad:
+        raise LimaceInputError(f"{name} gives non-finite energies, forces or stresses for {len(bad)} of {len(frames)} "
+                               f"configurations (first: configuration {bad[0]}); the model file is damaged or the "
+                               "model diverges on these structures")
+
+
 def evaluate_predictions(frames: Sequence, pred: Predictions, name: str = "model",
                          fit_energy_offsets: bool = False) -> EvaluationResult:
     """Compare ``pred`` with the REF_* labels of ``frames`` (see :class:`EvaluationResult`)."""
@@ -258,6 +275,7 @@ def evaluate_predictions(frames: Sequence, pred: Predictions, name: str = "model
     if pred.energy.shape != e_ref.shape or pred.forces.shape != f_ref.shape or pred.stress.shape != s_ref.shape:
         raise ValueError(f"predictions do not match the frames: energy {pred.energy.shape} vs {e_ref.shape}, "
                          f"forces {pred.forces.shape} vs {f_ref.shape}, stress {pred.stress.shape} vs {s_ref.shape}")
+    _check_finite(frames, pred, name)
     e_pred = pred.energy.astype(float).copy()
     offsets = None
     if fit_energy_offsets:
@@ -284,7 +302,10 @@ def evaluate_model(model, data, name: Optional[str] = None, batch_size: int = 16
     if isinstance(model, (str, Path)):
         from limace.training.export import load_model
 
+        from limace.potentials.registry import check_model_archive
+
         name = name or Path(model).stem
+        check_model_archive(model)  # a damaged file (zip CRC) is an error, not NaN predictions
         model = load_model(model, device=device, dtype=dtype)
     from ase.calculators.calculator import BaseCalculator
 
