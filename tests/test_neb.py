@@ -141,3 +141,71 @@ def test_lbfgs_converges_tightly_to_the_same_saddle_as_fire(bands):
         assert a.converged and b.converged
         assert b.barrier_forward == pytest.approx(a.barrier_forward, abs=1e-3)
         assert b.steps < a.steps
+
+
+def test_wrapped_band_gives_ase_neb_forces_of_the_unwrapped_band(tiny_mace_model_path):
+    """Minimum image: a band whose atoms were wrapped into the cell (as read from files) gets the NEB forces that
+    ASE's NEB gives on the same band unwrapped, to 1e-6 eV/A; raw differences would be off by far more."""
+    import torch
+
+    from limace.analysis.neb import NEBResult, neb_forces
+    from limace.potentials import load
+
+    calc = load(tiny_mace_model_path)
+    model = load(tiny_mace_model_path, batched=True)
+    band = morse_band(2, 0, n_images=3)
+    shift = np.array([2.1, -1.3, 0.7]) - band[0].positions[-1]  # the mover ends up near a cell face
+    unwrapped = []
+    for a in band:
+        b = a.copy()
+        b.positions += shift
+        unwrapped.append(b)
+    wrapped = []
+    for a in unwrapped:
+        b = a.copy()
+        b.wrap()
+        wrapped.append(b)
+    # the wrapping really splits atoms across the cell between images
+    jumps = np.abs(np.diff([w.positions for w in wrapped], axis=0)).max()
+    assert jumps > 0.5 * wrapped[0].cell.lengths().min()
+    images = [a.copy() for a in unwrapped]
+    for a in images:
+        a.calc = calc
+    ref = NEB(images, method="improvedtangent", climb=True, allow_shared_calculator=True).get_forces()
+    ends = [unwrapped[0].copy(), unwrapped[-1].copy()]
+    for a in ends:
+        a.calc = calc
+    e_end = [(ends[0].get_potential_energy(), ends[1].get_potential_energy())]
+    neb = BatchedNEB([wrapped], model, climb=True, endpoint_energies=e_end)
+    f, energies, _ = neb.forces(neb.state.positions.clone())
+    np.testing.assert_allclose(f.numpy(), ref, atol=1e-6)
+    # without the minimum image the same wrapped band is far off
+    pos = torch.as_tensor(np.array([w.positions for w in wrapped]))
+    raw, _ = neb_forces(pos, energies[0], neb._f.reshape(3, -1, 3), 0.1, True)
+    assert np.abs(raw.reshape(-1, 3).numpy() - ref).max() > 1e-3  # 1000x the tolerance above
+    # path length too
+    kw = dict(energies=np.zeros(5), converged=True, steps=0, fmax=0.03, max_force=0.0, climbing_image=2)
+    length_w = NEBResult(positions=[w.positions for w in wrapped], cell=wrapped[0].cell[:], pbc=wrapped[0].pbc, **kw)
+    length_u = NEBResult(positions=[u.positions for u in unwrapped], **kw)
+    np.testing.assert_allclose(length_w.path_length, length_u.path_length, atol=1e-9)
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_frozen_images_save_evaluations_and_keep_the_barrier(bands, optimizer):
+    model = BatchedMorse(**MORSE)
+    plain = run_neb(bands, model, fmax=0.01, optimizer=optimizer, max_steps=1000)
+    frozen = run_neb(bands, model, fmax=0.01, optimizer=optimizer, max_steps=1000, freeze=True)
+    for a, b in zip(plain, frozen):
+        assert a.converged and b.converged and b.max_force < 0.01
+        assert b.barrier_forward == pytest.approx(a.barrier_forward, abs=2e-3)
+    per_band = [r.info["band_evaluations"] for r in frozen]
+    full = [(len(band) - 2) * (r.steps + 1) for band, r in zip(bands, frozen)]
+    assert sum(per_band) < sum(full)
+
+
+def test_low_barriers_converge_at_the_tight_fmax(bands):
+    model = BatchedMorse(**MORSE)
+    loose = run_neb(bands[:1], model, fmax=0.05, optimizer="lbfgs", tight_fmax=0.005, tight_below=0.01)[0]
+    tight = run_neb(bands[:1], model, fmax=0.05, optimizer="lbfgs", tight_fmax=0.005, tight_below=5.0)[0]
+    assert loose.fmax == 0.05 and loose.max_force < 0.05
+    assert tight.fmax == 0.005 and tight.max_force < 0.005 and tight.steps > loose.steps

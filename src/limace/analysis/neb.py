@@ -6,7 +6,15 @@ One :class:`BatchedNEB` holds all bands; each step it evaluates the interior ima
 Henkelman, Uberuaga & Jonsson, J. Chem. Phys. 113, 9901 (2000)) and moves all images with batched FIRE in which
 each band is its own optimizer group and stops when converged. Convergence: max over atoms of the NEB force
 (perpendicular force + spring, and the inverted parallel force on the climbing image) below ``fmax``,
-as ASE measures it. Each image is evaluated exactly once per step.
+as ASE measures it. Each image is evaluated at most once per step.
+
+Position differences along the band (tangents, springs, path length) follow the minimum-image convention of the
+cell, so a band whose atoms were wrapped into the cell (as read from files) gives the forces of the unwrapped band.
+Bands whose barrier (the smaller of forward and backward) is below ``tight_below`` must also reach ``tight_fmax``:
+a soft, low barrier converged at a loose fmax can be far from its saddle. With ``freeze=True`` an image whose NEB
+force is below the band's fmax (and that is not the climbing image) stays where it is and is not evaluated again
+until a neighbour's move lifts its NEB force above it again (its energy and true forces do not change while it
+stays; DyNEB, Lindgren et al., J. Chem. Phys. 150, 044107 (2019)).
 
 >>> result = run_neb([[initial, *images, final]], model, fmax=0.03)[0]      # doctest: +SKIP
 >>> result.barrier_forward, result.converged                                 # doctest: +SKIP
@@ -38,6 +46,8 @@ class NEBResult:
     climbing_image: int
     images: list[Atoms] = field(repr=False, default_factory=list)
     info: dict = field(default_factory=dict)
+    cell: np.ndarray | None = field(repr=False, default=None)
+    pbc: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def barrier_forward(self) -> float:
@@ -56,7 +66,12 @@ class NEBResult:
         """Cumulative distance along the path (A), for plots."""
         d = [0.0]
         for a, b in zip(self.positions[:-1], self.positions[1:]):
-            d.append(d[-1] + float(np.linalg.norm(b - a)))
+            diff = b - a
+            if self.cell is not None:
+                from ase.geometry import find_mic
+
+                diff, _ = find_mic(diff, self.cell, True if self.pbc is None else self.pbc)
+            d.append(d[-1] + float(np.linalg.norm(diff)))
         return np.asarray(d)
 
     def as_dict(self) -> dict:
@@ -116,10 +131,25 @@ def check_band(band: Sequence[Atoms], where: str = "band") -> None:
                                    "check the endpoints' atom order")
 
 
-def improved_tangent(pos: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
-    """Unit tangents [n, m, 3] at the n interior images of a band with positions [n+2, m, 3] and energies [n+2]."""
-    tp = pos[2:] - pos[1:-1]
-    tm = pos[1:-1] - pos[:-2]
+def mic(d: torch.Tensor, cell: torch.Tensor | None, pbc: torch.Tensor | None = None) -> torch.Tensor:
+    """Displacements ``d [..., 3]`` to their minimum image in ``cell [3, 3]`` (rows = lattice vectors) along its
+    periodic directions (``pbc [3]`` bool, default all). Exact for the short displacements between NEB images (shorter
+    than half the smallest perpendicular width); ``cell=None`` leaves ``d`` as it is."""
+    if cell is None:
+        return d
+    frac = d @ torch.linalg.inv(cell)
+    shift = torch.round(frac)
+    if pbc is not None:
+        shift = shift * pbc.to(shift.dtype)
+    return d - shift @ cell
+
+
+def improved_tangent(pos: torch.Tensor, energies: torch.Tensor, cell: torch.Tensor | None = None,
+                     pbc: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit tangents [n, m, 3] at the n interior images of a band with positions [n+2, m, 3] and energies [n+2]
+    (differences between images in the minimum-image convention of ``cell`` when given)."""
+    tp = mic(pos[2:] - pos[1:-1], cell, pbc)
+    tm = mic(pos[1:-1] - pos[:-2], cell, pbc)
     e_prev, e, e_next = energies[:-2], energies[1:-1], energies[2:]
     up = (e_next > e) & (e > e_prev)
     down = (e_next < e) & (e < e_prev)
@@ -134,14 +164,15 @@ def improved_tangent(pos: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
     return tau / norm[:, None, None]
 
 
-def neb_forces(pos: torch.Tensor, energies: torch.Tensor, forces: torch.Tensor, k: float, climb: bool
-               ) -> tuple[torch.Tensor, int]:
-    """NEB forces [n, m, 3] on the interior images and the index (0-based among interior images) of the climber."""
-    tau = improved_tangent(pos, energies)
+def neb_forces(pos: torch.Tensor, energies: torch.Tensor, forces: torch.Tensor, k: float, climb: bool,
+               cell: torch.Tensor | None = None, pbc: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """NEB forces [n, m, 3] on the interior images and the index (0-based among interior images) of the climber.
+    With ``cell`` every difference between images is taken in the minimum-image convention."""
+    tau = improved_tangent(pos, energies, cell, pbc)
     f_par = (forces * tau).flatten(1).sum(dim=1)
     f_perp = forces - f_par[:, None, None] * tau
-    lp = (pos[2:] - pos[1:-1]).flatten(1).norm(dim=1)
-    lm = (pos[1:-1] - pos[:-2]).flatten(1).norm(dim=1)
+    lp = mic(pos[2:] - pos[1:-1], cell, pbc).flatten(1).norm(dim=1)
+    lm = mic(pos[1:-1] - pos[:-2], cell, pbc).flatten(1).norm(dim=1)
     spring = k * (lp - lm)
     out = f_perp + spring[:, None, None] * tau
     ci = int(torch.argmax(energies[1:-1]))
@@ -151,7 +182,10 @@ def neb_forces(pos: torch.Tensor, energies: torch.Tensor, forces: torch.Tensor, 
 
 
 class BatchedNEB:
-    """All bands of a set of NEB calculations, evaluated together. See the module docstring."""
+    """All bands of a set of NEB calculations, evaluated together. See the module docstring.
+
+    :meth:`forces` evaluates only the images whose positions changed since their last evaluation (all of them,
+    unless the caller holds some still, as ``run_neb(freeze=True)`` does)."""
 
     def __init__(self, bands: Sequence[Sequence[Atoms]], model, k: float = 0.1, climb: bool = True,
                  endpoint_energies: Sequence[tuple[float, float]] | None = None):
@@ -176,25 +210,48 @@ class BatchedNEB:
             torch.arange(len(self.bands), device=model.device),
             torch.as_tensor([n * m for n, m in zip(self.n_images, self.n_atoms)], device=model.device))
         dt = torch.float64
-        self.end_pos = [(torch.as_tensor(b[0].positions, dtype=dt, device=model.device),
-                         torch.as_tensor(b[-1].positions, dtype=dt, device=model.device)) for b in self.bands]
+        dev = model.device
+        self.end_pos = [(torch.as_tensor(b[0].positions, dtype=dt, device=dev),
+                         torch.as_tensor(b[-1].positions, dtype=dt, device=dev)) for b in self.bands]
+        self.cells = [torch.as_tensor(b[0].cell[:], dtype=dt, device=dev) if b[0].pbc.any() else None
+                      for b in self.bands]
+        self.pbcs = [torch.as_tensor(b[0].pbc, device=dev) for b in self.bands]
         if endpoint_energies is None:
-            ends = BatchedState.from_atoms([a for b in self.bands for a in (b[0], b[-1])], device=model.device,
-                                           dtype=dt)
+            ends = BatchedState.from_atoms([a for b in self.bands for a in (b[0], b[-1])], device=dev, dtype=dt)
             e = model(ends)["energy"].detach().reshape(-1, 2)
             endpoint_energies = [(float(x), float(y)) for x, y in e]
-        self.end_e = [torch.as_tensor(pair, dtype=dt, device=model.device) for pair in endpoint_energies]
+        self.end_e = [torch.as_tensor(pair, dtype=dt, device=dev) for pair in endpoint_energies]
         self.evaluations = 0  # image evaluations
         self.calls = 0  # model calls
+        self._last_x: torch.Tensor | None = None  # positions of the last evaluation of each image, energies, forces
+        self._e = torch.zeros(self.state.n_systems, dtype=dt, device=dev)
+        self._f = torch.zeros_like(self.state.positions)
+
+    def _evaluate(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies [images] and forces [N, 3], evaluating only images that moved since their last evaluation."""
+        st = self.state.replace(positions=positions)
+        if self._last_x is None:
+            todo = torch.ones(st.n_systems, dtype=torch.bool, device=positions.device)
+        else:
+            moved = (positions != self._last_x).any(dim=1).to(positions.dtype)
+            todo = st.sum_per_system(moved) > 0
+        if bool(todo.any()):
+            sub = st if bool(todo.all()) else st.select(todo)
+            out = self.model(sub)
+            self.calls += 1
+            self.evaluations += sub.n_systems
+            rows = todo[st.system_idx]
+            self._e = self._e.clone()
+            self._f = self._f.clone()
+            self._e[todo] = out["energy"].detach().to(self._e.dtype)
+            self._f[rows] = out["forces"].detach().to(self._f.dtype)
+        self._last_x = positions.detach().clone()
+        self.state = st
+        return self._e, self._f
 
     def forces(self, positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
         """NEB forces [N, 3] for all interior images, the band energies (endpoints included) and climbers."""
-        self.state.positions = positions
-        out = self.model(self.state)
-        self.calls += 1
-        self.evaluations += self.state.n_systems
-        e_all = out["energy"].detach()
-        f_all = out["forces"].detach()
+        e_all, f_all = self._evaluate(positions)
         neb_f = torch.empty_like(f_all)
         energies, climbers = [], []
         e0 = 0
@@ -202,7 +259,8 @@ class BatchedNEB:
             n, m = self.n_images[b], self.n_atoms[b]
             pos = torch.cat([self.end_pos[b][0][None], positions[r0:r1].reshape(n, m, 3), self.end_pos[b][1][None]])
             en = torch.cat([self.end_e[b][:1], e_all[e0:e0 + n], self.end_e[b][1:]])
-            fb, ci = neb_forces(pos, en, f_all[r0:r1].reshape(n, m, 3), self.k, self.climb)
+            fb, ci = neb_forces(pos, en, f_all[r0:r1].reshape(n, m, 3), self.k, self.climb, self.cells[b],
+                                self.pbcs[b])
             neb_f[r0:r1] = fb.reshape(-1, 3)
             energies.append(en)
             climbers.append(ci)
@@ -210,9 +268,24 @@ class BatchedNEB:
         return neb_f, energies, climbers
 
 
+def _band_fmax(energies: list[torch.Tensor], fmax: float, tight_fmax: float | None, tight_below: float,
+               device) -> torch.Tensor:
+    """Convergence threshold per band: ``tight_fmax`` where the smaller of forward and backward barrier is below
+    ``tight_below`` (eV), else ``fmax``."""
+    out = torch.full((len(energies),), float(fmax), dtype=torch.float64, device=device)
+    if tight_fmax is None:
+        return out
+    for b, en in enumerate(energies):
+        low = float(en.max() - torch.maximum(en[0], en[-1]))
+        if low < tight_below:
+            out[b] = min(float(fmax), float(tight_fmax))
+    return out
+
+
 def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_steps: int = 500, k: float = 0.1,
             climb: bool = True, optimizer: str = "fire", dt: float = 0.1, max_dt: float = 1.0,
             max_step: float = 0.2, memory: int = 20, endpoint_energies=None,
+            tight_fmax: float | None = None, tight_below: float = 0.15, freeze: bool = False,
             progress: bool = False) -> list[NEBResult]:
     """Run CI-NEB on all ``bands`` (each ``[initial, *images, final]``) at once; one :class:`NEBResult` per band.
 
@@ -220,10 +293,14 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     ``"lbfgs"``: batched L-BFGS (:func:`limace.analysis.optimize.lbfgs_step`: one history of ``memory`` pairs per
     band, dropped when the band's climbing image changes; no atom moves more than ``max_step``), usually several
     times fewer steps.
-    Converged bands leave the batch (they are not evaluated again). A band that does not reach ``fmax`` within
+    ``tight_fmax``: bands whose smaller barrier (forward or backward) is below ``tight_below`` eV converge only at
+    this fmax. ``freeze``: images below their band's fmax (not the climber) are held still and not re-evaluated.
+    Converged bands leave the batch (they are not evaluated again). A band that does not reach its fmax within
     ``max_steps`` is returned with ``converged=False`` (its barrier fields are None in ``as_dict``).
+    ``info`` of each result: ``model_calls`` and ``image_evaluations`` of the whole run, ``band_evaluations`` of the
+    band, ``fmax_used``.
     """
-    from limace.analysis.optimize import fire_init, fire_step, lbfgs_init, lbfgs_step
+    from limace.analysis.optimize import fire_init, fire_step, group_max_force, lbfgs_init, lbfgs_step
 
     bands = [list(b) for b in bands]
     n_bands = len(bands)
@@ -242,16 +319,45 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     last_climbers = None
     final: dict[int, dict] = {}
     calls = evaluations = 0
+    band_evals = [0] * n_bands
     bar = _bar(max_steps, progress)
     for step in range(max_steps + 1):
+        ev_before = neb._last_x
         f, energies, climbers = neb.forces(x)
+        # images evaluated this step, per band (all on the first step and after a batch change)
+        for pos_in_batch, b in enumerate(active):
+            r0, r1 = neb.rows[pos_in_batch]
+            n = neb.n_images[pos_in_batch]
+            if ev_before is None:
+                band_evals[b] += n
+            else:
+                moved = (x[r0:r1] != ev_before[r0:r1]).any(dim=1).reshape(n, -1).any(dim=1)
+                band_evals[b] += int(moved.sum())
+        fm = _band_fmax(energies, fmax, tight_fmax, tight_below, x.device)
+        frozen_rows = None
+        if freeze:
+            img_idx = torch.repeat_interleave(
+                torch.arange(sum(neb.n_images), device=x.device),
+                torch.as_tensor([m for n, m in zip(neb.n_images, neb.n_atoms) for _ in range(n)], device=x.device))
+            img_f = group_max_force(f, img_idx, sum(neb.n_images))
+            img_band = torch.repeat_interleave(torch.arange(len(active), device=x.device),
+                                               torch.as_tensor(neb.n_images, device=x.device))
+            is_climber = torch.zeros_like(img_f, dtype=torch.bool)
+            offs = np.cumsum([0] + neb.n_images[:-1])
+            for pos_in_batch, c in enumerate(climbers):
+                is_climber[int(offs[pos_in_batch]) + c] = True
+            frozen_img = (img_f < fm[img_band]) & ~is_climber
+            frozen_rows = frozen_img[img_idx]
+            f = torch.where(frozen_rows[:, None], torch.zeros_like(f), f)
         if optimizer == "fire":
-            x_new, fire = fire_step(fire, x, f, fmax=fmax)
+            x_new, fire = fire_step(fire, x, f, fmax=fm)
         else:
             reset = None if last_climbers is None else torch.as_tensor(
                 [a != b for a, b in zip(climbers, last_climbers)], device=x.device)
-            x_new, fire = lbfgs_step(fire, x, f, fmax=fmax, reset=reset)
+            x_new, fire = lbfgs_step(fire, x, f, fmax=fm, reset=reset)
             last_climbers = climbers
+        if frozen_rows is not None:
+            x_new = torch.where(frozen_rows[:, None], x, x_new)
         conv = fire.converged.cpu()
         out_of_steps = step == max_steps
         for pos_in_batch, b in enumerate(active):
@@ -260,7 +366,8 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
                 final[b] = {"x": x[r0:r1].detach().cpu().double().numpy().reshape(neb.n_images[pos_in_batch], -1, 3),
                             "energies": energies[pos_in_batch].cpu().double().numpy(),
                             "climber": climbers[pos_in_batch], "converged": bool(conv[pos_in_batch]),
-                            "steps": step, "max_force": float(fire.max_force[pos_in_batch])}
+                            "steps": step, "max_force": float(fire.max_force[pos_in_batch]),
+                            "fmax": float(fm[pos_in_batch])}
         if out_of_steps or bool(conv.all()):
             calls += neb.calls
             evaluations += neb.evaluations
@@ -290,9 +397,12 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
             a.positions = p
             imgs.append(a)
         results.append(NEBResult(energies=rec["energies"], positions=pos, converged=rec["converged"],
-                                 steps=rec["steps"], fmax=fmax, max_force=rec["max_force"],
+                                 steps=rec["steps"], fmax=rec["fmax"], max_force=rec["max_force"],
                                  climbing_image=rec["climber"] + 1, images=imgs,
-                                 info={"model_calls": calls, "image_evaluations": evaluations}))
+                                 info={"model_calls": calls, "image_evaluations": evaluations,
+                                       "band_evaluations": band_evals[b]},
+                                 cell=band[0].cell[:].copy() if band[0].pbc.any() else None,
+                                 pbc=band[0].pbc.copy()))
     return results
 
 
