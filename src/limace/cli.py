@@ -297,6 +297,18 @@ def _quiet_imports() -> None:
         sys.meta_path.insert(0, _NoisyImports())
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, without source paths: ``limace: warning: registry ... unreachable ...``."""
+    from limace.errors import LimaceWarning
+
+    text = _one_line(str(message)).removeprefix("limace: ")
+    if issubclass(category, LimaceWarning) or str(message).startswith("limace: "):
+        line_ = f"limace: warning: {text}"
+    else:
+        line_ = f"limace: warning: {category.__name__}: {text}"
+    (file or sys.stderr).write(line_ + "\n")
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -316,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
     warnings.filterwarnings("ignore", message=".*weights_only.*")  # torch.load of our own .model files
     _quiet_imports()
+    warnings.showwarning = _show_warning
     usage_errors, exits, aborts, no_args = _click_flavours()
 
     def fail(message: str) -> None:

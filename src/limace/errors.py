@@ -25,6 +25,11 @@ class UnknownNameError(LimaceInputError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class LimaceWarning(UserWarning):
+    """Something the user should know that does not stop the work (an unreachable registry, a cached copy used);
+    the CLI shows it as one line ``limace: warning: ...``."""
+
+
 class CalculationError(LimaceError, RuntimeError):
     """A calculation failed (SCF not converged, calculator crash, non-finite result)."""
 

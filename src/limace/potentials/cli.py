@@ -11,8 +11,26 @@ def register(app: typer.Typer) -> None:
     app.add_typer(potentials_app, name="potentials")
 
 
+# registry metric key -> (short label, unit) for the compact metrics column
+_METRICS = {"energy_mae_mev_per_atom": ("E", "meV/atom"), "forces_mae_mev_per_a": ("F", "meV/A"),
+            "stress_mae_gpa": ("S", "GPa")}
+
+
+def _num(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def _metrics_short(metrics: dict) -> str:
-    return "\n".join(f"{k}={v}" for k, v in metrics.items()) if metrics else "-"
+    """``E 2.9 meV/atom, F 12.3 meV/A, S 1.19 GPa MAE (test, 125)``: the MAEs, the split and its size; any other
+    key as key=value."""
+    if not metrics:
+        return "-"
+    parts = [f"{label} {_num(metrics[k])} {unit}" for k, (label, unit) in _METRICS.items() if k in metrics]
+    where = ", ".join(str(metrics[k]) for k in ("split", "n_configs") if k in metrics)
+    text = ", ".join(parts) + (" MAE" if parts else "") + (f" ({where})" if where else "")
+    skip = set(_METRICS) | {"split", "n_configs"} | {k.replace("_mae_", "_rmse_") for k in _METRICS}
+    rest = [f"{k}={_num(v)}" for k, v in metrics.items() if k not in skip]
+    return "; ".join(p for p in (text.strip(), *rest) if p) or "-"
 
 
 def _where(entry) -> str:
@@ -39,17 +57,29 @@ def potentials_list(as_json: bool = typer.Option(False, "--json", help="print JS
     if not entries:
         typer.echo(f"no potentials registered yet; set {REGISTRY_ENV} to a lab registry, or load a .model path")
         return
+    import sys
+
+    cols = ("name", "version", "elements", "DFT", "dataset", "test metrics", "license", "weights", "registry")
+    rows = [(e.name, e.version, " ".join(e.elements), e.dft_protocol or "-", (e.dataset or {}).get("name", "-"),
+             _metrics_short(e.metrics), e.license, _where(e), "shipped" if e.source == "limace" else e.source)
+            for e in entries]
     from rich.console import Console
     from rich.table import Table
 
+    widths = [max(len(str(r[i])) for r in (cols, *rows)) for i in range(len(cols))]
+    # a pipe, a file or a terminal too narrow for the table: plain rows, one per potential, nothing wrapped or cut
+    if not sys.stdout.isatty() or Console().width < sum(widths) + 3 * len(cols) + 1:
+        for r in (cols, *rows):
+            typer.echo("  ".join(f"{str(v):{w}s}" for v, w in zip(r[:-1], widths)) + "  " + str(r[-1]))
+        typer.echo(f"cache: {cache_dir() / 'potentials'}", err=not sys.stdout.isatty())
+        return
+
     table = Table(title="limace potentials")
-    for col in ("name", "version", "elements", "DFT", "dataset", "test metrics", "license", "weights", "registry"):
-        table.add_column(col, overflow="fold")
-    for e in entries:
-        table.add_row(e.name, e.version, " ".join(e.elements), e.dft_protocol or "-",
-                      (e.dataset or {}).get("name", "-"), _metrics_short(e.metrics), e.license, _where(e),
-                      "shipped" if e.source == "limace" else e.source)
-    Console(width=max(120, Console().width)).print(table)
+    for col in cols:
+        table.add_column(col, no_wrap=col == "name", overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
     typer.echo(f"cache: {cache_dir() / 'potentials'}")
 
 
@@ -87,6 +117,8 @@ def potentials_fetch(names: list[str] = typer.Argument(..., help="registry names
     """Download (or verify) the weights into the cache, e.g. on a login node before offline compute jobs."""
     from limace.potentials.registry import fetch
 
+    import sys
+
     for name in names:
-        path = fetch(name, offline=offline or None)
+        path = fetch(name, offline=offline or None, progress=sys.stderr.isatty())
         typer.echo(f"{name}: {path}")

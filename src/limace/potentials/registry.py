@@ -34,6 +34,7 @@ from limace.errors import (
     ChecksumError,
     DownloadError,
     LimaceInputError,
+    LimaceWarning,
     ModelFileError,
     UnknownNameError,
     ValidationError,
@@ -316,16 +317,17 @@ def _read_remote_registry(url: str, offline: bool) -> str | None:
             if copy.is_file():
                 warnings.warn(f"registry {url} unreachable ({reason}); using the copy from "
                               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(copy.stat().st_mtime))}",
-                              stacklevel=3)
+                              LimaceWarning, stacklevel=3)
                 return copy.read_text()
             warnings.warn(f"registry {url} unreachable ({reason}) and not cached; its potentials are skipped",
-                          stacklevel=3)
+                          LimaceWarning, stacklevel=3)
             return None
         atomic_write_text(copy, text)
         return text
     if copy.is_file():
         return copy.read_text()
-    warnings.warn(f"registry {url} is not cached and offline mode is on; its potentials are skipped", stacklevel=3)
+    warnings.warn(f"registry {url} is not cached and offline mode is on; its potentials are skipped", LimaceWarning,
+                  stacklevel=3)
     return None
 
 
@@ -346,7 +348,14 @@ def list_potentials(offline: bool | None = None) -> list[PotentialEntry]:
             path = Path(src).expanduser()
             if not path.is_file():
                 raise LimaceInputError(f"{REGISTRY_ENV}: registry file {src} does not exist; fix or unset it")
-            entries += parse_registry(path.read_text(), str(path), base_dir=path.resolve().parent)
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValidationError(f"{REGISTRY_ENV}: {src} is not a text file (a registry is YAML with keys "
+                                      "'schema' and 'potentials')") from None
+            except OSError as exc:
+                raise LimaceInputError(f"{REGISTRY_ENV}: cannot read {src} ({exc.strerror or exc})") from None
+            entries += parse_registry(text, str(path), base_dir=path.resolve().parent)
     by_name: dict[str, PotentialEntry] = {}
     for e in entries:
         if e.name in by_name:
@@ -479,7 +488,7 @@ def fetch(name: str | PotentialEntry, offline: bool | None = None, progress: boo
         if off:
             raise ChecksumError(f"{msg}; go online (unset {OFFLINE_ENV}) or run `limace potentials fetch "
                                 f"{entry.name}` to download them again")
-        warnings.warn(f"{msg}; downloading again", stacklevel=2)
+        warnings.warn(f"{msg}; downloading again", LimaceWarning, stacklevel=2)
 
     if off:
         raise DownloadError(f"{label} is not in the cache ({target}) and offline mode is on; run `limace potentials "
