@@ -76,8 +76,9 @@ def data_phases(system: Optional[str] = typer.Option(None, help="Li-In, Li-Sn or
     typer.echo(f"{'id':14s} {'formula':9s} {'system':7s} {'space group':26s} {'atoms':8s} provenance")
     for p in list_phases(system=system):
         n = f"{p.natoms_conv or '-'}/{p.natoms_prim or '-'}"
-        typer.echo(f"{p.id:14s} {p.formula:9s} {p.system:7s} {str(p.spacegroup_symbol or '?'):26s} {n:8s} "
-                   f"{p.provenance_label}")
+        sg = str(p.spacegroup_symbol or "?")
+        sg = sg if len(sg) <= 26 else sg[:25] + "~"
+        typer.echo(f"{p.id:14s} {p.formula:9s} {p.system:7s} {sg:26s} {n:8s} {p.provenance_label}")
 
 
 @data_app.command("plan")

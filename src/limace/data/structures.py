@@ -67,13 +67,13 @@ class Phase:
         """The provenance class of a built entry; ``"space group only"`` or ``"not built"`` otherwise."""
         if self.buildable and self.provenance:
             return self.provenance
-        return "space group only" if self.spacegroup_symbol or self.spacegroup_number else "not built"
+        return "space group only" if self.spacegroup_number else "not built"
 
     def build(self, primitive: bool = False) -> Atoms:
         """The conventional (default) or primitive cell as ASE Atoms, with ``info['phase']`` set."""
         if not self.buildable:
             raise UnknownNameError(
-                f"phase {self.id!r} is known only by space group ({self.spacegroup_symbol}); "
+                f"phase {self.id!r} has no coordinates in the library ({self.spacegroup_symbol or 'space group unknown'}); "
                 "its structure must come from structure search"
             )
         from ase.spacegroup import crystal
@@ -116,7 +116,11 @@ def primitive_cell(atoms: Atoms, symprec: float = 1e-4) -> Atoms:
 
 @cache
 def _load() -> dict[str, Phase]:
-    text = resources.files("limace.data").joinpath("phases.yaml").read_text()
+    return parse_phases(resources.files("limace.data").joinpath("phases.yaml").read_text())
+
+
+def parse_phases(text: str) -> dict[str, Phase]:
+    """The :class:`Phase` entries of a phases.yaml text, by id (a built entry must name its provenance class)."""
     raw = yaml.safe_load(text)
     phases: dict[str, Phase] = {}
     for p in raw["phases"]:
