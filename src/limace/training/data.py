@@ -75,11 +75,12 @@ def _as_list(p) -> list[str]:
 
 
 def read_frames(paths: Sequence[str]) -> list:
+    """Labelled frames of any elements (the model's elements come from ``model.elements`` or the data)."""
     from limace.data.io import read_configurations
 
     frames = []
     for p in paths:
-        frames.extend(read_configurations(p))
+        frames.extend(read_configurations(p, allowed_elements=None))
     return frames
 
 

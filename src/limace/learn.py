@@ -1,0 +1,539 @@
+"""``limace learn CONFIG.yaml``: the active-learning loop (issue 23).
+
+One round = explore -> select -> label -> fine-tune -> evaluate -> register:
+
+1. **explore**: candidate configurations the current committee has not seen: Langevin MD of the seed structures at
+   several temperatures (snapshots along the run, member 0 of the committee drives it), isotropically strained
+   copies, rattled copies, one-Li-vacancy cells;
+2. **select**: every committee member predicts every candidate (one batched call per member); the per-structure
+   force spread (largest over atoms of the norm of the per-atom force standard deviation) and energy spread rank
+   them; the most uncertain ``pool_factor x budget`` go through farthest-point sampling on the mean invariant MACE
+   descriptors (starting from the most uncertain one), so the ``budget`` picked are uncertain *and* diverse;
+3. **label**: the resumable labelling of :mod:`limace.data.label` (local workers or a Dask scheduler);
+4. **fine-tune**: each member continues from its own previous weights (``model.init_from``) on the base data plus
+   every label of this run so far, with the member's own seed; the train config is a normal ``limace train`` file
+   (its data and init keys are set here);
+5. **evaluate**: member 0 on each evaluation file (e.g. the frozen test split and the extrapolation set) and the
+   committee's spread against the error (Spearman rank correlation per structure);
+6. **register**: the round's committee is written as a registry entry in ``RUN_DIR/registry.yaml`` (use it with
+   ``LIMACE_REGISTRY=RUN_DIR/registry.yaml``).
+
+Every stage writes its result atomically into ``RUN_DIR/round_K/`` and is skipped when that result exists; labelling
+and training resume inside themselves, so a killed run started again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from limace.errors import ValidationError
+from limace.fileio import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class ExploreConfig:
+    structures: list[str] = field(default_factory=list)  # files of seed structures (any ASE format)
+    phases: list[str] = field(default_factory=list)  # library phase ids (conventional cells), also seeds
+    repeat_to_atoms: int = 8  # seeds are repeated along their shortest axes to at least this many atoms
+    md_temperatures_K: list[float] = field(default_factory=lambda: [600.0, 900.0])
+    md_steps: int = 200
+    md_snapshot_every: int = 50
+    md_timestep_fs: float = 2.0
+    volume_strains: list[float] = field(default_factory=lambda: [-0.1, 0.1])  # fractional volume change
+    rattle_A: list[float] = field(default_factory=lambda: [0.1, 0.2])
+    li_vacancy: bool = True
+
+
+@dataclass
+class SelectConfig:
+    budget: int = 8  # new labels per round
+    pool_factor: int = 3  # farthest-point sampling among the budget x pool_factor most uncertain
+    min_force_spread: float = 0.0  # eV/A: candidates below this are never selected
+
+
+@dataclass
+class LearnConfig:
+    name: str = "limace-al"
+    train_config: str = ""  # a `limace train` YAML file: model, loss, optimizer, trainer sections are used
+    committee: list[str] = field(default_factory=list)  # the starting committee: >= 2 .model files or registry names
+    base_data: list[str] = field(default_factory=list)  # labelled files every fine-tune trains on
+    evaluate: list[str] = field(default_factory=list)  # labelled files to evaluate on after each round
+    rounds: int = 2
+    protocol: str = "pbe-pw400"
+    workers: int = 1
+    scheduler: Optional[str] = None
+    seed: int = 0
+    run_dir: Optional[str] = None  # default: runs/<name> next to the config file
+    dtype: str = "float64"
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+
+
+def load_learn_config(path: str | Path) -> LearnConfig:
+    """Read and validate ``limace learn`` YAML; relative paths are relative to the file. One-line errors."""
+    import yaml
+
+    from limace.training.config import _build
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValidationError(f"{path}: not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{path}: expected a mapping of keys at the top level")
+    cfg = _build(LearnConfig, raw, str(path), "")
+    base = path.resolve().parent
+
+    def res(p: str) -> str:
+        return p if not p or Path(p).expanduser().is_absolute() else str((base / p).resolve())
+
+    from limace.potentials.registry import looks_like_path
+
+    cfg.train_config = res(cfg.train_config)
+    cfg.committee = [res(c) if looks_like_path(c) else c for c in cfg.committee]
+    cfg.base_data = [res(p) for p in cfg.base_data]
+    cfg.evaluate = [res(p) for p in cfg.evaluate]
+    cfg.explore.structures = [res(p) for p in cfg.explore.structures]
+    cfg.run_dir = res(cfg.run_dir or f"runs/{cfg.name}")
+    check_learn_config(cfg, str(path))
+    return cfg
+
+
+def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
+    from limace.errors import check_number
+
+    def bad(key, msg):
+        raise ValidationError(f"{source}: key '{key}' {msg}")
+
+    if len(cfg.committee) < 2:
+        bad("committee", f"needs at least 2 models (a committee), got {len(cfg.committee)}")
+    if not cfg.train_config or not Path(cfg.train_config).is_file():
+        bad("train_config", f"must name a `limace train` YAML file, got {cfg.train_config!r}")
+    for key, files in (("base_data", cfg.base_data), ("evaluate", cfg.evaluate), ("explore.structures", cfg.explore.structures)):
+        for f in files:
+            if not Path(f).is_file():
+                bad(key, f"names {f}, which does not exist")
+    if not cfg.explore.structures and not cfg.explore.phases:
+        bad("explore", "needs seed structures (explore.structures or explore.phases)")
+    for key, val, kw in (("rounds", cfg.rounds, {"at_least": 1}), ("workers", cfg.workers, {"at_least": 1}),
+                         ("select.budget", cfg.select.budget, {"at_least": 1}),
+                         ("select.pool_factor", cfg.select.pool_factor, {"at_least": 1}),
+                         ("select.min_force_spread", cfg.select.min_force_spread, {"at_least": 0}),
+                         ("explore.md_steps", cfg.explore.md_steps, {"at_least": 0}),
+                         ("explore.md_snapshot_every", cfg.explore.md_snapshot_every, {"at_least": 1}),
+                         ("explore.md_timestep_fs", cfg.explore.md_timestep_fs, {"above": 0}),
+                         ("explore.repeat_to_atoms", cfg.explore.repeat_to_atoms, {"at_least": 1})):
+        try:
+            check_number(key, val, **kw)
+        except Exception as exc:
+            raise ValidationError(f"{source}: key {exc}") from None
+    for t in cfg.explore.md_temperatures_K:
+        if not np.isfinite(t) or t <= 0:
+            bad("explore.md_temperatures_K", f"must be finite temperatures > 0 K, got {t}")
+    for e in cfg.explore.volume_strains:
+        if not np.isfinite(e) or e <= -0.5:
+            bad("explore.volume_strains", f"must be finite fractional volume changes > -0.5, got {e}")
+    for r in cfg.explore.rattle_A:
+        if not np.isfinite(r) or r <= 0:
+            bad("explore.rattle_A", f"must be finite amplitudes > 0 A, got {r}")
+    if cfg.dtype not in ("float32", "float64"):
+        bad("dtype", f"must be 'float32' or 'float64', got {cfg.dtype!r}")
+    from limace.data.label import get_protocol
+
+    get_protocol(cfg.protocol)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> list:
+    from ase.io import read
+
+    return read(path, ":", format="extxyz") if path.exists() and path.stat().st_size else []
+
+
+def _write(path: Path, frames) -> None:
+    import io
+
+    from ase.io import write
+
+    buf = io.StringIO()
+    if frames:
+        write(buf, list(frames), format="extxyz")
+    atomic_write_text(path, buf.getvalue())
+
+
+def _model_paths(specs: list[str]) -> list[Path]:
+    from limace.potentials.registry import fetch, looks_like_path
+
+    return [Path(s) if looks_like_path(s) else Path(fetch(s)) for s in specs]
+
+
+def _load_models(paths: list[Path], dtype: str):
+    from limace.training.export import load_model
+
+    return [load_model(p, dtype=dtype) for p in paths]
+
+
+def mean_descriptors(model, frames, batch_size: int = 16) -> np.ndarray:
+    """Mean over atoms of the invariant MACE node features of every layer: one vector per structure."""
+    from limace.training._mace import import_mace
+
+    import_mace()
+    from e3nn import o3
+    from mace.tools import AtomicNumberTable, torch_geometric
+
+    from limace.training.graphs import to_graphs
+
+    dtype = next(model.parameters()).dtype
+    graphs = to_graphs(frames, AtomicNumberTable([int(z) for z in model.atomic_numbers]), float(model.r_max), dtype)
+    irreps = o3.Irreps(str(model.products[0].linear.irreps_out))
+    n_inv = irreps.dim // (irreps.lmax + 1) ** 2
+    layers = int(model.num_interactions)
+    out = []
+    for batch in torch_geometric.dataloader.DataLoader(graphs, batch_size=batch_size, shuffle=False):
+        res = model(batch.to_dict(), training=False, compute_force=False)
+        x = res["node_feats"].detach()
+        inv = np.concatenate([x[:, i * irreps.dim: i * irreps.dim + n_inv].cpu().double().numpy() for i in range(layers)], 1)
+        idx = batch.batch.cpu().numpy()
+        for k in range(int(idx.max()) + 1):
+            out.append(inv[idx == k].mean(axis=0))
+    return np.asarray(out)
+
+
+@dataclass
+class CommitteePrediction:
+    energy: np.ndarray  # [members, structures] eV
+    forces: list[np.ndarray]  # per structure [members, atoms, 3]
+
+    def energy_spread_per_atom(self, n_atoms: np.ndarray) -> np.ndarray:
+        return self.energy.std(axis=0) / n_atoms
+
+    def force_spread(self) -> np.ndarray:
+        """Per structure: the largest over atoms of |std over members of the force vector| (eV/A)."""
+        return np.array([np.linalg.norm(f.std(axis=0), axis=1).max() for f in self.forces])
+
+
+def committee_predict(models, frames) -> CommitteePrediction:
+    from limace.training.evaluate import predict_mace
+
+    preds = [predict_mace(m, frames) for m in models]
+    counts = np.cumsum([0] + [len(a) for a in frames])
+    energy = np.stack([p.energy for p in preds])
+    forces = [np.stack([p.forces[counts[i]:counts[i + 1]] for p in preds]) for i in range(len(frames))]
+    return CommitteePrediction(energy, forces)
+
+
+def farthest_point_sampling(x: np.ndarray, k: int, start: int = 0) -> list[int]:
+    """Indices of ``k`` rows of ``x`` picked greedily, each the farthest (Euclidean) from those already picked."""
+    k = min(k, len(x))
+    if k == 0:
+        return []
+    picked = [start]
+    d = np.linalg.norm(x - x[start], axis=1)
+    while len(picked) < k:
+        nxt = int(np.argmax(d))
+        picked.append(nxt)
+        d = np.minimum(d, np.linalg.norm(x - x[nxt], axis=1))
+    return picked
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    r = spearmanr(a, b).statistic
+    return None if not np.isfinite(r) else float(r)
+
+
+# -- the stages ----------------------------------------------------------------------------------------------------
+
+
+class ActiveLearning:
+    """The loop of one :class:`LearnConfig` in its run directory (see module docstring)."""
+
+    STAGES = ("explore", "select", "label", "train", "evaluate", "register")
+
+    def __init__(self, cfg: LearnConfig, log=print):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.log = log
+
+    def round_dir(self, k: int) -> Path:
+        return self.run_dir / f"round_{k}"
+
+    def committee_of(self, k: int) -> list[Path]:
+        """The committee going into round ``k`` (0: the configured one)."""
+        if k == 0:
+            return _model_paths(self.cfg.committee)
+        reg = json.loads((self.round_dir(k - 1) / "register.json").read_text())
+        return [Path(p) for p in reg["members"]]
+
+    def seeds(self) -> list:
+        from ase.io import read
+
+        from limace.data.structures import get_structure
+        from limace.md.explore import _repeat_to
+
+        seeds = [get_structure(p) for p in self.cfg.explore.phases]
+        for f in self.cfg.explore.structures:
+            seeds += read(f, ":")
+        return [_repeat_to(a, self.cfg.explore.repeat_to_atoms) for a in seeds]
+
+    # 1
+    def explore(self, k: int, models) -> Path:
+        out = self.round_dir(k) / "candidates.extxyz"
+        if out.exists():
+            return out
+        from ase import Atoms
+
+        from limace.data import generate as g
+        from limace.data.hashing import ensure_config_id
+        from limace.md.runner import run_md
+        from limace.potentials.calculator import load as load_potential
+
+        e = self.cfg.explore
+        rng = np.random.default_rng([self.cfg.seed, k])
+        seeds = self.seeds()
+        cands = []
+        if e.md_steps and e.md_temperatures_K:
+            runs = [(i, float(t)) for i in range(len(seeds)) for t in e.md_temperatures_K]
+            model = load_potential(str(self.committee_of(k)[0]), dtype=self.cfg.dtype, batched=True, progress=False)
+            md_dir = self.round_dir(k) / "md"
+            run_md([seeds[i] for i, _ in runs], model, output_dir=md_dir, ensemble="nvt_langevin", steps=e.md_steps,
+                   timestep_fs=e.md_timestep_fs, temperature_K=[t for _, t in runs], seed=self.cfg.seed + 1000 * k,
+                   trajectory_every=e.md_snapshot_every, log_every=e.md_snapshot_every,
+                   checkpoint_every=e.md_snapshot_every)
+            from ase.io import read
+
+            for s, (i, t) in enumerate(runs):
+                traj = md_dir / f"traj_{s:04d}.extxyz"
+                for fr in read(traj, ":")[1:] if traj.exists() else []:
+                    a = Atoms(fr.get_chemical_symbols(), positions=fr.positions, cell=fr.cell, pbc=True)
+                    a.wrap()
+                    a.info = {"config_type": "al_md", "md_temperature_K": t, "al_round": k}
+                    cands.append(a)
+        for a in seeds:
+            for dv in e.volume_strains:
+                b = a.copy()
+                b.set_cell(a.cell[:] * (1 + dv) ** (1 / 3), scale_atoms=True)
+                b.info = {"config_type": "al_strain", "volume_strain": dv, "al_round": k}
+                cands.append(b)
+            for amp in e.rattle_A:
+                (b,) = g.rattled(a, (amp,), seed=rng)
+                b.info.update(al_round=k)
+                b.info["config_type"] = "al_rattle"
+                cands.append(b)
+            if e.li_vacancy and "Li" in a.get_chemical_symbols() and len(a) > 2:
+                b = g.li_vacancy(a, seed=rng)
+                b.info = {"config_type": "al_vacancy", "al_round": k}
+                cands.append(b)
+        for a in cands:
+            a.calc = None
+            ensure_config_id(a)
+        _write(out, cands)
+        self.log(f"round {k}: explore: {len(cands)} candidates")
+        return out
+
+    # 2
+    def select(self, k: int, models) -> Path:
+        out = self.round_dir(k) / "selected.extxyz"
+        if out.exists():
+            return out
+        cands = _read(self.round_dir(k) / "candidates.extxyz")
+        labelled = set()
+        for f in self.cfg.base_data + [str(self.round_dir(j) / "labels.extxyz") for j in range(k)]:
+            labelled |= {a.info.get("config_id") for a in _read(Path(f))}
+        cands = [a for a in cands if a.info["config_id"] not in labelled]
+        s = self.cfg.select
+        info = {"n_candidates": len(cands)}
+        picked: list[int] = []
+        if cands:
+            pred = committee_predict(models, cands)
+            fs = pred.force_spread()
+            es = pred.energy_spread_per_atom(np.array([len(a) for a in cands]))
+            order = [int(i) for i in np.argsort(-fs) if fs[i] >= s.min_force_spread]
+            pool = order[: s.budget * s.pool_factor]
+            if pool:
+                desc = mean_descriptors(models[0], [cands[i] for i in pool])
+                scale = desc.std(axis=0)
+                desc = desc / np.where(scale > 0, scale, 1.0)
+                picked = [pool[j] for j in farthest_point_sampling(desc, s.budget, start=0)]
+            for i in picked:
+                cands[i].info["al_force_spread"] = float(fs[i])
+                cands[i].info["al_energy_spread_per_atom"] = float(es[i])
+            info.update(n_pool=len(pool), force_spread_picked=[round(float(fs[i]), 4) for i in picked],
+                        force_spread_max=float(fs.max()),
+                        force_spread_pool_min=float(fs[pool].min()) if pool else None,
+                        force_spread_all_median=float(np.median(fs)), energy_spread_per_atom_median=float(np.median(es)))
+        atomic_write_json(self.round_dir(k) / "select.json", info)
+        _write(out, [cands[i] for i in picked])
+        self.log(f"round {k}: select: {len(picked)} of {len(cands)} candidates")
+        return out
+
+    # 3
+    def label(self, k: int) -> Path:
+        out = self.round_dir(k) / "labels.extxyz"
+        done = self.round_dir(k) / "label.json"
+        if done.exists():
+            return out
+        from limace.data.label import label_configurations
+
+        sel = _read(self.round_dir(k) / "selected.extxyz")
+        rep = label_configurations(sel, out, protocol=self.cfg.protocol, workers=self.cfg.workers,
+                                   scheduler=self.cfg.scheduler, progress=False)
+        if not out.exists():
+            _write(out, [])
+        atomic_write_json(done, rep.as_dict())
+        self.log(f"round {k}: label: {rep.as_dict()}")
+        return out
+
+    # 4
+    def train(self, k: int) -> list[Path]:
+        done = self.round_dir(k) / "train.json"
+        if done.exists():
+            return [Path(p) for p in json.loads(done.read_text())["members"]]
+        from limace.training.config import load_config
+        from limace.training.run import train
+
+        data = list(self.cfg.base_data) + [str(self.round_dir(j) / "labels.extxyz") for j in range(k + 1)
+                                           if _read(self.round_dir(j) / "labels.extxyz")]
+        members = []
+        for i, init in enumerate(self.committee_of(k)):
+            cfg = load_config(self.cfg.train_config, check_files=False)
+            cfg = dataclasses.replace(cfg, name=f"{self.cfg.name}-r{k}-m{i}", seed=self.cfg.seed + 101 * i + k,
+                                      committee_size=1, run_dir=str(self.round_dir(k) / "train" / f"member_{i}"))
+            cfg.data.dataset = None
+            cfg.data.train_file = data
+            cfg.model.init_from = str(init)
+            res = train(cfg, log=lambda m: None)
+            members.append(str(res.members[0].model_path))
+        atomic_write_json(done, {"members": members, "train_files": data})
+        self.log(f"round {k}: train: {len(members)} members fine-tuned on {len(data)} file(s)")
+        return [Path(p) for p in members]
+
+    # 5
+    def evaluate(self, k: int, members: list[Path]) -> dict:
+        out = self.round_dir(k) / "evaluate.json"
+        if out.exists():
+            return json.loads(out.read_text())
+        from limace.data.io import read_configurations
+        from limace.training.evaluate import evaluate_model
+
+        models = _load_models(members, self.cfg.dtype)
+        rep = {}
+        for f in self.cfg.evaluate:
+            frames = read_configurations(f, allowed_elements=None, require_periodic=False)
+            res = evaluate_model(models[0], frames, name=Path(f).name)
+            pred = committee_predict(models, frames)
+            n = np.array([len(a) for a in frames])
+            err = np.abs(pred.energy[0] - np.array([a.info["REF_energy"] for a in frames])) / n
+            spread = pred.energy_spread_per_atom(n)
+            fspread = pred.force_spread()
+            summ = res.summary()
+            rep[Path(f).name] = {"n": len(frames), "metrics": summ["all"], "by_config_type": summ["by_config_type"],
+                                 "energy_mae_mev_per_atom": float(err.mean() * 1000),
+                                 "spearman_energy_spread_vs_error": _spearman(spread, err),
+                                 "spearman_force_spread_vs_energy_error": _spearman(fspread, err)}
+        atomic_write_json(out, rep)
+        self.log(f"round {k}: evaluate: " + ", ".join(f"{n} E MAE {r['energy_mae_mev_per_atom']:.2f} meV/atom"
+                                                     for n, r in rep.items()))
+        return rep
+
+    # 6
+    def register(self, k: int, members: list[Path]) -> None:
+        out = self.round_dir(k) / "register.json"
+        if out.exists():
+            return
+        from limace.potentials.registry import sha256_file
+
+        reg_path = self.run_dir / "registry.yaml"
+        entries = []
+        for j in range(k + 1):
+            ms = members if j == k else [Path(p) for p in json.loads((self.round_dir(j) / "register.json").read_text())["members"]]
+            for i, m in enumerate(ms):
+                entries.append({"name": f"{self.cfg.name}-r{j}-m{i}", "version": f"{j}.{i}",
+                                "description": f"limace learn round {j}, committee member {i}",
+                                "elements": _elements(m), "dft_protocol": self.cfg.protocol,
+                                "license": "local run, not published",
+                                "weights": {"file": str(Path(m).resolve()), "sha256": sha256_file(m)}})
+        import yaml
+
+        atomic_write_text(reg_path, "# written by limace learn; use with LIMACE_REGISTRY\n"
+                          + yaml.safe_dump({"schema": 1, "potentials": entries}, sort_keys=False))
+        atomic_write_json(out, {"members": [str(m) for m in members], "registry": str(reg_path),
+                                "names": [f"{self.cfg.name}-r{k}-m{i}" for i in range(len(members))]})
+        self.log(f"round {k}: registered {len(members)} members in {reg_path}")
+
+    def run(self, stop_after: tuple[int, str] | None = None) -> dict:
+        """All rounds; ``stop_after=(k, stage)`` returns right after that stage (tests use it as a kill)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        for k in range(self.cfg.rounds):
+            self.round_dir(k).mkdir(parents=True, exist_ok=True)
+            models = None
+            for stage in self.STAGES:
+                if stage in ("explore", "select"):
+                    if models is None and not (self.round_dir(k) / "selected.extxyz").exists():
+                        models = _load_models(self.committee_of(k), self.cfg.dtype)
+                    getattr(self, stage)(k, models)
+                elif stage == "label":
+                    self.label(k)
+                elif stage == "train":
+                    members = self.train(k)
+                elif stage == "evaluate":
+                    self.evaluate(k, members)
+                else:
+                    self.register(k, members)
+                if stop_after == (k, stage):
+                    return {"stopped_after": [k, stage]}
+        summary = self.summary()
+        summary["wall_s"] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        self.write_report(summary)
+        return summary
+
+    def summary(self) -> dict:
+        rounds = []
+        for k in range(self.cfg.rounds):
+            d = self.round_dir(k)
+            rounds.append({"round": k, "select": json.loads((d / "select.json").read_text()),
+                           "labels": len(_read(d / "labels.extxyz")),
+                           "evaluate": json.loads((d / "evaluate.json").read_text()),
+                           "members": json.loads((d / "register.json").read_text())["names"]})
+        return {"name": self.cfg.name, "rounds": rounds}
+
+    def write_report(self, summary: dict) -> None:
+        lines = [f"# limace learn: {self.cfg.name}", "",
+                 "| round | candidates | labelled | evaluation set | E MAE (meV/atom) | Spearman(spread, error) |",
+                 "|---|---|---|---|---|---|"]
+        for r in summary["rounds"]:
+            for name, ev in r["evaluate"].items():
+                sp = ev["spearman_energy_spread_vs_error"]
+                lines.append(f"| {r['round']} | {r['select']['n_candidates']} | {r['labels']} | {name} | "
+                             f"{ev['energy_mae_mev_per_atom']:.2f} | {'-' if sp is None else f'{sp:.2f}'} |")
+        atomic_write_text(self.run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _elements(model_path: Path) -> list[str]:
+    from ase.data import chemical_symbols
+
+    from limace.training.export import load_model
+
+    return [chemical_symbols[int(z)] for z in load_model(model_path).atomic_numbers]
+
+
+def learn(config: str | Path | LearnConfig, log=print, stop_after=None) -> dict:
+    cfg = config if isinstance(config, LearnConfig) else load_learn_config(config)
+    return ActiveLearning(cfg, log=log).run(stop_after=stop_after)

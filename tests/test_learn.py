@@ -1,0 +1,140 @@
+"""``limace learn``: the active-learning loop end to end on a tiny Cu-Au system labelled with EMT (explore ->
+select -> label -> fine-tune -> evaluate -> register), a stop in the middle and a resume; committee spread."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ase.build import bulk
+from ase.io import write
+
+from limace.data import generate as g
+from limace.data.label import label_configurations
+
+TINY_MODEL = {"channels": 8, "max_L": 0, "r_max": 4.0, "num_interactions": 1, "correlation": 2, "max_ell": 2,
+              "radial_mlp": [16, 16]}
+TRAINER = {"max_epochs": 6, "batch_size": 4, "precision": "float64", "accelerator": "cpu", "devices": 1,
+           "progress_bar": False, "log_every_n_steps": 1}
+
+
+def cuau(a=3.75):
+    c = bulk("Cu", "fcc", a=a, cubic=True)
+    c.symbols[0] = "Au"
+    return c
+
+
+def emt_labelled(path: Path, configs):
+    label_configurations(configs, path, protocol="emt", progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from limace.training.config import TrainConfig
+    from limace.training.run import train
+
+    tmp = tmp_path_factory.mktemp("learn")
+    rng = np.random.default_rng(0)
+    base = [cuau()] + g.rattled(cuau(), [0.05] * 10, seed=rng) + g.strained(cuau(), [-0.02, -0.01, 0.01, 0.02], "iso")
+    base_file = emt_labelled(tmp / "base.extxyz", base)
+    held = g.rattled(cuau(), [0.08] * 4, seed=rng) + g.strained(cuau(), [-0.06, 0.06], "iso")
+    held_file = emt_labelled(tmp / "held.extxyz", held)
+    template = {"name": "t", "seed": 3, "data": {"train_file": str(base_file), "valid_fraction": 0.2},
+                "model": TINY_MODEL, "trainer": TRAINER, "checkpoint": {"every_n_steps": 5, "keep": 1}}
+    (tmp / "train.yaml").write_text(yaml.safe_dump(template))
+    cfg = dict(template, committee_size=2, run_dir=str(tmp / "start"))
+    res = train(TrainConfig.from_dict(cfg, source="test"), log=lambda m: None)
+    seeds = tmp / "seeds.extxyz"
+    write(seeds, [cuau()])
+    return {"tmp": tmp, "committee": [str(p) for p in res.model_paths], "base": base_file, "held": held_file,
+            "seeds": seeds, "train": tmp / "train.yaml"}
+
+
+def learn_config(setup, run_dir: Path, **over) -> Path:
+    cfg = {"name": "toy-al", "train_config": str(setup["train"]), "committee": setup["committee"],
+           "base_data": [str(setup["base"])], "evaluate": [str(setup["held"])], "rounds": 2, "protocol": "emt",
+           "run_dir": str(run_dir),
+           "explore": {"structures": [str(setup["seeds"])], "md_temperatures_K": [300.0, 1500.0], "md_steps": 30,
+                       "md_snapshot_every": 10, "md_timestep_fs": 2.0, "volume_strains": [-0.08, 0.08],
+                       "rattle_A": [0.1, 0.2]},
+           "select": {"budget": 3, "pool_factor": 2}}
+    cfg.update(over)
+    p = run_dir.parent / f"{run_dir.name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_two_rounds_with_a_stop_and_resume(setup):
+    from limace.learn import learn
+    from limace.potentials.registry import list_potentials
+
+    run = setup["tmp"] / "al"
+    cfg = learn_config(setup, run)
+    stopped = learn(cfg, log=lambda m: None, stop_after=(1, "label"))
+    assert stopped == {"stopped_after": [1, "label"]}
+    r1 = run / "round_1"
+    assert (r1 / "labels.extxyz").exists() and not (r1 / "train.json").exists()
+    cands_before = (r1 / "candidates.extxyz").read_bytes()
+    labels_before = (r1 / "labels.extxyz").read_bytes()
+    summary = learn(cfg, log=lambda m: None)
+    # the resumed run did not redo what was done
+    assert (r1 / "candidates.extxyz").read_bytes() == cands_before
+    assert (r1 / "labels.extxyz").read_bytes() == labels_before
+    assert [r["labels"] for r in summary["rounds"]] == [3, 3]
+    for r in summary["rounds"]:
+        ev = r["evaluate"]["held.extxyz"]
+        assert ev["n"] == 6 and np.isfinite(ev["energy_mae_mev_per_atom"])
+        # selected by committee disagreement: the picks are among the most uncertain candidates
+        sel = r["select"]
+        assert sel["n_pool"] == 6 < sel["n_candidates"]
+        assert min(sel["force_spread_picked"]) >= round(sel["force_spread_pool_min"], 4)
+        assert sel["force_spread_picked"][0] == round(sel["force_spread_max"], 4)
+    # round 1 started from round 0's committee, and new labels never repeat old ones
+    ids0 = {l.split("config_id=")[1].split()[0] for l in (run / "round_0/labels.extxyz").read_text().splitlines() if "config_id=" in l}
+    ids1 = {l.split("config_id=")[1].split()[0] for l in (r1 / "labels.extxyz").read_text().splitlines() if "config_id=" in l}
+    assert len(ids0) == len(ids1) == 3 and not ids0 & ids1
+    t1 = json.loads((r1 / "train.json").read_text())
+    assert str(run / "round_0/labels.extxyz") in t1["train_files"] and str(r1 / "labels.extxyz") in t1["train_files"]
+    # the committee of each round is registered and loadable by name
+    import os
+
+    os.environ["LIMACE_REGISTRY"] = str(run / "registry.yaml")
+    try:
+        names = {p.name for p in list_potentials(offline=True)}
+    finally:
+        del os.environ["LIMACE_REGISTRY"]
+    assert {"toy-al-r0-m0", "toy-al-r0-m1", "toy-al-r1-m0", "toy-al-r1-m1"} <= names
+    assert "| 1 |" in (run / "report.md").read_text()
+
+
+def test_committee_spread_is_larger_far_from_training(setup):
+    from limace.learn import _load_models, committee_predict
+    from ase.io import read
+
+    models = _load_models([Path(p) for p in setup["committee"]], "float64")
+    near = read(setup["base"], ":")[:4]
+    far = [g.strained(cuau(), [-0.15], "iso")[0], g.rattled(cuau(), [0.4], seed=1)[0]]
+    frames = near + far
+    spread = committee_predict(models, frames).energy_spread_per_atom(np.array([len(a) for a in frames]))
+    assert spread[4:].min() > spread[:4].max()
+
+
+def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
+    from limace.cli import main
+
+    for over, expect in (({"committee": setup["committee"][:1]}, "at least 2"),
+                         ({"rounds": 0}, "rounds"),
+                         ({"select": {"budget": -1}}, "select.budget"),
+                         ({"explore": {"structures": [], "phases": []}}, "seed structures"),
+                         ({"bogus": 1}, "unknown key 'bogus'"),
+                         ({"protocol": "pbe-pw4000"}, "pbe-pw4000")):
+        p = learn_config(setup, tmp_path / "x", **over)
+        with pytest.raises(SystemExit) as exc:
+            main(["learn", str(p)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("limace: error:") and expect in err[0], err
+        assert not (tmp_path / "x").exists()
