@@ -134,3 +134,23 @@ def test_dataset_plan_is_deterministic_and_covers_what_v1_needs():
               "enum_bct", "random_bcc", "equilibrium"):
         assert types[t] > 0, t
     assert min(min_distance(a) for a in p1) > 1.8
+
+
+def test_plan_stage_eleven_trains_on_every_phase_built_after_v1(monkeypatch):
+    from limace.data import plan
+    from limace.data.structures import list_phases
+
+    cells = plan.new_phase_cells()
+    new = {p.id for p in list_phases(buildable=True) if p.system != "element" and p.id not in plan.PLAN_V1_LIBRARY
+           and len(p.build(primitive=True)) <= 24}
+    assert new >= {"Li3In2", "Li2In", "Li13In3"}
+    by = {pid: [a for a in cells if a.info["phase"] == pid] for pid in new}
+    for pid, cs in by.items():
+        types = sorted(a.info["config_type"] for a in cs)
+        assert types == ["equilibrium", "rattle", "rattle", "strain_iso", "strain_iso", "strain_shear", "vacancy"], pid
+    # a phase's cells do not depend on which other phases exist
+    everything = list(list_phases(buildable=True))
+    dropped = sorted(new)[0]
+    monkeypatch.setattr(plan, "list_phases", lambda buildable=True: [p for p in everything if p.id != dropped])
+    fewer = plan.new_phase_cells()
+    assert [a.info["config_id"] for a in fewer] == [a.info["config_id"] for a in cells if a.info["phase"] != dropped]

@@ -21,6 +21,8 @@ Stages (cost grows with electrons x irreducible k-points; Li-only cells are chea
 9. the energy-volume curve, densified: elements at four more strains, 40 small orderings at one more
 10. where 1.3 still missed on unseen cells: 56 more small orderings (40 Li-Sn) strained +-3/5 % (half also rattled),
     and 10 Li-rich 16-atom random alloys (half rattled)
+11. the library phases built after plan v1 (issue 21: Li3In2, Li2In, Li13In3, Li5Sn2, Li8Sn3, ...): equilibrium,
+    +-5 % strain, a shear, two rattles and a Li vacancy each (:func:`new_phase_cells`)
 """
 
 from __future__ import annotations
@@ -187,6 +189,11 @@ def plan_v1(seed: int = 20261128) -> list[Atoms]:
         s10 += g.rattled(r, (0.05,), seed=rng) if i % 2 else [r]
     plan += _stage(s10, 10)
 
+    # 11. (issue 21) the library phases built after plan v1 (the known Li-rich and Li-In phases): equilibrium,
+    #     +-5 % isotropic strain, one shear, two rattles and a one-Li-vacancy cell of each, every phase drawn from its
+    #     own random stream so that a phase added later adds its cells without moving any other one
+    plan += _stage(new_phase_cells(), 11)
+
     seen, out = set(), []
     for a in plan:
         a = sort_species(a)
@@ -194,6 +201,36 @@ def plan_v1(seed: int = 20261128) -> list[Atoms]:
         cid = ensure_config_id(a)
         if cid not in seen:
             seen.add(cid)
+            out.append(a)
+    return out
+
+
+def _phase_rng(pid: str, seed: int = 20261204) -> np.random.Generator:
+    import hashlib
+
+    return np.random.default_rng(int(hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest()[:16], 16))
+
+
+def new_phase_cells(max_prim_atoms: int = 24) -> list[Atoms]:
+    """Stage 11: training cells of the buildable compounds not in :data:`PLAN_V1_LIBRARY`."""
+    out = []
+    for p in list_phases(buildable=True):
+        if p.system == "element" or p.id in PLAN_V1_LIBRARY:
+            continue
+        prim = p.build(primitive=True)
+        if len(prim) > max_prim_atoms:
+            continue
+        rng = _phase_rng(p.id)
+        cells = [_equilibrium(prim, phase=p.id)]
+        cells += g.strained(prim, (-0.05, 0.05), "iso", seed=rng)
+        cells += g.strained(prim, (0.04,), "shear", seed=rng)
+        cells += g.rattled(prim, (0.07, 0.15), seed=rng)
+        cells.append(g.li_vacancy(prim, repeat=_repeat_for(prim, 12, 24), seed=rng))
+        for a in cells:
+            a = sort_species(a)
+            a.info["phase"] = p.id
+            a.info.pop("config_id", None)
+            ensure_config_id(a)
             out.append(a)
     return out
 
