@@ -132,7 +132,7 @@ def validate_structure(atoms: Atoms, where: str = "structure", allowed_elements:
         if abs(atoms.cell.volume) < 1e-6:
             raise ValidationError(f"{where}: key 'cell' has zero volume")
     elif atoms.pbc.any() and abs(atoms.cell.volume) < 1e-6 and atoms.cell.rank < int(atoms.pbc.sum()):
-        raise ValidationError(f"{where}: key 'cell' is degenerate along a periodic direction")
+        raise ValidationError(f"{where}: key 'cell' has zero volume along its periodic directions")
     if not np.all(np.isfinite(atoms.positions)):
         raise ValidationError(f"{where}: key 'positions' has NaN/inf")
     if n > 1 and min_distance > 0:

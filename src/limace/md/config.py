@@ -134,7 +134,9 @@ class MDConfig:
         if not path.is_file():
             raise ValidationError(f"{path}: no such config file")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValidationError(f"{path}: not a text file; an md config is YAML") from None
         except yaml.YAMLError as exc:
             raise ValidationError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):

@@ -71,7 +71,8 @@ def potentials_list(as_json: bool = typer.Option(False, "--json", help="print JS
     if not sys.stdout.isatty() or Console().width < sum(widths) + 3 * len(cols) + 1:
         for r in (cols, *rows):
             typer.echo("  ".join(f"{str(v):{w}s}" for v, w in zip(r[:-1], widths)) + "  " + str(r[-1]))
-        typer.echo(f"cache: {cache_dir() / 'potentials'}", err=not sys.stdout.isatty())
+        if sys.stdout.isatty():
+            typer.echo(f"cache: {cache_dir() / 'potentials'}")
         return
 
     table = Table(title="limace potentials")

@@ -395,8 +395,11 @@ def check_model_archive(path: str | Path) -> None:
         raise ModelFileError(f"{path}: empty file, not a MACE model")
     try:
         with open(path, "rb") as fh:
-            fh.read(1)
+            magic = fh.read(4)
         if not zipfile.is_zipfile(path):
+            if magic == b"PK\x03\x04":  # starts as a zip archive but its directory is gone: cut short
+                raise ModelFileError(f"{path}: damaged model file (truncated: the zip directory at its end is "
+                                     "missing); download or copy it again")
             return
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
