@@ -18,12 +18,15 @@ settings, so a killed screen resumes without recomputing finished work. Tasks ru
     {"potential": str, "settings": {...},
      "systems": {"Li-Sn": {
         "hull": [{"formula", "name", "x_Li", "formation_energy_eV_per_atom", "e_above_hull_eV_per_atom", "stable",
-                  "source": "library" | "search"}],
+                  "source": "library" | "search" | "ce"}],
         "stable": [formula, ...], "references": {...}, "sn_reference": "Sn_alpha" | "Sn_beta",
         "voltage": {"average_V", "average_kind", "max_li_per_host", "plateaus": [{"y_start", "y_end", "voltage_V",
                     "phases"}]},
         "near_hull": [{"name", "formula", "e_above_hull_eV_per_atom", "source", "dft_error_meV_per_atom"?,
                        "dft_formation_energy_eV_per_atom"?, "dft_e_above_hull_eV_per_atom"?}],
+        "search": {"n_candidates", "n_library", "not_converged", "rejected",
+                   "funnel": {"enumerated": {parent: n}, "prototypes", "stages": {"single_point", "short_relax",
+                              "full_relax": {"candidates", "kept"|"relaxed", ...}}, "ce": {...}, "timings_s"}},
         "barriers": {"phases": [... as in barriers.json of `limace barriers` ...]}}}}
 """
 
@@ -85,18 +88,21 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     from ase.io import write
 
     from limace.analysis.hull import HullAnalysis
-    from limace.analysis.search import (library_structures, lowest_per_composition, reject_unphysical, relax_all,
-                                        search_candidates)
+    from limace.analysis.search import library_structures, lowest_per_composition, reject_unphysical, relax_all, run_search
 
     _set_threads(workers)
     s = ScreenSettings(**{**settings, "search": SearchSettings(**settings["search"]),
                           "barriers": BarrierSettings(**settings["barriers"])})
     work = Path(out) / "work" / system
     model = _model(potential, device, dtype)
-    library = library_structures(system)
-    candidates = search_candidates(system, s.search)
     t0 = time.perf_counter()
-    relaxed = relax_all(library + candidates, model, s.search.fmax, s.search.max_steps, progress=progress)
+    library = library_structures(system, s.search.max_library_atoms)
+    lib_relaxed = relax_all(library, model, s.search.fmax, s.search.max_steps, progress=progress,
+                            optimizer=s.search.optimizer, max_atoms=s.search.relax_atoms)
+    t_library = time.perf_counter() - t0
+    search = run_search(system, model, s.search, references=lib_relaxed, progress=progress)
+    search.report["timings_s"]["library_relax"] = round(t_library, 1)
+    relaxed = lib_relaxed + search.structures
     kept, rejected, warnings = reject_unphysical(relaxed, s.search.min_volume_ratio, s.search.min_formation_energy)
     kept_ids = {id(a) for a in kept}
     lib_rel = [a for a in relaxed[:len(library)] if id(a) in kept_ids]
@@ -117,7 +123,8 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     near = [n for n in near if len({c for c in n["formula"] if c.isupper()}) > 1]  # compounds only
     not_converged = [a.info["name"] for a in relaxed if not a.info.get("converged", False)]
     return {"system": system, "hull": summary, "hull_dict": hull.as_dict(), "voltage": voltage.as_dict(),
-            "near_hull": near, "n_candidates": len(candidates), "n_library": len(library),
+            "near_hull": near, "n_candidates": search.report["stages"]["single_point"]["candidates"]
+            + search.report["prototypes"], "n_library": len(library), "search_report": search.report,
             "not_converged": not_converged, "rejected": rejected, "warnings": warnings,
             "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
@@ -227,10 +234,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     for system in systems:
         if system not in SYSTEMS:
             raise LimaceInputError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
-    if not 0 < settings.search.min_volume_ratio <= 1:
-        raise LimaceInputError(f"min_volume_ratio must be in (0, 1], got {settings.search.min_volume_ratio}")
-    if settings.search.min_formation_energy >= 0:
-        raise LimaceInputError(f"min_formation_energy must be < 0 eV/atom, got {settings.search.min_formation_energy}")
+    settings.search.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sdict = settings.as_dict()
@@ -323,7 +327,8 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
             "sn_reference": h["hull"].get("sn_reference"), "voltage": h["voltage"], "near_hull": h["near_hull"],
             "warnings": h.get("warnings", []),
             "search": {"n_candidates": h["n_candidates"], "n_library": h["n_library"],
-                       "not_converged": h["not_converged"], "rejected": h.get("rejected", [])},
+                       "not_converged": h["not_converged"], "rejected": h.get("rejected", []),
+                       **({"funnel": h["search_report"]} if "search_report" in h else {})},
             "barriers": barriers[s],
         }
     results["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
@@ -350,6 +355,27 @@ def _barrier_phase_names(hull_result: dict, settings: ScreenSettings) -> list[st
 
 
 # -- report -----------------------------------------------------------------------------------------------------------
+
+
+def _funnel_lines(funnel: dict | None) -> list[str]:
+    """The structure search's funnel in one paragraph: candidates each stage kept, the cluster expansion, timings."""
+    if not funnel:
+        return []
+    st, t = funnel["stages"], funnel.get("timings_s", {})
+    enum = ", ".join(f"{n} {p}" for p, n in funnel["enumerated"].items())
+    line = (f"Search funnel: {st['single_point']['candidates']} orderings ({enum}) at Vegard's volume → "
+            f"{st['single_point']['kept']} short-relaxed ({st['short_relax']['steps']} steps) → "
+            f"{st['short_relax']['kept']} fully relaxed, with {funnel['prototypes']} decorated prototypes")
+    ce = funnel.get("ce")
+    if ce:
+        if "skipped" in ce:
+            line += f"; cluster expansion skipped ({ce['skipped']})"
+        else:
+            line += (f"; cluster expansion on {ce['training']} relaxed bcc orderings (CV RMSE "
+                     f"{ce['rmse_cv_meV_per_atom']} meV/atom), {ce['anneal_runs']} annealing runs, "
+                     f"{ce['relaxed']} proposals relaxed")
+    times = ", ".join(f"{k} {v} s" for k, v in t.items())
+    return [line + (f" (times: {times})." if times else "."), ""]
 
 
 def _write_report(results: dict, hulls: dict, out: Path) -> None:
@@ -393,7 +419,7 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
                   + (f"; rejected as unphysical (a hole of the potential, kept off the hull): "
                      + "; ".join(f"{x['name']} ({x['reason']})" for x in r['search'].get('rejected', []))
                      if r['search'].get('rejected') else "")
-                  + ".", "",
+                  + ".", "", *_funnel_lines(r["search"].get("funnel")),
                   "| formula | name | x_Li | E_f (meV/atom) | E above hull (meV/atom) | source |",
                   "| --- | --- | --- | --- | --- | --- |"]
         best = {}

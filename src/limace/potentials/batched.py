@@ -131,9 +131,11 @@ class BatchedMACE:
         self._node_attrs = torch.nn.functional.one_hot(idx, len(self.atomic_numbers)).to(self.dtype)
         return self._node_attrs
 
-    def __call__(self, state: BatchedState, compute_stress: bool | None = None) -> dict[str, torch.Tensor]:
-        """``{"energy": [S], "forces": [N, 3]}`` plus ``"stress": [S, 3, 3]`` when asked (here or at construction)."""
-        stress = self.compute_stress if compute_stress is None else bool(compute_stress)
+    def __call__(self, state: BatchedState, compute_stress: bool | None = None,
+                 compute_forces: bool = True) -> dict[str, torch.Tensor]:
+        """``{"energy": [S], "forces": [N, 3]}`` plus ``"stress": [S, 3, 3]`` when asked (here or at construction).
+        ``compute_forces=False``: energies only (no backward pass, about half the cost; no stress either)."""
+        stress = (self.compute_stress if compute_stress is None else bool(compute_stress)) and compute_forces
         if state.device != self.device:
             raise LimaceInputError(f"state on {state.device}, model on {self.device}; move one of them (state.to())")
         out_dtype = state.dtype
@@ -150,14 +152,15 @@ class BatchedMACE:
         edge_index, unit_shifts = edge_index[:, keep], unit_shifts[keep]
         chunks = self._chunks(state)
         if len(chunks) == 1:
-            res = self._forward(pos, cell, node_attrs, state.system_idx, edge_index, unit_shifts, stress)
+            res = self._forward(pos, cell, node_attrs, state.system_idx, edge_index, unit_shifts, stress,
+                                compute_forces)
         else:
             parts = []
             edge_sys = state.system_idx[edge_index[0]]
             for (s0, s1), (a0, a1) in chunks:
                 e = (edge_sys >= s0) & (edge_sys < s1)
                 parts.append(self._forward(pos[a0:a1], cell[s0:s1], node_attrs[a0:a1], state.system_idx[a0:a1] - s0,
-                                           edge_index[:, e] - a0, unit_shifts[e], stress))
+                                           edge_index[:, e] - a0, unit_shifts[e], stress, compute_forces))
             res = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         return {k: v.to(out_dtype) for k, v in res.items()}
 
@@ -173,7 +176,8 @@ class BatchedMACE:
         chunks.append(((s0, state.n_systems), (a0, state.n_atoms)))
         return chunks
 
-    def _forward(self, pos, cell, node_attrs, batch, edge_index, unit_shifts, stress: bool) -> dict:
+    def _forward(self, pos, cell, node_attrs, batch, edge_index, unit_shifts, stress: bool,
+                 forces: bool = True) -> dict:
         n_sys = cell.shape[0]
         counts = torch.bincount(batch, minlength=n_sys)
         ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
@@ -189,8 +193,10 @@ class BatchedMACE:
             "ptr": ptr,
             "head": torch.full((n_sys,), self._head_index, dtype=torch.long, device=self.device),
         }
-        out = self.model(data, training=False, compute_force=True, compute_stress=stress, compute_virials=False)
-        res = {"energy": out["energy"].detach(), "forces": out["forces"].detach()}
+        out = self.model(data, training=False, compute_force=forces, compute_stress=stress, compute_virials=False)
+        res = {"energy": out["energy"].detach()}
+        if forces:
+            res["forces"] = out["forces"].detach()
         if stress:
             res["stress"] = out["stress"].detach()
         return res
