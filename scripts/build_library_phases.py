@@ -18,7 +18,9 @@ Candidates are bcc superstructures with the reported space group (or cell, for L
 
 Each candidate is relaxed with the shipped potential under its own symmetry (ase ``FixSymmetry`` +
 ``FrechetCellFilter``, FIRE, ``fmax`` 0.005 eV/A); the lowest-energy one per phase becomes the library entry
-(marked ``provenance: model-built``). Isotypic prototypes whose lattice is not known for the compound (Li8Sn3 on
+(marked ``provenance: model-built``), except where a DFT single point at the reference protocol disagreed
+(Li3In2: DFT puts the other stacking 39 meV/atom lower, and that one is the entry) and for Li13In3, reported cubic, whose entry is the one cubic candidate
+(the hR16 stackings are printed for comparison; the best is 8 meV/atom lower with the potential 1.4). Isotypic prototypes whose lattice is not known for the compound (Li8Sn3 on
 the Li8Pb3 cell, Li22Sn5 on the Li22Si5 cell) are relaxed the same way, starting from the prototype's fractional
 coordinates.
 """
