@@ -35,11 +35,25 @@ def test_barriers_of_a_phase_and_resume(fcc_file, tmp_path):
     assert 0.1 < hop["barrier_eV"] < 1.0
     assert hop["forward_eV"] == pytest.approx(hop["backward_eV"], abs=1e-4)  # symmetric hop
     assert hop["li_coordination"]["initial_site"] == {"n": 12, "Li": 12}
-    assert phase["percolation"]["3d"] == {"barrier_eV": hop["barrier_eV"], "hops": [0]}
+    p3 = phase["percolation"]["3d"]
+    assert p3["barrier_eV"] == pytest.approx(hop["barrier_eV"], abs=1e-9) and p3["hops"] == [0] and p3["certified"]
+    # one site class: one vacancy relaxation, energies relative to it; the saddle is the barrier above it
+    assert phase["work"]["vacancy_relaxations"] == 1 and phase["sites"][0]["energy_eV"] == 0.0
+    assert hop["saddle_eV"] == pytest.approx(hop["barrier_eV"], abs=1e-9)
+    lo, up = hop["bounds_eV"]
+    assert hop["saddle_eV"] - 0.01 < lo <= hop["saddle_eV"] and up >= hop["saddle_eV"] - 0.05
+    # bands on disk, named in the JSON relative to DIR
+    from ase.io import read
+    band = read(out / hop["files"]["band"], index=":")
+    assert len(band) == settings.n_images + 2
+    ci = read(out / hop["files"]["climbing_image"])
+    assert ci.get_potential_energy() == pytest.approx(max(a.get_potential_energy() for a in band))
+    assert (out / hop["files"]["profile"]).stat().st_size > 1000
+    assert len(read(out / hop["files"]["initial"])) == phase["n_atoms"]
     data = json.loads((out / "barriers.json").read_text())
     assert data["phases"][0]["hops"][0]["barrier_eV"] == hop["barrier_eV"]
     assert "profile" not in data["phases"][0]["hops"][0]
-    assert (out / "barriers.md").read_text().count("morse_fcc") == 2
+    assert (out / "barriers.md").read_text().count("morse_fcc") == 4  # hops, sites, percolation, work
     assert (out / "morse_fcc" / "neb_profiles.png").stat().st_size > 1000 and (out / "barriers.png").exists()
     # resume: nothing is recomputed
     stamp = (out / "morse_fcc" / "neb.json").stat().st_mtime_ns
@@ -55,19 +69,49 @@ def test_barriers_of_a_phase_and_resume(fcc_file, tmp_path):
 
 
 def test_pipeline_barrier_equals_a_direct_neb_on_the_same_endpoints(fcc_file, tmp_path):
+    """The endpoints the pipeline writes (one shared vacancy relaxation, mapped by symmetry) are relaxed, and a
+    plain NEB between them gives the pipeline's barrier."""
     from limace.analysis.hops import distinct_hops, hop_endpoints_for
     from limace.analysis.relax import relax_structures
     from limace.data.generate import hop_images
     from ase.io import read
 
-    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False)
-    rep = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=settings, progress=False)
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False, plane_bound=False)
+    out = tmp_path / "o"
+    rep = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=out, settings=settings, progress=False)
+    hop = rep["phases"][0]["hops"][0]
+    ini, fin = read(out / hop["files"]["initial"]), read(out / hop["files"]["final"])
+    # the same atoms as a direct construction, relaxed: a direct relaxation of the final state does not move it
     atoms = read(fcc_file)
     ep = hop_endpoints_for(atoms, distinct_hops(atoms)[0], 8.0)
-    ini, fin = relax_structures([ep.initial, ep.final], BatchedMorse(**MORSE), fmax=0.01, relax_cell=False,
-                                optimizer="lbfgs", progress=False)
-    res = run_neb([[ini, *hop_images(ini, fin, 3), fin]], BatchedMorse(**MORSE), optimizer="lbfgs")[0]
-    assert rep["phases"][0]["hops"][0]["forward_eV"] == pytest.approx(res.barrier_forward, abs=1e-6)
+    assert np.abs(ini.positions - ep.initial.positions).max() < 0.3
+    again = relax_structures([fin], BatchedMorse(**MORSE), fmax=0.01, relax_cell=False, optimizer="lbfgs",
+                             progress=False)[0]
+    assert again.info["relax_steps"] == 0
+    assert again.info["energy"] == pytest.approx(ini.get_potential_energy(), abs=1e-6)
+    res = run_neb([[ini, *hop_images(ini, fin, 3), fin]], BatchedMorse(**MORSE), optimizer="lbfgs", tight_fmax=0.01,
+                  freeze=True)[0]
+    assert hop["forward_eV"] == pytest.approx(res.barrier_forward, abs=1e-6)
+
+
+def test_percolation_certified_without_every_neb(tmp_path):
+    """fcc with first and second neighbour hops: the second-neighbour hop's dividing-plane bound lies above the
+    first-neighbour barrier, which percolates in 3D: its NEB is skipped (and run with all_hops)."""
+    path = tmp_path / "fcc.extxyz"
+    write(path, bulk("Li", "fcc", a=3.0 * np.sqrt(2)))
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, cutoff=4.4)
+    [phase] = run_barriers([str(path)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
+    h0, h1 = phase["hops"]
+    assert h0["status"] == "converged" and h1["status"] == "skipped"
+    assert h1["bounds_eV"][0] > phase["percolation"]["3d"]["barrier_eV"]
+    assert all(phase["percolation"][d]["certified"] for d in ("1d", "2d", "3d"))
+    assert phase["work"]["nebs_run"] == 1 and phase["work"]["nebs_skipped"] == 1
+    [full] = run_barriers([str(path)], BatchedMorse(**MORSE), settings=BarrierSettings(
+        min_image_distance=8.0, n_images=3, cutoff=4.4, all_hops=True), progress=False)["phases"]
+    assert full["hops"][1]["status"] == "converged"
+    assert full["hops"][1]["saddle_eV"] >= h1["bounds_eV"][0] - 1e-6
+    assert full["percolation"]["3d"]["barrier_eV"] == pytest.approx(phase["percolation"]["3d"]["barrier_eV"],
+                                                                    abs=1e-6)
 
 
 def test_cli_writes_the_documented_schema(tiny_mace_model_path, tmp_path, limace_exe):
@@ -90,4 +134,5 @@ def test_cli_writes_the_documented_schema(tiny_mace_model_path, tmp_path, limace
 def test_unknown_phase_is_a_one_line_error(tiny_mace_model_path, limace_exe):
     res = subprocess.run([limace_exe, "barriers", "LiSnn", "--potential", str(tiny_mace_model_path)],
                          capture_output=True, text=True)
-    assert res.returncode == 2 and "unknown phase 'LiSnn'" in res.stderr and res.stderr.count("\n") == 1
+    assert res.returncode == 2 and "unknown phase" in res.stderr and "'LiSnn'" in res.stderr
+    assert res.stderr.count("\n") == 1

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from limace.analysis.hops import distinct_hops, hop_endpoints_for, li_coordination
+from limace.analysis.hops import (distinct_hops, hop_endpoints_for, li_coordination, shortest_lattice_vector,
+                                  vacancy_sites, vacancy_supercell_matrix)
 from limace.analysis.percolation import PercolationResult, percolation
 from limace.data import get_structure
 from limace.errors import LimaceInputError
@@ -54,7 +55,7 @@ def test_vacancy_endpoints_are_far_from_their_images():
     hop = distinct_hops(lisn, cutoff=3.6)[0]
     ep = hop_endpoints_for(lisn, hop, min_image_distance=9.0)
     widths = ep.initial.cell.volume / np.linalg.norm(np.cross(ep.initial.cell[[1, 2, 0]], ep.initial.cell[[2, 0, 1]]), axis=1)
-    assert widths.min() >= 9.0
+    assert widths.min() >= 7.2 and shortest_lattice_vector(ep.initial.cell[:]) >= 9.0
     assert len(ep.initial) == len(lisn) * np.prod(ep.supercell_repeat) - 1
     jump = np.linalg.norm(ep.final.positions[-1] - ep.initial.positions[-1])
     assert jump == pytest.approx(hop.length, abs=1e-6)
@@ -91,3 +92,45 @@ def test_bcc_li_percolates_in_3d_through_the_first_shell():
     hops = distinct_hops(get_structure("Li_bcc", primitive=True), cutoff=3.6)
     res = percolation(1, [h.copies for h in hops], [0.05, 0.4])
     assert res.barriers == {"1d": 0.05, "2d": 0.05, "3d": 0.05}
+
+
+def test_supercell_keeps_vacancy_images_apart_with_the_fewest_atoms():
+    bcc = get_structure("Li_bcc", primitive=True)
+    m = vacancy_supercell_matrix(bcc, 13.0)
+    assert shortest_lattice_vector(m @ bcc.cell[:]) >= 13.0
+    # the primitive bcc 4x4x4 cell has its images at 4 x 3.04 A = 12.2 A: too close; 5x5x5 is the smallest diagonal
+    assert np.diag(m).tolist() == [5, 5, 5]
+    assert shortest_lattice_vector(bcc.cell[:]) == pytest.approx(min(bcc.cell.lengths()), abs=1e-6)
+
+
+def test_one_relaxation_per_site_class_mapped_by_symmetry():
+    """Li7Sn2 (several Li classes): each needed site uses its class's relaxation, rotated and permuted; the mapped
+    structures are relaxed too (a Morse solid: forces below the relaxation's fmax, energy equal)."""
+    import torch
+
+    from limace.analysis.relax import relax_structures
+    from limace.md.state import BatchedState
+    from limace.potentials.pair import BatchedMorse
+
+    atoms = get_structure("Li7Sn2", primitive=True)
+    hops = distinct_hops(atoms, cutoff=3.2)
+    reps = (2, 2, 2)
+    sites = vacancy_sites(atoms, hops, reps)
+    needed = sorted({h.i for h in hops} | {h.j for h in hops})
+    assert set(sites.representative) == set(needed)
+    assert len(sites.representatives) < len(needed)  # shared relaxations
+    model = BatchedMorse(epsilon=0.1, rho0=4.0, r0=3.0, rcut1=4.0, rcut2=5.0)
+    relaxed = relax_structures([sites.vacancy_structure(r) for r in sites.representatives], model, fmax=0.005,
+                               relax_cell=False, optimizer="lbfgs", max_steps=2000, progress=False)
+    for r, a in zip(sites.representatives, relaxed):
+        sites.set_relaxed(r, a)
+    for h in hops:
+        ini, fin = sites.hop_endpoints(h)
+        st = BatchedState.from_atoms([ini, fin], dtype=torch.float64)
+        out = model(st)
+        f = out["forces"].numpy()
+        assert np.linalg.norm(f, axis=1).max() < 0.006
+        np.testing.assert_allclose(out["energy"].numpy(), [sites.energy(h.i), sites.energy(h.j)], atol=1e-8)
+        # one continuous band: no atom but the mover jumps (no periodic wrapping between the endpoints)
+        assert np.linalg.norm(fin.positions[:-1] - ini.positions[:-1], axis=1).max() < 1.0
+        assert np.linalg.norm(fin.positions[-1] - ini.positions[-1]) < h.length + 1.0

@@ -1,23 +1,32 @@
-"""Li vacancy-hop barriers of whole phases: hops -> endpoints -> batched NEB -> percolation -> table, JSON, plots.
+"""Li vacancy-hop barriers of whole phases: hops -> vacancy sites -> bounds -> batched NEB -> percolation -> reports.
 
-``barriers.json`` (written with ``--out DIR`` by ``limace barriers``) has the schema::
+Pipeline of one phase (:func:`phase_barriers`):
 
-    {"potential": str, "settings": {...},
-     "phases": [{"phase": str, "formula": str, "supercell": [n1, n2, n3], "n_atoms": int,
-                 "hops": [{"hop": int, "length_A": float, "multiplicity": int,
-                           "barrier_eV": float | null,            # max(forward, backward): the percolation weight
-                           "forward_eV": float | null, "backward_eV": float | null,
-                           "converged": bool, "steps": int,
-                           "li_coordination": {"initial_site": {"n": int, "<el>": int}, "final_site": {...}}}],
-                 "percolation": {"1d" | "2d" | "3d": {"barrier_eV": float | null, "hops": [int]}}}]}
+1. relax the bulk (cell and positions); find the symmetry-distinct Li hops (:func:`limace.analysis.hops.distinct_hops`)
+   and one vacancy supercell shared by all hops (:func:`limace.analysis.hops.vacancy_supercell_matrix`: periodic
+   images of the vacancy >= ``min_image_distance`` apart, every width >= twice the hop cutoff);
+2. relax one vacancy per symmetry-distinct site the hops need and map it onto the equivalent sites
+   (:func:`limace.analysis.hops.vacancy_sites`): the site energies E_i and every hop's relaxed endpoints;
+3. bound every hop's absolute saddle energy S_ij: below by max(E_i, E_j), and estimate it from above by the highest
+   energy along the interpolated (IDPP) band between the relaxed endpoints (one batched single-point call);
+4. run climbing-image NEBs (batched) in order of these bounds, only for hops that can still change a percolation
+   barrier, and stop when the 1D, 2D and 3D percolation barriers are certified: the value from the converged hops
+   equals the value with every remaining hop at its lower bound (E* only grows with a saddle,
+   :func:`limace.analysis.percolation.percolation_bounds`). ``all_hops=True`` runs every hop;
+5. percolation from site and saddle energies (science.md); optionally (``check_size``) the percolating hops again in
+   the next larger supercell, with the change reported.
 
-Barriers of hops whose NEB did not converge are null (never reported silently as barriers) and such hops are left
-out of the percolation analysis. Work is resumable: each phase's NEB results are stored in ``DIR/<phase>/neb.json``
-(atomic write) and not recomputed.
+``barriers.json`` (written with ``--out DIR`` by ``limace barriers``) has the schema of docs/outputs.md. Energies in
+it are relative to ``energy_reference_eV`` (the lowest vacancy-site energy of the phase, absolute). Barriers of hops
+whose NEB did not converge are null (never reported silently as barriers) and such hops are left out of the
+percolation analysis (a percolation value they might lower is reported as not certified). Work is resumable: each
+phase's results are stored in ``DIR/<phase>/neb.json`` (atomic write) and not recomputed. Bands on disk:
+``DIR/<phase>/hops/hop_<k>/{initial,final,band,climbing_image}.extxyz`` and ``profile.png``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -29,22 +38,31 @@ import numpy as np
 from ase import Atoms
 
 from limace.errors import LimaceInputError
-from limace.fileio import atomic_write_json
+from limace.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 @dataclass(frozen=True)
 class BarrierSettings:
     cutoff: float = 3.6  # A, longest Li-Li hop considered
-    min_image_distance: float = 9.0  # A, between periodic images of the vacancy
+    min_image_distance: float = 13.0  # A, between periodic images of the vacancy (shortest supercell vector)
     n_images: int = 5
     interpolation: str = "idpp"
     fmax: float = 0.03  # eV/A, NEB convergence
+    tight_fmax: float = 0.01  # eV/A, NEB convergence of hops whose smaller barrier is below tight_below
+    tight_below: float = 0.15  # eV
     optimizer: str = "lbfgs"  # NEB and endpoint-relaxation optimizer: lbfgs (fewer steps) or fire (ASE's defaults)
     endpoint_fmax: float = 0.01  # eV/A
     max_steps: int = 400
     spring: float = 0.1
     relax_bulk: bool = True
     coordination_cutoff: float = 3.5
+    all_hops: bool = False  # NEB of every hop, not only those the percolation barriers need
+    freeze: bool = True  # DyNEB: images below fmax are held and not re-evaluated
+    max_band_atoms: int | None = None  # atoms (images x atoms) of the bands run together; None: all at once
+    check_size: bool = False  # the percolating hops again in the next larger supercell
+    plane_bound: bool = True  # lower bound of each saddle from its dividing plane (a constrained relaxation)
+    plane_fmax: float = 0.005  # eV/A: a minimum stopped early lies above the true one (by ~F^2/2k on soft modes)
+    bound_margin: float = 0.005  # eV taken off the plane bound: converged NEB saddles and minima differ by that much
 
 
 def resolve_phase(spec: str) -> tuple[str, Atoms]:
@@ -59,68 +77,406 @@ def resolve_phase(spec: str) -> tuple[str, Atoms]:
     return phase.id, phase.build(primitive=True)
 
 
-def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = BarrierSettings(),
-                   progress: bool = True) -> tuple[dict, list]:
-    """Barriers of every distinct hop of one phase (batched: all hops' bands in one NEB run)."""
-    from limace.analysis.hops import distinct_hops, hop_endpoints_for, li_coordination
-    from limace.analysis.neb import check_band, run_neb
-    from limace.analysis.percolation import percolation
-    from limace.analysis.relax import relax_structures
+# -- one supercell: sites, bounds, NEBs ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _HopWork:
+    """Everything computed for the hops of one phase in one supercell."""
+
+    sites: object  # VacancySites
+    bands: list  # per hop: [initial, *images, final] or None (error)
+    errors: dict
+    lower: list  # per hop: max(E_i, E_j), absolute eV
+    upper: list  # per hop: highest energy of the interpolated band, absolute eV
+    results: dict  # hop -> NEBResult
+    order: list  # hops in the order their NEBs ran
+    rounds: int
+    evaluations: int
+    bound_evaluations: int
+    relaxations: int
+    relax_steps: int
+
+
+def _interpolated_bands(ends, settings: BarrierSettings, name: str):
+    from limace.analysis.neb import check_band
     from limace.data.generate import hop_images
+
+    bands, errors = [], {}
+    for k, (ini, fin) in enumerate(ends):
+        band = [ini, *hop_images(ini, fin, n_images=settings.n_images, method=settings.interpolation), fin]
+        try:  # e.g. a relaxation that rearranged the crystal: the interpolated path puts atoms on top of each other
+            check_band(band, where=f"{name} hop {k}")
+        except LimaceInputError as exc:
+            errors[k] = str(exc)
+            band = None
+        bands.append(band)
+    return bands, errors
+
+
+def _single_points(structures: list[Atoms], model, atom_budget: int | None) -> np.ndarray:
+    """Energies of many structures, batched (at most ``atom_budget`` atoms per batch)."""
+    import torch
+
+    from limace.md.state import BatchedState
+
+    out, batch, n = [], [], 0
+    for a in [*structures, None]:
+        if a is None or (batch and atom_budget is not None and n + len(a) > atom_budget):
+            if batch:
+                st = BatchedState.from_atoms(batch, device=model.device, dtype=torch.float64)
+                out.extend(model(st)["energy"].detach().cpu().double().tolist())
+            batch, n = [], 0
+        if a is not None:
+            batch.append(a)
+            n += len(a)
+    return np.asarray(out)
+
+
+def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tuple[list, int]:
+    """Lowest energy on each hop's dividing plane: the middle image of the band relaxed with the mover held on the
+    plane through the middle of its jump, perpendicular to it, relative to the centre of the other atoms.
+
+    Every continuous path between the endpoints crosses that plane, so the energy where the minimum-energy path
+    crosses it, and hence the saddle, is at least the plane's minimum; the relaxation (batched L-BFGS with the forces
+    projected onto the plane: a linear constraint, kept exactly) finds the local minimum nearest the interpolated
+    middle image, which for a hop is where the path crosses. Returns, per band, (energy, converged, relaxed image) or
+    None, and the number of image evaluations."""
+    import torch
+
+    from limace.analysis.optimize import lbfgs_init, lbfgs_step
+    from limace.md.state import BatchedState
+
+    idx = [h for h, b in enumerate(bands) if b is not None]
+    if not idx:
+        return [None] * len(bands), 0
+    dt = torch.float64
+    starts, normals = [], []
+    for h in idx:
+        b = bands[h]
+        ini, fin = b[0], b[-1]
+        mid = b[len(b) // 2].copy()
+        n = fin.positions[-1] - ini.positions[-1]
+        n = n / np.linalg.norm(n)
+        # put the mover exactly on the plane: q = n.(x_mover - mean of the others) halfway between the endpoints'
+        q = lambda a: float(n @ (a.positions[-1] - a.positions[:-1].mean(axis=0)))  # noqa: E731
+        mid.positions[-1] += (0.5 * (q(ini) + q(fin)) - q(mid)) * n
+        starts.append(mid)
+        normals.append(n)
+    st = BatchedState.from_atoms(starts, device=model.device, dtype=dt)
+    ranges = st.atom_ranges()
+    movers = torch.as_tensor([b - 1 for _, b in ranges], device=st.device)
+    nvec = torch.as_tensor(np.asarray(normals), dtype=dt, device=st.device)  # [S, 3]
+    counts = st.n_atoms_per_system.to(dt) - 1  # others per system
+    is_mover = torch.zeros(st.n_atoms, dtype=torch.bool, device=st.device)
+    is_mover[movers] = True
+    sys_idx = st.system_idx
+
+    def project(f):
+        fn = (f * nvec[sys_idx]).sum(-1)  # n.F per atom
+        f_m = fn[movers]
+        f_o = st.sum_per_system(torch.where(is_mover, torch.zeros_like(fn), fn)) / counts
+        lam = (f_m - f_o) / (1 + 1 / counts)
+        coef = torch.where(is_mover, -lam[sys_idx], lam[sys_idx] / counts[sys_idx])
+        return f + coef[:, None] * nvec[sys_idx]
+
+    x = st.positions.clone()
+    opt = lbfgs_init(x, sys_idx, st.n_systems)
+    energy = None
+    done_e = torch.full((st.n_systems,), float("nan"), dtype=dt)
+    done_x = x.clone()
+    finished = torch.zeros(st.n_systems, dtype=torch.bool)
+    evaluations = 0
+    for step in range(max_steps + 1):
+        out = model(st.replace(positions=x))
+        evaluations += st.n_systems
+        energy = out["energy"].detach().to(dt)
+        f = project(out["forces"].detach().to(dt))
+        x_new, opt = lbfgs_step(opt, x, f, fmax=fmax, objective=energy)
+        newly = opt.converged.cpu() & ~finished
+        if step == max_steps:
+            newly = ~finished
+        for k in torch.nonzero(newly).flatten().tolist():
+            done_e[k] = energy[k]
+            a, b = ranges[k]
+            done_x[a:b] = x[a:b]
+        finished |= newly
+        if bool(finished.all()):
+            break
+        x = torch.where(finished.to(x.device)[sys_idx][:, None], x, x_new)
+    conv = opt.converged.cpu()
+    out_list: list = [None] * len(bands)
+    for k, h in enumerate(idx):
+        a, b = ranges[k]
+        im = starts[k].copy()
+        im.positions = done_x[a:b].cpu().numpy()
+        out_list[h] = (float(done_e[k]), bool(conv[k]), im)
+    return out_list, evaluations
+
+
+def _run_nebs(work: _HopWork, todo: list[int], model, settings: BarrierSettings, progress: bool) -> None:
+    from limace.analysis.neb import run_neb
+
+    todo = [h for h in todo if work.bands[h] is not None]
+    groups, cur, n = [], [], 0
+    for h in todo:
+        size = len(work.bands[h][0]) * settings.n_images
+        if cur and settings.max_band_atoms is not None and n + size > settings.max_band_atoms:
+            groups.append(cur)
+            cur, n = [], 0
+        cur.append(h)
+        n += size
+    if cur:
+        groups.append(cur)
+    for g in groups:
+        res = run_neb([work.bands[h] for h in g], model, fmax=settings.fmax, max_steps=settings.max_steps,
+                      k=settings.spring, optimizer=settings.optimizer,
+                      endpoint_energies=[(float(work.bands[h][0].info["energy"]),
+                                          float(work.bands[h][-1].info["energy"])) for h in g],
+                      tight_fmax=settings.tight_fmax, tight_below=settings.tight_below, freeze=settings.freeze,
+                      progress=progress)
+        for h, r in zip(g, res):
+            work.results[h] = r
+            work.order.append(h)
+            work.evaluations += r.info["band_evaluations"]
+        work.rounds += 1
+
+
+def _saddles(work: _HopWork) -> list[float | None]:
+    return [float(work.results[h].energies.max()) if h in work.results and work.results[h].converged else None
+            for h in range(len(work.bands))]
+
+
+def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: str, progress: bool,
+             certify: bool = True) -> _HopWork:
+    """Sites, bounds and the NEBs that certify the percolation barriers (all with ``certify=False``)."""
+    from limace.analysis.hops import vacancy_sites
+    from limace.analysis.percolation import percolation, percolation_bounds
+    from limace.analysis.relax import relax_structures
+
+    sites = vacancy_sites(bulk, hops, reps)
+    reps_list = sites.representatives
+    relaxed = relax_structures([sites.vacancy_structure(r) for r in reps_list], model, fmax=settings.endpoint_fmax,
+                               relax_cell=False, optimizer=settings.optimizer, progress=progress)
+    for r, a in zip(reps_list, relaxed):
+        sites.set_relaxed(r, a)
+    ends = [sites.hop_endpoints(h) for h in hops]
+    bands, errors = _interpolated_bands(ends, settings, name)
+    lower = [max(sites.energy(h.i), sites.energy(h.j)) for h in hops]
+    plane, plane_evals = _plane_minima(bands, model, settings.plane_fmax) if settings.plane_bound else ([None] * len(hops), 0)
+    for h, pm in enumerate(plane):
+        if pm is not None and pm[1]:
+            lower[h] = max(lower[h], pm[0] - settings.bound_margin)
+    images = [im for b in bands if b is not None for im in b[1:-1]]
+    e = _single_points(images, model, settings.max_band_atoms) if images else np.zeros(0)
+    upper, k = [], 0
+    for h, b in enumerate(bands):
+        if b is None:
+            upper.append(None)
+            continue
+        n = len(b) - 2
+        upper.append(float(max(lower[h], e[k:k + n].max())))
+        k += n
+        if plane[h] is not None and plane[h][1] and n % 2 == 1:
+            # the NEB starts with its middle image at the plane's minimum (near the saddle of a simple hop)
+            mid = b[len(b) // 2].copy()
+            mid.positions = plane[h][2].positions
+            b[len(b) // 2] = mid
+    work = _HopWork(sites=sites, bands=bands, errors=errors, lower=lower, upper=upper, results={}, order=[],
+                    rounds=0, evaluations=0, bound_evaluations=len(images) + plane_evals, relaxations=len(reps_list),
+                    relax_steps=sum(int(a.info.get("relax_steps", 0)) for a in relaxed))
+    usable = [h for h in range(len(hops)) if bands[h] is not None]
+    if not certify:
+        _run_nebs(work, usable, model, settings, progress)
+        return work
+    n_sites = len(bulk)
+    site_e = _site_energy_list(sites, n_sites)
+    copies = [h.copies for h in hops]
+    e_high = max(e for e in site_e if e is not None)
+    lower_for_bounds = [lo if bands[h] is not None else np.inf for h, lo in enumerate(lower)]
+    while True:
+        known = _saddles(work)
+        up, low, cert = percolation_bounds(n_sites, copies, site_e, known, lower_for_bounds)
+        if all(cert.values()):
+            break
+        left = [h for h in usable if h not in work.results]
+        if not left:
+            break
+        est = percolation(n_sites, copies, [s if s is not None else (upper[h] if h not in work.results else None)
+                                            for h, s in enumerate(known)], site_e)
+        open_dims = [d for d in cert if not cert[d]]
+        batch = sorted({h for d in open_dims for h in est.hops[d] if h in left}, key=lambda h: upper[h])
+        if not batch:  # the estimated paths are computed: the hops that could still lower an open dimension
+            limit = max((np.inf if up.barriers[d] is None else up.barriers[d]) for d in open_dims)
+            # S_h - E_min(C) >= lower[h] - (highest site energy): hops above the limit even so cannot matter
+            batch = sorted((h for h in left if lower[h] - e_high < limit - 1e-12), key=lambda h: upper[h])
+        if not batch:
+            break
+        _run_nebs(work, batch, model, settings, progress)
+    return work
+
+
+def _site_energy_list(sites, n_sites: int) -> list[float | None]:
+    return [sites.energy(s) if s in sites.representative else None for s in range(n_sites)]
+
+
+# -- one phase ---------------------------------------------------------------------------------------------------------
+
+
+def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = BarrierSettings(),
+                   progress: bool = True) -> tuple[dict, list, dict]:
+    """Barriers and percolation of one phase. Returns (JSON entry, NEB result or None per hop, files to write:
+    {relative path: Atoms list})."""
+    from limace.analysis.hops import distinct_hops, li_coordination, vacancy_supercell_matrix
+    from limace.analysis.percolation import percolation_bounds
+    from limace.analysis.relax import relax_structures
 
     if settings.relax_bulk:
         bulk = relax_structures([bulk], model, fmax=settings.endpoint_fmax, relax_cell=True, progress=False)[0]
     hops = distinct_hops(bulk, cutoff=settings.cutoff)
-    endpoints = [hop_endpoints_for(bulk, h, settings.min_image_distance) for h in hops]
-    ends = [a for ep in endpoints for a in (ep.initial, ep.final)]
-    relaxed = relax_structures(ends, model, fmax=settings.endpoint_fmax, relax_cell=False,
-                               optimizer=settings.optimizer, progress=progress)
-    bands, end_e, errors = [], [], {}
-    for k, ep in enumerate(endpoints):
-        ini, fin = relaxed[2 * k], relaxed[2 * k + 1]
-        images = hop_images(ini, fin, n_images=settings.n_images, method=settings.interpolation)
-        band = [ini, *images, fin]
-        try:  # e.g. a relaxation that rearranged the crystal: the interpolated path puts atoms on top of each other
-            check_band(band, where=f"{name} hop {hops[k].index}")
-        except LimaceInputError as exc:
-            errors[k] = str(exc)
-            continue
-        bands.append(band)
-        end_e.append((float(ini.info["energy"]), float(fin.info["energy"])))
-    results = run_neb(bands, model, fmax=settings.fmax, max_steps=settings.max_steps, k=settings.spring,
-                      optimizer=settings.optimizer,
-                      endpoint_energies=end_e, progress=progress) if bands else []
-    it = iter(results)
-    results = [None if k in errors else next(it) for k in range(len(hops))]
+    reps = tuple(int(x) for x in np.diag(vacancy_supercell_matrix(bulk, settings.min_image_distance,
+                                                                  2 * settings.cutoff)))
+    work = _compute(bulk, hops, reps, model, settings, name, progress, certify=not settings.all_hops)
+    sites = work.sites
+    n_sites = len(bulk)
+    site_e = _site_energy_list(sites, n_sites)
+    ref = min(e for e in site_e if e is not None)
+    rel = lambda x: None if x is None else float(x - ref)  # noqa: E731
+    known = _saddles(work)
+    lower_for_bounds = [lo if work.bands[h] is not None else np.inf for h, lo in enumerate(work.lower)]
+    perc, low, cert = percolation_bounds(n_sites, [h.copies for h in hops], [rel(e) for e in site_e],
+                                         [rel(s) for s in known], [rel(lo) for lo in lower_for_bounds])
+    results = [work.results.get(k) for k in range(len(hops))]
+    files: dict[str, list[Atoms]] = {}
     rows = []
-    for k, (h, ep, res) in enumerate(zip(hops, endpoints, results)):
+    for k, (h, res) in enumerate(zip(hops, results)):
         ok = res is not None and res.converged
         fwd = res.barrier_forward if ok else None
         bwd = res.barrier_backward if ok else None
+        status = "error" if k in work.errors else ("skipped" if res is None else
+                                                   ("converged" if ok else "not_converged"))
+        d = f"{name}/hops/hop_{k}"
+        hop_files = {"initial": f"{d}/initial.extxyz", "final": f"{d}/final.extxyz"}
+        band = work.bands[k]
+        ini, fin = (band[0], band[-1]) if band is not None else sites.hop_endpoints(h)
+        files[hop_files["initial"]] = [ini]
+        files[hop_files["final"]] = [fin]
+        if res is not None:
+            hop_files.update(band=f"{d}/band.extxyz", climbing_image=f"{d}/climbing_image.extxyz",
+                             profile=f"{d}/profile.png")
+            imgs = []
+            for j, (im, e) in enumerate(zip(res.images, res.energies)):
+                a = im.copy()
+                a.info = {"energy": float(e), "image": j, "hop": k, "converged": ok}
+                imgs.append(a)
+            files[hop_files["band"]] = imgs
+            files[hop_files["climbing_image"]] = [imgs[res.climbing_image]]
         row = {
-            "hop": h.index, "length_A": round(h.length, 4), "multiplicity": h.multiplicity,
+            "hop": h.index, "i": h.i, "j": h.j, "offset": list(h.offset), "site_classes": [h.site_class_i, h.site_class_j],
+            "length_A": round(h.length, 4), "multiplicity": h.multiplicity, "status": status,
+            "saddle_eV": rel(known[k]),
             "barrier_eV": None if fwd is None else max(fwd, bwd),
             "forward_eV": fwd, "backward_eV": bwd, "converged": ok, "steps": 0 if res is None else res.steps,
+            "fmax_eV_A": None if res is None else res.fmax,
+            "bounds_eV": [rel(work.lower[k]), rel(work.upper[k])],
             "li_coordination": {"initial_site": li_coordination(bulk, h.i, settings.coordination_cutoff),
                                 "final_site": li_coordination(bulk, h.j, settings.coordination_cutoff)},
+            "files": hop_files,
             "profile": None if res is None else res.as_dict(),
         }
-        if k in errors:
-            row["error"] = errors[k]
+        if k in work.errors:
+            row["error"] = work.errors[k]
         rows.append(row)
+    site_rows = [{"site": s, "class": sites.representative[s], "energy_eV": rel(sites.energy(s)),
+                  "converged": sites.converged[sites.representative[s]],
+                  "li_coordination": li_coordination(bulk, s, settings.coordination_cutoff)}
+                 for s in sorted(sites.representative)]
+    percolation_d = perc.as_dict()
+    for d in percolation_d:
+        percolation_d[d]["certified"] = bool(cert[d])
+    n_run = len(work.results)
+    usable = sum(b is not None for b in work.bands)
+    n_atoms = len(sites.supercell) - 1
+    entry = {"phase": name, "formula": bulk.get_chemical_formula(), "supercell": list(reps), "n_atoms": n_atoms,
+             "energy_reference_eV": ref, "sites": site_rows, "hops": rows, "percolation": percolation_d,
+             "work": {"hops": len(hops), "nebs_run": n_run, "nebs_skipped": usable - n_run,
+                      "neb_rounds": work.rounds, "neb_order": work.order,
+                      "vacancy_relaxations": work.relaxations,
+                      "vacancy_relaxations_per_hop_pair": 2 * len(hops),
+                      "neb_image_evaluations": work.evaluations,
+                      "bound_image_evaluations": work.bound_evaluations,
+                      "atom_evaluations": (work.evaluations + work.bound_evaluations) * n_atoms}}
+    if settings.check_size:
+        entry["size_check"] = _size_check(bulk, hops, reps, work, perc, model, settings, name, progress)
+    return entry, results, files
+
+
+def _size_check(bulk, hops, reps, work, perc, model, settings, name, progress) -> dict:
+    """The percolating hops again in the next larger supercell (the smallest one whose vacancy images are farther
+    apart than in the current one)."""
+    from limace.analysis.percolation import percolation
+
+    path = sorted({h for d in ("1d", "2d", "3d") for h in perc.hops[d]})
+    if not path:
+        return {"hops": [], "note": "no percolating hop"}
+    from limace.analysis.hops import shortest_lattice_vector, vacancy_supercell_matrix
+
+    d_now = shortest_lattice_vector(np.diag(reps) @ bulk.cell[:])
+    bigger = tuple(int(x) for x in np.diag(vacancy_supercell_matrix(bulk, d_now + 0.05, 2 * settings.cutoff)))
+    big = _compute(bulk, [hops[h] for h in path], bigger, model, settings, name, progress, certify=False)
     n_sites = len(bulk)
-    perc = percolation(n_sites, [h.copies for h in hops], [r["barrier_eV"] for r in rows])
-    entry = {"phase": name, "formula": bulk.get_chemical_formula(),
-             "supercell": list(endpoints[0].supercell_repeat) if endpoints else None,
-             "n_atoms": len(endpoints[0].initial) if endpoints else None,
-             "hops": rows, "percolation": perc.as_dict()}
-    return entry, results
+    small_sites = _site_energy_list(work.sites, n_sites)
+    big_sites = _site_energy_list(big.sites, n_sites)
+    small_s, big_s = _saddles(work), _saddles(big)
+    copies = [hops[h].copies for h in path]
+    p_small = percolation(n_sites, copies, [small_s[h] for h in path], small_sites)
+    p_big = percolation(n_sites, copies, big_s, big_sites)
+    rows = []
+    for k, h in enumerate(path):
+        a, b = work.results.get(h), big.results.get(k)
+        ok = a is not None and a.converged and b is not None and b.converged
+        rows.append({"hop": h, "converged": bool(b is not None and b.converged),
+                     "forward_eV": b.barrier_forward if b is not None and b.converged else None,
+                     "backward_eV": b.barrier_backward if b is not None and b.converged else None,
+                     "change_forward_eV": b.barrier_forward - a.barrier_forward if ok else None,
+                     "change_backward_eV": b.barrier_backward - a.barrier_backward if ok else None})
+    change = {}
+    for d in ("1d", "2d", "3d"):
+        x, y = p_small.barriers[d], p_big.barriers[d]
+        change[d] = {"barrier_eV": y, "change_eV": None if x is None or y is None else y - x}
+    return {"supercell": list(bigger), "n_atoms": len(big.sites.supercell) - 1, "hops": rows,
+            "percolation": change}
+
+
+# -- several phases, files ---------------------------------------------------------------------------------------------
+
+
+def _write_extxyz(path: Path, images: list[Atoms]) -> None:
+    from ase.io import write
+
+    buf = io.StringIO()
+    clean = []
+    for a in images:
+        b = a.copy()
+        b.calc = None
+        clean.append(b)
+    write(buf, clean, format="extxyz")
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_phase_files(out: Path, entry: dict, results, files: dict) -> None:
+    for rel_path, images in files.items():
+        _write_extxyz(out / rel_path, images)
+    for h, res in zip(entry["hops"], results):
+        if res is not None and "profile" in h["files"]:
+            _plot_one(res, h, out / h["files"]["profile"])
+    _plot_profiles(entry, results, out / entry["phase"] / "neb_profiles.png")
 
 
 def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, potential_name: str = "",
                  settings: BarrierSettings = BarrierSettings(), progress: bool = True,
                  potential_sha256: str | None = None) -> dict:
-    """Barriers for several phases; with ``out`` writes barriers.json, barriers.md and PNG profiles, resumably.
+    """Barriers for several phases; with ``out`` writes barriers.json, barriers.md, bands and PNG profiles, resumably.
 
     A phase finished earlier in ``out`` is reused only when its settings, ``potential_name`` and
     ``potential_sha256`` (the model file's checksum: a retrained potential keeps its name) all match."""
@@ -138,10 +494,10 @@ def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, pot
                 phases.append(saved["entry"])
                 continue
         t0 = time.perf_counter()
-        entry, results = phase_barriers(name, bulk, model, settings, progress=progress)
+        entry, results, files = phase_barriers(name, bulk, model, settings, progress=progress)
         entry["wall_s"] = round(time.perf_counter() - t0, 2)
         if out is not None:
-            _plot_profiles(entry, results, out / name / "neb_profiles.png")
+            _write_phase_files(out, entry, results, files)
             atomic_write_json(cache, {"settings": asdict(settings), "potential": potential_name,
                                       "potential_sha256": potential_sha256, "entry": entry})
         phases.append(entry)
@@ -152,27 +508,86 @@ def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, pot
         public = {**report, "phases": [{**p, "hops": [{k: v for k, v in h.items() if k != "profile"} for h in p["hops"]]}
                                        for p in phases]}
         atomic_write_json(out / "barriers.json", public)
-        (out / "barriers.md").write_text(markdown_table(report))
+        atomic_write_text(out / "barriers.md", markdown_table(report))
         _plot_percolation(report, out / "barriers.png")
     return report
 
 
 def markdown_table(report: dict) -> str:
-    lines = ["| phase | hop | length (Å) | ×/cell | barrier (eV) | fwd / bwd (eV) | converged | Li coordination (i → j) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+    lines = ["| phase | hop | sites i → j | length (Å) | ×/cell | saddle (eV) | fwd / bwd (eV) | status "
+             "| Li coordination (i → j) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in report["phases"]:
         for h in p["hops"]:
             c = h["li_coordination"]
-            cs = " → ".join(", ".join(f"{k}{v}" for k, v in s.items() if k != "n") for s in (c["initial_site"], c["final_site"]))
-            lines.append(f"| {p['phase']} | {h['hop']} | {h['length_A']:.3f} | {h['multiplicity']} | {fmt(h['barrier_eV'])} "
-                         f"| {fmt(h['forward_eV'])} / {fmt(h['backward_eV'])} | {'yes' if h['converged'] else '**no**'} | {cs} |")
-    lines += ["", "| phase | 1D percolation (eV) | 2D (eV) | 3D (eV) | hops (3D) |", "| --- | --- | --- | --- | --- |"]
+            cs = " → ".join(", ".join(f"{k}{v}" for k, v in s.items() if k != "n")
+                            for s in (c["initial_site"], c["final_site"]))
+            status = h.get("status", "converged" if h["converged"] else "not_converged")
+            status = status if status in ("converged", "skipped") else f"**{status}**"
+            if status == "skipped" and h.get("bounds_eV"):
+                status = f"skipped (saddle ≥ {fmt(h['bounds_eV'][0])})"
+            sites = f"{h['i']} → {h['j']}" if "i" in h else "—"
+            lines.append(f"| {p['phase']} | {h['hop']} | {sites} | {h['length_A']:.3f} | {h['multiplicity']} "
+                         f"| {fmt(h.get('saddle_eV'))} | {fmt(h['forward_eV'])} / {fmt(h['backward_eV'])} | {status} "
+                         f"| {cs} |")
+    if any("sites" in p for p in report["phases"]):
+        lines += ["", "| phase | vacancy site | energy (eV, rel. lowest) | Li coordination |", "| --- | --- | --- | --- |"]
+        for p in report["phases"]:
+            for s in p.get("sites", []):
+                cs = ", ".join(f"{k}{v}" for k, v in s["li_coordination"].items() if k != "n")
+                lines.append(f"| {p['phase']} | {s['site']} | {fmt(s['energy_eV'])} | {cs} |")
+    lines += ["", "| phase | 1D percolation (eV) | 2D (eV) | 3D (eV) | path hops (1D / 2D / 3D) | highest saddle (3D, eV) "
+              "| lowest site (3D) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for p in report["phases"]:
         pc = p["percolation"]
-        lines.append(f"| {p['phase']} | {fmt(pc['1d']['barrier_eV'])} | {fmt(pc['2d']['barrier_eV'])} | "
-                     f"{fmt(pc['3d']['barrier_eV'])} | {', '.join(map(str, pc['3d']['hops'])) or '—'} |")
+
+        def val(d):
+            v = fmt(pc[d]["barrier_eV"])
+            return v if pc[d].get("certified", True) else f"{v} (not certified)"
+
+        paths = " / ".join(", ".join(map(str, pc[d]["hops"])) or "—" for d in ("1d", "2d", "3d"))
+        lines.append(f"| {p['phase']} | {val('1d')} | {val('2d')} | {val('3d')} | {paths} "
+                     f"| {fmt(pc['3d'].get('saddle_eV'))} | {pc['3d'].get('lowest_site', '—')} |")
+    works = [p for p in report["phases"] if "work" in p]
+    if works:
+        lines += ["", "| phase | hops | NEBs run | skipped (certified without) | vacancy relaxations (vs 2 per hop) "
+                  "| image evaluations (NEB + bounds) | wall (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for p in works:
+            w = p["work"]
+            lines.append(f"| {p['phase']} | {w['hops']} | {w['nebs_run']} | {w['nebs_skipped']} | "
+                         f"{w['vacancy_relaxations']} (vs {w['vacancy_relaxations_per_hop_pair']}) | "
+                         f"{w['neb_image_evaluations']} + {w['bound_image_evaluations']} | {p.get('wall_s', '—')} |")
+    checks = [p for p in report["phases"] if p.get("size_check", {}).get("supercell")]
+    if checks:
+        lines += ["", "| phase | size check: supercell | 1D (eV) | change (eV) | 3D (eV) | change (eV) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for p in checks:
+            sc = p["size_check"]
+            pc = sc["percolation"]
+            lines.append(f"| {p['phase']} | {'x'.join(map(str, p['supercell']))} → {'x'.join(map(str, sc['supercell']))} "
+                         f"({sc['n_atoms']} atoms) | {fmt(pc['1d']['barrier_eV'])} | {fmt(pc['1d']['change_eV'])} "
+                         f"| {fmt(pc['3d']['barrier_eV'])} | {fmt(pc['3d']['change_eV'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _savefig(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _plot_one(res, hop: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    res.plot(ax=ax, label=f"hop {hop['hop']} ({hop['length_A']:.2f} Å)")
+    fig.tight_layout()
+    _savefig(fig, path)
+    plt.close(fig)
 
 
 def _plot_profiles(entry: dict, results, path: Path) -> None:
@@ -187,8 +602,7 @@ def _plot_profiles(entry: dict, results, path: Path) -> None:
             res.plot(ax=ax, label=f"hop {h['hop']} ({h['length_A']:.2f} Å)")
     ax.set_title(entry["phase"])
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)
 
 
@@ -209,5 +623,5 @@ def _plot_percolation(report: dict, path: Path) -> None:
     ax.set_ylabel("barrier (eV)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)

@@ -78,11 +78,19 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
              device: str = typer.Option("cpu", help="cpu or cuda"),
              dtype: str = typer.Option("float64", help="float64 or float32"),
              cutoff: float = typer.Option(3.6, help="longest Li-Li hop (A)"),
-             min_image_distance: float = typer.Option(9.0, help="distance between vacancy images (A)"),
+             min_image_distance: float = typer.Option(13.0, help="distance between vacancy images (A)"),
              n_images: int = typer.Option(5, help="NEB images between the endpoints"),
              fmax: float = typer.Option(0.03, help="NEB convergence: max force (eV/A)"),
              optimizer: str = typer.Option("lbfgs", help="NEB and endpoint-relaxation optimizer: lbfgs or fire"),
-             max_steps: int = typer.Option(400, help="NEB steps before a hop is reported as not converged")):
+             max_steps: int = typer.Option(400, help="NEB steps before a hop is reported as not converged"),
+             tight_fmax: float = typer.Option(0.01, help="NEB convergence of hops whose smaller barrier is below "
+                                              "0.15 eV (eV/A)"),
+             all_hops: bool = typer.Option(False, "--all-hops", help="NEB of every hop, not only those the "
+                                           "percolation barriers need"),
+             check_size: bool = typer.Option(False, "--check-size", help="recompute the percolating hops in the "
+                                             "next larger supercell and report the change"),
+             max_band_atoms: Optional[int] = typer.Option(None, help="atoms (images x atoms) of the NEB bands run "
+                                                          "in one batch (default: all)")):
     """Li vacancy-hop barriers: distinct hops -> batched CI-NEB -> percolation; table, JSON and NEB plots.
 
     Resumable: with --out, phases already computed with the same settings and model file are not recomputed.
@@ -97,6 +105,9 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     check_number("--n-images", n_images, at_least=1)
     check_number("--fmax", fmax, above=0)
     check_number("--max-steps", max_steps, at_least=1)
+    check_number("--tight-fmax", tight_fmax, above=0)
+    if max_band_atoms is not None:
+        check_number("--max-band-atoms", max_band_atoms, at_least=1)
     check_run_options(device, dtype)
     if out is not None:
         check_output_path(out, "--out", directory=True)
@@ -112,12 +123,13 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
 
     model = load(potential, device=device, dtype=dtype, batched=True)
     settings = BarrierSettings(cutoff=cutoff, min_image_distance=min_image_distance, n_images=n_images, fmax=fmax,
-                               optimizer=optimizer, max_steps=max_steps)
+                               optimizer=optimizer, max_steps=max_steps, tight_fmax=tight_fmax, all_hops=all_hops,
+                               check_size=check_size, max_band_atoms=max_band_atoms)
     report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings,
                           potential_sha256=potential_sha256(potential), progress=sys.stderr.isatty())
     typer.echo(markdown_table(report))
     if out is not None:
-        typer.echo(f"wrote {out / 'barriers.json'}, {out / 'barriers.md'} and NEB profile plots")
+        typer.echo(f"wrote {out / 'barriers.json'}, {out / 'barriers.md'}, bands (extxyz) and NEB profile plots")
 
 
 def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
@@ -133,7 +145,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
                                                               help="phases for barriers (default: stable ones)"),
            max_barrier_phases: Optional[int] = typer.Option(None, help="at most this many barrier phases per system"),
            max_barrier_atoms: int = typer.Option(160, help="skip phases whose vacancy supercell is larger"),
-           min_image_distance: float = typer.Option(9.0, help="distance between vacancy images (A)"),
+           min_image_distance: float = typer.Option(13.0, help="distance between vacancy images (A)"),
            n_images: int = typer.Option(5, help="NEB images"),
            neb_steps: int = typer.Option(400, help="NEB steps before a hop counts as not converged"),
            sn_reference: str = typer.Option("lowest", help="Sn reference: lowest, beta or alpha"),

@@ -128,12 +128,40 @@ def li_coordination(atoms: Atoms, site: int, cutoff: float = 3.5) -> dict:
     return out
 
 
-def vacancy_supercell_matrix(atoms: Atoms, min_image_distance: float = 9.0) -> np.ndarray:
-    """Diagonal repetition whose every perpendicular width is >= ``min_image_distance``, so that periodic images of
-    a vacancy are at least that far apart."""
-    from limace.data.generate import supercell_matrix
+def shortest_lattice_vector(cell) -> float:
+    """Length (A) of the shortest non-zero lattice vector of ``cell`` (rows): the distance between periodic images."""
+    from ase.geometry.minkowski_reduction import minkowski_reduce
 
-    return supercell_matrix(atoms, min_image_distance)
+    red, _ = minkowski_reduce(np.asarray(cell, dtype=float))
+    combos = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)])
+    return float(np.linalg.norm(combos @ red, axis=1).min())
+
+
+def _widths(cell: np.ndarray) -> np.ndarray:
+    vol = abs(np.linalg.det(cell))
+    return np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
+
+
+def vacancy_supercell_matrix(atoms: Atoms, min_image_distance: float = 13.0, min_width: float = 7.2) -> np.ndarray:
+    """The diagonal repetition with the fewest atoms whose periodic images of a vacancy are at least
+    ``min_image_distance`` apart (the shortest lattice vector of the supercell) and whose every perpendicular width is
+    at least ``min_width`` (A; twice the longest hop keeps the minimum image of every displacement along a band
+    unambiguous); among equal sizes the most isotropic one."""
+    cell = atoms.cell[:]
+    w0 = _widths(cell)
+    top = [max(1, int(np.ceil(max(min_image_distance, min_width) / w - 1e-9))) for w in w0]
+    best = None
+    for n1 in range(1, top[0] + 1):
+        for n2 in range(1, top[1] + 1):
+            for n3 in range(1, top[2] + 1):
+                sc = np.diag([n1, n2, n3]) @ cell
+                w = _widths(sc)
+                if w.min() < min_width - 1e-9 or shortest_lattice_vector(sc) < min_image_distance - 1e-9:
+                    continue
+                key = (n1 * n2 * n3, w.max() / w.min(), (n1, n2, n3))
+                if best is None or key < best:
+                    best = key
+    return np.diag(best[2])
 
 
 def _index_in_supercell(atoms: Atoms, sc: Atoms, site: int, offset, reps: np.ndarray) -> int:
@@ -157,9 +185,10 @@ class HopEndpoints:
     mover_index: int  # index in the supercell (before removal) of the Li that jumps (site j + offset)
 
 
-def hop_endpoints_for(atoms: Atoms, hop: Hop, min_image_distance: float = 9.0) -> HopEndpoints:
+def hop_endpoints_for(atoms: Atoms, hop: Hop, min_image_distance: float = 13.0) -> HopEndpoints:
     """Vacancy at site ``hop.i``; the Li at ``hop.j + offset`` moves into it. Both endpoints in a supercell whose
-    vacancy images are >= ``min_image_distance`` apart; the mover is the last atom of both."""
+    vacancy images are >= ``min_image_distance`` apart (:func:`vacancy_supercell_matrix`); the mover is the last atom
+    of both."""
     from limace.data.generate import hop_endpoints
 
     reps = vacancy_supercell_matrix(atoms, min_image_distance)
@@ -169,3 +198,159 @@ def hop_endpoints_for(atoms: Atoms, hop: Hop, min_image_distance: float = 9.0) -
     m = _index_in_supercell(atoms, sc, hop.j, hop.offset, reps)
     ini, fin = hop_endpoints(sc, vacancy=v, mover=m)
     return HopEndpoints(hop, ini, fin, tuple(int(x) for x in np.diag(reps)), v, m)
+
+
+# -- one relaxation per distinct vacancy site ---------------------------------------------------------------------------
+
+
+@dataclass
+class VacancySites:
+    """The vacancy structures a set of hops needs, relaxed once per symmetry-distinct site and mapped onto the others.
+
+    The supercell is ``atoms.repeat(reps)`` (ASE's order: atom ``site`` of cell ``(m0, m1, m2)`` has index
+    ``((m0 * r1 + m1) * r2 + m2) * n + site``). A vacancy at site ``s`` (cell 0) is described by the displacements
+    ``U_s [N, 3]`` of every atom from its ideal position (row ``s`` unused). Sites of one class share a relaxation when
+    a space-group operation maps the class's representative onto them and maps the supercell onto itself; the
+    displacements are then rotated and permuted (exact: the relaxed structures are symmetry images, same energy).
+    """
+
+    atoms: Atoms
+    reps: tuple[int, int, int]
+    supercell: Atoms
+    representative: dict[int, int]  # site -> the site whose relaxation it uses
+    ops: dict[int, tuple[np.ndarray, np.ndarray]]  # site -> (R, t) mapping its representative onto it (frac coords)
+    displacements: dict[int, np.ndarray] = field(default_factory=dict)  # representative -> U [N, 3]
+    energies: dict[int, float] = field(default_factory=dict)  # representative -> relaxed energy (eV)
+    converged: dict[int, bool] = field(default_factory=dict)
+
+    @property
+    def representatives(self) -> list[int]:
+        return sorted(set(self.representative.values()))
+
+    def index(self, site: int, offset=(0, 0, 0)) -> int:
+        n = len(self.atoms)
+        m = [int(o) % r for o, r in zip(offset, self.reps)]
+        return ((m[0] * self.reps[1] + m[1]) * self.reps[2] + m[2]) * n + int(site)
+
+    def _prim_frac(self) -> np.ndarray:
+        n = len(self.atoms)
+        frac = self.atoms.get_scaled_positions(wrap=False)
+        cells = np.array([(a, b, c) for a in range(self.reps[0]) for b in range(self.reps[1])
+                          for c in range(self.reps[2])])
+        return (cells[:, None, :] + frac[None, :, :]).reshape(-1, 3)[: n * int(np.prod(self.reps))]
+
+    def vacancy_structure(self, rep: int) -> Atoms:
+        """The unrelaxed supercell with a vacancy at representative site ``rep`` (cell 0)."""
+        sc = self.supercell.copy()
+        del sc[self.index(rep)]
+        return sc
+
+    def set_relaxed(self, rep: int, relaxed: Atoms) -> None:
+        from ase.geometry import find_mic
+
+        v = self.index(rep)
+        keep = [k for k in range(len(self.supercell)) if k != v]
+        u = np.zeros((len(self.supercell), 3))
+        d, _ = find_mic(relaxed.positions - self.supercell.positions[keep], self.supercell.cell, True)
+        u[keep] = d
+        self.displacements[rep] = u
+        self.energies[rep] = float(relaxed.info["energy"])
+        self.converged[rep] = bool(relaxed.info.get("converged", True))
+
+    def energy(self, site: int) -> float:
+        return self.energies[self.representative[site]]
+
+    def displacement(self, site: int, offset=(0, 0, 0)) -> np.ndarray:
+        """``U [N, 3]`` of a vacancy at ``site`` in cell ``offset`` (ideal-supercell atom order)."""
+        rep = self.representative[site]
+        R, t = self.ops[site]
+        t = np.asarray(t, dtype=float) + np.asarray(offset, dtype=float)
+        perm = _permutation(self._prim_frac(), np.asarray(self.reps), R, t)
+        cell = self.atoms.cell[:]
+        rot = cell.T @ R @ np.linalg.inv(cell.T)
+        u = np.zeros_like(self.displacements[rep])
+        u[perm] = self.displacements[rep] @ rot.T
+        return u
+
+    def hop_endpoints(self, hop: Hop) -> tuple[Atoms, Atoms]:
+        """Relaxed initial (vacancy at ``hop.i``) and final (vacancy at ``hop.j + offset``) states of ``hop``; the same
+        atom order (as :func:`hop_endpoints_for`: the mover last), energies in ``info["energy"]``."""
+        from ase.geometry import find_mic
+
+        sc = self.supercell
+        v, m = self.index(hop.i), self.index(hop.j, hop.offset)
+        keep = [k for k in range(len(sc)) if k not in (v, m)] + [m]
+        u_i = self.displacement(hop.i)
+        u_f = self.displacement(hop.j, hop.offset)
+        ini = sc[keep]
+        ini.positions = sc.positions[keep] + u_i[keep]
+        fin = sc[keep]
+        fin.positions = sc.positions[keep] + u_f[keep]
+        # the mover ends on the vacant site v, reached by the hop vector (minimum image)
+        target = sc.positions[v] + u_f[v]
+        jump, _ = find_mic(target - ini.positions[-1], sc.cell, True)
+        fin.positions[-1] = ini.positions[-1] + jump
+        for a, site in ((ini, hop.i), (fin, hop.j)):
+            a.info = {"energy": self.energy(site), "vacancy_site": int(site),
+                      "converged": self.converged[self.representative[site]]}
+        return ini, fin
+
+
+def _supercell_op(R: np.ndarray, reps: np.ndarray) -> bool:
+    """True when the rotation ``R`` (primitive fractional coordinates) maps the lattice of the diagonal supercell
+    ``reps`` onto itself."""
+    m = np.diag(1.0 / reps) @ R @ np.diag(reps)
+    return bool(np.allclose(m, np.round(m), atol=1e-8))
+
+
+def _permutation(prim_frac: np.ndarray, reps: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``perm[k]``: the supercell atom onto which atom ``k`` is mapped by ``p -> R p + t`` (primitive frac coords)."""
+    new = (prim_frac @ R.T + t) / reps
+    old = prim_frac / reps
+    diff = new[:, None, :] - old[None, :, :]
+    diff -= np.round(diff)
+    err = np.abs(diff).max(axis=2)
+    perm = np.argmin(err, axis=1)
+    if err[np.arange(len(perm)), perm].max() > 1e-3 or len(set(perm.tolist())) != len(perm):
+        raise LimaceInputError("a symmetry operation does not map the vacancy supercell onto itself")
+    return perm
+
+
+def vacancy_sites(atoms: Atoms, hops: list[Hop], reps, symprec: float = 1e-3) -> VacancySites:
+    """The distinct vacancy sites the ``hops`` need in the supercell ``atoms.repeat(reps)`` (see :class:`VacancySites`;
+    relax each ``vacancy_structure(rep)`` for ``rep`` in ``representatives`` and pass it to ``set_relaxed``)."""
+    reps = np.asarray(reps)
+    reps = tuple(int(x) for x in (np.diag(reps) if reps.ndim == 2 else reps))
+    ds = _symmetry(atoms, symprec)
+    equiv = np.asarray(ds.equivalent_atoms)
+    frac = atoms.get_scaled_positions(wrap=False)
+    needed = sorted({h.i for h in hops} | {h.j for h in hops})
+    r = np.asarray(reps)
+    rep_of: dict[int, int] = {}
+    ops: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    class_rep: dict[int, int] = {}
+    for s in needed:
+        c = int(equiv[s])
+        if c not in class_rep:
+            class_rep[c] = s
+        rep = class_rep[c]
+        found = None
+        if rep == s:
+            found = (np.eye(3, dtype=int), np.zeros(3))
+        else:
+            for R, t in zip(ds.rotations, ds.translations):
+                if not _supercell_op(R, r):
+                    continue
+                p = R @ frac[rep] + t
+                shift = p - frac[s]
+                if np.allclose(shift, np.round(shift), atol=1e-3):
+                    found = (R, t - np.round(shift))
+                    break
+        if found is None:  # no operation maps the supercell onto itself: relax this site on its own
+            rep = s
+            found = (np.eye(3, dtype=int), np.zeros(3))
+        rep_of[s] = rep
+        ops[s] = (np.asarray(found[0], dtype=float), np.asarray(found[1], dtype=float))
+    sc = atoms.repeat(reps)
+    sc.info = {}
+    return VacancySites(atoms=atoms, reps=reps, supercell=sc, representative=rep_of, ops=ops)

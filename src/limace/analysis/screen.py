@@ -213,10 +213,10 @@ def _vacancy_cell_atoms(structure_file: Path, min_image_distance: float) -> int:
     import numpy as np
     from ase.io import read
 
-    from limace.data.generate import supercell_matrix
+    from limace.analysis.hops import vacancy_supercell_matrix
 
     a = read(structure_file)
-    return int(len(a) * round(abs(np.linalg.det(supercell_matrix(a, min_image_distance)))))
+    return int(len(a) * round(abs(np.linalg.det(vacancy_supercell_matrix(a, min_image_distance)))))
 
 
 # -- orchestration ----------------------------------------------------------------------------------------------------
