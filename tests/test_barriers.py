@@ -136,3 +136,22 @@ def test_unknown_phase_is_a_one_line_error(tiny_mace_model_path, limace_exe):
                          capture_output=True, text=True)
     assert res.returncode == 2 and "unknown phase" in res.stderr and "'LiSnn'" in res.stderr
     assert res.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_bcc_li_barrier_within_10_mev_between_two_supercell_sizes():
+    """bcc Li from the library at default settings (cutoff to its first shell): the first-neighbour barrier in the
+    default supercell and in the next larger one (--check-size) agree within 10 meV. (At the old 9 A default the 63-
+    and 53-atom cells gave 0.048 and 0.099 eV: docs/barriers.md.)"""
+    from limace.potentials import load
+
+    model = load("limace-lisnin-small", batched=True)
+    [phase] = run_barriers(["Li"], model, settings=BarrierSettings(cutoff=3.1, check_size=True),
+                           progress=False)["phases"]
+    [hop] = phase["hops"]
+    assert hop["converged"] and 0.03 < hop["barrier_eV"] < 0.15 and hop["fmax_eV_A"] == 0.01
+    check = phase["size_check"]
+    assert check["n_atoms"] > phase["n_atoms"]
+    assert check["hops"][0]["converged"]
+    assert abs(check["percolation"]["1d"]["change_eV"]) <= 0.010
+    assert abs(check["hops"][0]["change_forward_eV"]) <= 0.010

@@ -182,16 +182,24 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tupl
 
     x = st.positions.clone()
     opt = lbfgs_init(x, sys_idx, st.n_systems)
-    energy = None
     done_e = torch.full((st.n_systems,), float("nan"), dtype=dt)
     done_x = x.clone()
     finished = torch.zeros(st.n_systems, dtype=torch.bool)
     evaluations = 0
+    energy = torch.zeros(st.n_systems, dtype=dt, device=st.device)
+    forces = torch.zeros_like(x)
     for step in range(max_steps + 1):
-        out = model(st.replace(positions=x))
-        evaluations += st.n_systems
-        energy = out["energy"].detach().to(dt)
-        f = project(out["forces"].detach().to(dt))
+        todo = ~finished.to(st.device)
+        cur = st.replace(positions=x)
+        sub = cur if bool(todo.all()) else cur.select(todo)  # finished planes are not evaluated again
+        out = model(sub)
+        evaluations += sub.n_systems
+        rows = todo[sys_idx]
+        energy = energy.clone()
+        energy[todo] = out["energy"].detach().to(dt)
+        forces = torch.zeros_like(x)
+        forces[rows] = out["forces"].detach().to(dt)
+        f = project(forces)
         x_new, opt = lbfgs_step(opt, x, f, fmax=fmax, objective=energy)
         newly = opt.converged.cpu() & ~finished
         if step == max_steps:
