@@ -2,7 +2,7 @@
 
 Pipeline of one phase (:func:`phase_barriers`):
 
-1. relax the bulk (cell and positions); find the symmetry-distinct Li hops (:func:`limace.analysis.hops.distinct_hops`)
+1. reduce the bulk to its primitive cell and relax it (cell and positions); find the symmetry-distinct Li hops (:func:`limace.analysis.hops.distinct_hops`)
    and one vacancy supercell shared by all hops (:func:`limace.analysis.hops.vacancy_supercell_matrix`: periodic
    images of the vacancy >= ``min_image_distance`` apart, every width >= twice the hop cutoff);
 2. relax one vacancy per symmetry-distinct site the hops need and map it onto the equivalent sites
@@ -335,10 +335,11 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
                    progress: bool = True) -> tuple[dict, list, dict]:
     """Barriers and percolation of one phase. Returns (JSON entry, NEB result or None per hop, files to write:
     {relative path: Atoms list})."""
-    from limace.analysis.hops import distinct_hops, li_coordination, vacancy_supercell_matrix
+    from limace.analysis.hops import distinct_hops, li_coordination, primitive_cell, vacancy_supercell_matrix
     from limace.analysis.percolation import percolation_bounds
     from limace.analysis.relax import relax_structures
 
+    bulk = primitive_cell(bulk)  # a conventional cell and the primitive one give the same supercell and barriers
     if settings.relax_bulk:
         bulk = relax_structures([bulk], model, fmax=settings.endpoint_fmax, relax_cell=True, progress=False)[0]
     hops = distinct_hops(bulk, cutoff=settings.cutoff)

@@ -128,6 +128,20 @@ def li_coordination(atoms: Atoms, site: int, cutoff: float = 3.5) -> dict:
     return out
 
 
+def primitive_cell(atoms: Atoms, symprec: float = 1e-3) -> Atoms:
+    """The primitive cell of ``atoms`` (spglib, positions and orientation not idealised), so that the same crystal
+    given in any cell gets the same vacancy supercell and the same barriers. ``atoms`` itself when it is primitive."""
+    import spglib
+
+    lattice, pos, numbers = spglib.standardize_cell((atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers),
+                                                     to_primitive=True, no_idealize=True, symprec=symprec)
+    if len(numbers) == len(atoms):
+        return atoms
+    prim = Atoms(numbers=numbers, cell=lattice, scaled_positions=pos, pbc=True)
+    prim.info = dict(atoms.info)
+    return prim
+
+
 def shortest_lattice_vector(cell) -> float:
     """Length (A) of the shortest non-zero lattice vector of ``cell`` (rows): the distance between periodic images."""
     from ase.geometry.minkowski_reduction import minkowski_reduce

@@ -213,9 +213,9 @@ def _vacancy_cell_atoms(structure_file: Path, min_image_distance: float) -> int:
     import numpy as np
     from ase.io import read
 
-    from limace.analysis.hops import vacancy_supercell_matrix
+    from limace.analysis.hops import primitive_cell, vacancy_supercell_matrix
 
-    a = read(structure_file)
+    a = primitive_cell(read(structure_file))
     return int(len(a) * round(abs(np.linalg.det(vacancy_supercell_matrix(a, min_image_distance)))))
 
 
