@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -415,9 +416,16 @@ def test_unreadable_model_files(tmp_path, tiny_mace_model_path):
     truncated.write_bytes(Path(tiny_mace_model_path).read_bytes()[:5000])
     state = tmp_path / "state.model"
     torch.save({"weights": torch.zeros(3)}, state)
-    for path, msg in ((garbage, "not a readable MACE model"), (truncated, "not a readable MACE model"),
-                      (state, "holds a dict, not a MACE model"), (tmp_path / "none.model", "no such model file"),
-                      (tmp_path, "is not a file")):
+    flipped = tmp_path / "flipped.model"  # bytes flipped inside a member: still a zip, but its CRC-32 fails
+    data = bytearray(Path(tiny_mace_model_path).read_bytes())
+    with zipfile.ZipFile(tiny_mace_model_path) as zf:
+        big = max(zf.infolist(), key=lambda i: i.file_size)
+    at = big.header_offset + 30 + len(big.filename.encode()) + len(big.extra) + big.file_size // 2
+    data[at:at + 8] = bytes(b ^ 0xFF for b in data[at:at + 8])
+    flipped.write_bytes(bytes(data))
+    for path, msg in ((garbage, "not a readable MACE model"), (truncated, "damaged model file (truncated"),
+                      (flipped, "fails its CRC check"), (state, "holds a dict, not a MACE model"),
+                      (tmp_path / "none.model", "no such model file"), (tmp_path, "is not a file")):
         with pytest.raises(ModelFileError, match=re.escape(msg)) as exc:
             lp.load(path)
         assert str(path) in str(exc.value) and "\n" not in str(exc.value)
@@ -433,8 +441,9 @@ def test_bad_dtype_device_and_batched_committee(tiny_mace_model_path):
 
 
 def test_batched_model_gives_the_calculator_numbers(tiny_mace_model_path):
-    batched = pytest.importorskip("limace.potentials.batched")
     import torch
+
+    from limace.potentials import batched
 
     from limace.data import get_structure
     from limace.md.state import BatchedState
@@ -478,6 +487,33 @@ def test_cli_list_info_fetch(served_model, server, isolated_env, capsys):
     assert code == 0 and f"sha256: {sha256(served_model)}" in out and "weights_at: cached" in out
     code, out, err = run_cli(["potentials", "info", "lab-tiyn"], capsys)
     assert code == 2 and err.strip() == "limace: error: unknown potential 'lab-tiyn'; closest: lab-tiny"
+
+
+def test_cli_list_through_a_pipe_is_plain_rows(limace_exe):
+    """`limace potentials list | grep limace-lisnin-small` finds it: one plain row per potential, nothing wrapped."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "LIMACE_REGISTRY"}
+    res = subprocess.run([limace_exe, "potentials", "list"], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0 and res.stderr == ""
+    rows = [line for line in res.stdout.splitlines() if "limace-lisnin-small" in line]
+    assert len(rows) == 1 and rows[0].split()[0] == "limace-lisnin-small"
+    assert re.search(r"E [\d.]+ meV/atom, F [\d.]+ meV/A", rows[0]) and "\u2502" not in res.stdout  # no table rules
+
+
+def test_registry_file_that_is_binary_is_one_line(tmp_path, monkeypatch, capsys):
+    from limace.cli import main
+
+    reg = tmp_path / "registry.yaml"
+    reg.write_bytes(bytes(range(256)) * 4)
+    monkeypatch.setenv("LIMACE_REGISTRY", str(reg))
+    with pytest.raises(ValidationError, match="is not a text file"):
+        lp.list_potentials()
+    with pytest.raises(SystemExit) as done:
+        main(["potentials", "list"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and err.startswith("limace: error: LIMACE_REGISTRY")
 
 
 def test_cli_lists_the_shipped_potential(limace_exe):

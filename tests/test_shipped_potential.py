@@ -5,7 +5,6 @@ model's elemental references vs the DFT ones, agree within 10 meV/atom.
 """
 
 import numpy as np
-import pytest
 
 from limace.data.datasets import available, load_dataset
 from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY
@@ -13,17 +12,13 @@ from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY
 NAME = "limace-lisnin-small"
 
 
-def _registered() -> bool:
-    try:
-        from limace.potentials.registry import get_potential
+def test_the_potential_and_its_dataset_are_shipped():
+    """Both ship with limace: a missing or broken one is a failure here, never a skipped test."""
+    from limace.potentials.registry import get_potential
 
-        get_potential(NAME, offline=True)
-    except Exception:
-        return False
-    return "li-in-sn-v1" in available()
-
-
-pytestmark = pytest.mark.skipif(not _registered(), reason=f"{NAME} is not shipped yet")
+    entry = get_potential(NAME, offline=True)
+    assert entry.source == "limace" and entry.weights.file is not None and entry.weights.file.is_file()
+    assert "li-in-sn-v1" in available()
 
 def _undistorted(a):
     t = str(a.info.get(CONFIG_TYPE_KEY, ""))
