@@ -155,3 +155,43 @@ def test_bcc_li_barrier_within_10_mev_between_two_supercell_sizes():
     assert check["hops"][0]["converged"]
     assert abs(check["percolation"]["1d"]["change_eV"]) <= 0.010
     assert abs(check["hops"][0]["change_forward_eV"]) <= 0.010
+
+
+def test_verify_dft_checks_the_percolating_hops_along_the_models_path(fcc_file, tmp_path):
+    """The endpoints and climbing image of each percolating hop are what gets labelled; the DFT barriers are the
+    labels' energies along the model's path (here fake labels: twice the model's energies)."""
+    from ase.io import write as ase_write
+
+    from limace.analysis.barriers import dft_barriers, verify_configs
+    from limace.data.hashing import ensure_config_id
+    from limace.keys import ENERGY_KEY
+
+    out = tmp_path / "v"
+    rep = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=out,
+                       settings=BarrierSettings(min_image_distance=8.0, n_images=3), progress=False)
+    configs = verify_configs(rep, out)
+    assert [a.info["role"] for a in configs] == ["initial", "final", "climbing_image"]
+    assert all(a.info["config_type"] == "barrier_verify" for a in configs)
+    labelled = []
+    for a in configs:
+        b = a.copy()
+        b.info[ENERGY_KEY] = 2 * a.info["model_energy"]
+        b.info["config_id"] = ensure_config_id(a)
+        labelled.append(b)
+    labels = tmp_path / "labels.extxyz"
+    ase_write(labels, labelled[:2], format="extxyz")  # the climbing image not labelled yet: no DFT barrier
+    dft_barriers(rep, configs, labels)
+    [phase] = rep["phases"]
+    assert "dft" not in phase["hops"][0] and "dft_percolation" not in phase
+    ase_write(labels, labelled, format="extxyz")
+    dft_barriers(rep, configs, labels)
+    hop = phase["hops"][0]
+    assert hop["dft"]["forward_eV"] == pytest.approx(2 * hop["forward_eV"], abs=1e-6)
+    assert phase["dft_percolation"]["3d"]["barrier_eV"] == pytest.approx(2 * phase["percolation"]["3d"]["barrier_eV"],
+                                                                         abs=1e-6)
+
+
+def test_verify_dft_needs_an_output_directory(limace_exe):
+    res = subprocess.run([limace_exe, "barriers", "Li", "-p", "limace-lisnin-small", "--verify-dft"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "--verify-dft needs --out" in res.stderr and res.stderr.count("\n") == 1

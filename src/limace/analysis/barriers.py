@@ -382,6 +382,7 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
             files[hop_files["climbing_image"]] = [imgs[res.climbing_image]]
         row = {
             "hop": h.index, "i": h.i, "j": h.j, "offset": list(h.offset), "site_classes": [h.site_class_i, h.site_class_j],
+            "copies": [[a, b, list(o)] for a, b, o in h.copies],
             "length_A": round(h.length, 4), "multiplicity": h.multiplicity, "status": status,
             "saddle_eV": rel(known[k]),
             "barrier_eV": None if fwd is None else max(fwd, bwd),
@@ -567,6 +568,21 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {p['phase']} | {w['hops']} | {w['nebs_run']} | {w['nebs_skipped']} | "
                          f"{w['vacancy_relaxations']} (vs {w['vacancy_relaxations_per_hop_pair']}) | "
                          f"{w['neb_image_evaluations']} + {w['bound_image_evaluations']} | {p.get('wall_s', '—')} |")
+    dft = [(p, h) for p in report["phases"] for h in p["hops"] if "dft" in h]
+    if dft:
+        lines += ["", "| phase | hop | DFT fwd / bwd along the model's path (eV) | model fwd / bwd (eV) |",
+                  "| --- | --- | --- | --- |"]
+        for p, h in dft:
+            d = h["dft"]
+            lines.append(f"| {p['phase']} | {h['hop']} | {fmt(d['forward_eV'])} / {fmt(d['backward_eV'])} | "
+                         f"{fmt(d['model_forward_eV'])} / {fmt(d['model_backward_eV'])} |")
+        for p in report["phases"]:
+            if "dft_percolation" in p:
+                dp = p["dft_percolation"]
+                lines.append(f"\n{p['phase']}: DFT percolation along the model's paths 1D/2D/3D "
+                             f"{fmt(dp['1d']['barrier_eV'])} / {fmt(dp['2d']['barrier_eV'])} / "
+                             f"{fmt(dp['3d']['barrier_eV'])} eV (model {fmt(dp['1d']['model_barrier_eV'])} / "
+                             f"{fmt(dp['2d']['model_barrier_eV'])} / {fmt(dp['3d']['model_barrier_eV'])})")
     checks = [p for p in report["phases"] if p.get("size_check", {}).get("supercell")]
     if checks:
         lines += ["", "| phase | size check: supercell | 1D (eV) | change (eV) | 3D (eV) | change (eV) |",
@@ -634,3 +650,98 @@ def _plot_percolation(report: dict, path: Path) -> None:
     fig.tight_layout()
     _savefig(fig, path)
     plt.close(fig)
+
+
+# -- DFT check of the percolating hops ---------------------------------------------------------------------------------
+
+
+def verify_configs(report: dict, out: str | Path) -> list[Atoms]:
+    """The structures to check with DFT: both relaxed endpoints and the climbing image of every converged hop on a
+    percolation path (any dimension), read from the band files under ``out``; ``info``: ``config_type``
+    ``"barrier_verify"``, ``phase``, ``hop``, ``role`` (initial, final, climbing_image) and the model's energy."""
+    from ase.io import read
+
+    out = Path(out)
+    configs = []
+    for p in report["phases"]:
+        path = sorted({h for d in ("1d", "2d", "3d") for h in p["percolation"][d]["hops"]})
+        for k in path:
+            h = p["hops"][k]
+            if not h["converged"]:
+                continue
+            for role in ("initial", "final", "climbing_image"):
+                a = read(out / h["files"][role])
+                e = a.get_potential_energy() if a.calc is not None else a.info.get("energy")
+                a.calc = None
+                a.info = {"config_type": "barrier_verify", "phase": p["phase"], "hop": int(k), "role": role,
+                          "model_energy": float(e)}
+                configs.append(a)
+    return configs
+
+
+def dft_barriers(report: dict, configs: list[Atoms], labels: str | Path) -> None:
+    """Add the DFT energies along the model's paths to ``report`` (in place): per checked hop ``dft`` =
+    {forward_eV, backward_eV, saddle_minus_initial_model_eV, ...}; per phase ``dft_percolation``: the percolation
+    barriers of the path hops with DFT site and saddle energies (None where a label is missing)."""
+    from ase.io import read
+
+    from limace.analysis.percolation import percolation
+    from limace.data.hashing import ensure_config_id
+    from limace.keys import ENERGY_KEY
+
+    labels = Path(labels)
+    done = {a.info["config_id"]: float(a.info[ENERGY_KEY]) for a in read(labels, ":")} if labels.exists() else {}
+    energies: dict[tuple[str, int, str], float] = {}
+    for a in configs:
+        e = done.get(ensure_config_id(a))
+        if e is not None:
+            energies[(a.info["phase"], a.info["hop"], a.info["role"])] = e
+    for p in report["phases"]:
+        site_e: dict[int, float] = {}
+        saddles: dict[int, float] = {}
+        path = sorted({h for d in ("1d", "2d", "3d") for h in p["percolation"][d]["hops"]})
+        for k in path:
+            h = p["hops"][k]
+            e = [energies.get((p["phase"], k, r)) for r in ("initial", "final", "climbing_image")]
+            if not h["converged"] or None in e:
+                continue
+            ini, fin, ci = e
+            h["dft"] = {"initial_eV": ini, "final_eV": fin, "climbing_image_eV": ci,
+                        "forward_eV": ci - ini, "backward_eV": ci - fin,
+                        "model_forward_eV": h["forward_eV"], "model_backward_eV": h["backward_eV"]}
+            site_e.setdefault(h["i"], ini)
+            site_e.setdefault(h["j"], fin)
+            saddles[k] = ci
+        if saddles and all(k in saddles for k in path):
+            n_sites = max(max(h["i"], h["j"]) for h in p["hops"]) + 1
+            res = percolation(n_sites, [_copies(p["hops"][k]) for k in path],
+                              [saddles[k] for k in path], [site_e.get(s) for s in range(n_sites)])
+            p["dft_percolation"] = {d: {"barrier_eV": res.barriers[d],
+                                        "model_barrier_eV": p["percolation"][d]["barrier_eV"]}
+                                    for d in ("1d", "2d", "3d")}
+
+
+def _copies(hop_row: dict):
+    return [(int(i), int(j), tuple(int(x) for x in off)) for i, j, off in hop_row["copies"]]
+
+
+def run_verify_dft(report: dict, out: str | Path, labels: str | Path | None = None, protocol: str = "pbe-pw400",
+                   workers: int = 1, scheduler: str | None = None, progress: bool = True) -> Path:
+    """DFT single points (reference protocol, resumable: :func:`limace.data.label.label_configurations`) of the
+    endpoints and climbing images of the percolating hops; labels in ``labels`` (default ``out/dft_verify.extxyz``;
+    give ``dft/li-in-sn-v1/barrier_verify.extxyz`` for the dataset); the DFT barriers along the model's paths are
+    added to ``report`` and barriers.json/.md rewritten."""
+    from limace.data.label import label_configurations
+
+    out = Path(out)
+    labels = Path(labels) if labels is not None else out / "dft_verify.extxyz"
+    configs = verify_configs(report, out)
+    if configs:
+        label_configurations(configs, labels, protocol=protocol, workers=workers, scheduler=scheduler,
+                             progress=progress)
+    dft_barriers(report, configs, labels)
+    public = {**report, "phases": [{**p, "hops": [{k: v for k, v in h.items() if k != "profile"} for h in p["hops"]]}
+                                   for p in report["phases"]]}
+    atomic_write_json(out / "barriers.json", public)
+    atomic_write_text(out / "barriers.md", markdown_table(report))
+    return labels

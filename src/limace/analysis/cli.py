@@ -90,7 +90,13 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
              check_size: bool = typer.Option(False, "--check-size", help="recompute the percolating hops in the "
                                              "next larger supercell and report the change"),
              max_band_atoms: Optional[int] = typer.Option(None, help="atoms (images x atoms) of the NEB bands run "
-                                                          "in one batch (default: all)")):
+                                                          "in one batch (default: all)"),
+             verify_dft: bool = typer.Option(False, "--verify-dft", help="reference-protocol DFT single points of "
+                                             "the endpoints and climbing image of every percolating hop (needs --out)"),
+             dft_labels: Optional[Path] = typer.Option(None, help="--verify-dft labels file (resumable; default "
+                                                       "OUT/dft_verify.extxyz)"),
+             workers: int = typer.Option(1, help="--verify-dft: local worker processes"),
+             scheduler: Optional[str] = typer.Option(None, help="--verify-dft: Dask scheduler address")):
     """Li vacancy-hop barriers: distinct hops -> batched CI-NEB -> percolation; table, JSON and NEB plots.
 
     Resumable: with --out, phases already computed with the same settings and model file are not recomputed.
@@ -106,6 +112,9 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     check_number("--fmax", fmax, above=0)
     check_number("--max-steps", max_steps, at_least=1)
     check_number("--tight-fmax", tight_fmax, above=0)
+    check_number("--workers", workers, at_least=1)
+    if verify_dft and out is None:
+        raise LimaceInputError("--verify-dft needs --out (the bands it checks are read from there)")
     if max_band_atoms is not None:
         check_number("--max-band-atoms", max_band_atoms, at_least=1)
     check_run_options(device, dtype)
@@ -127,6 +136,12 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
                                check_size=check_size, max_band_atoms=max_band_atoms)
     report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings,
                           potential_sha256=potential_sha256(potential), progress=sys.stderr.isatty())
+    if verify_dft:
+        from limace.analysis.barriers import run_verify_dft
+
+        labels = run_verify_dft(report, out, labels=dft_labels, workers=workers, scheduler=scheduler,
+                                progress=sys.stderr.isatty())
+        typer.echo(f"DFT labels: {labels}")
     typer.echo(markdown_table(report))
     if out is not None:
         typer.echo(f"wrote {out / 'barriers.json'}, {out / 'barriers.md'}, bands (extxyz) and NEB profile plots")
@@ -167,10 +182,8 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     if sn_reference not in SN_REFERENCES:
         raise LimaceInputError(did_you_mean(sn_reference, SN_REFERENCES, "--sn-reference"))
     check_number("--max-atoms", max_atoms, at_least=1)
-    check_number("--min-volume-ratio", min_volume_ratio, above=0, at_most=1)
+    check_number("--min-volume-ratio", min_volume_ratio)  # finite here; the bounds are run_screen's first check
     check_number("--min-formation-energy", min_formation_energy)
-    if not min_formation_energy < 0:
-        raise LimaceInputError(f"--min-formation-energy must be < 0 eV/atom, got {min_formation_energy:g}")
     check_number("--max-barrier-phases", max_barrier_phases, at_least=0)
     check_number("--max-barrier-atoms", max_barrier_atoms, at_least=1)
     check_number("--min-image-distance", min_image_distance, above=0)
