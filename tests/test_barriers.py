@@ -41,7 +41,7 @@ def test_barriers_of_a_phase_and_resume(fcc_file, tmp_path):
     assert phase["work"]["vacancy_relaxations"] == 1 and phase["sites"][0]["energy_eV"] == 0.0
     assert hop["saddle_eV"] == pytest.approx(hop["barrier_eV"], abs=1e-9)
     lo, up = hop["bounds_eV"]
-    assert hop["saddle_eV"] - 0.01 < lo <= hop["saddle_eV"] and up >= hop["saddle_eV"] - 0.05
+    assert lo <= hop["saddle_eV"] and up >= hop["saddle_eV"] - 0.05  # (no plane bound needed: its NEB ran first)
     # bands on disk, named in the JSON relative to DIR
     from ase.io import read
     band = read(out / hop["files"]["band"], index=":")

@@ -271,10 +271,6 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
     ends = [sites.hop_endpoints(h) for h in hops]
     bands, errors = _interpolated_bands(ends, settings, name)
     lower = [max(sites.energy(h.i), sites.energy(h.j)) for h in hops]
-    plane, plane_evals = _plane_minima(bands, model, settings.plane_fmax) if settings.plane_bound else ([None] * len(hops), 0)
-    for h, pm in enumerate(plane):
-        if pm is not None and pm[1]:
-            lower[h] = max(lower[h], pm[0] - settings.bound_margin)
     images = [im for b in bands if b is not None for im in b[1:-1]]
     e = _single_points(images, model, settings.max_band_atoms) if images else np.zeros(0)
     upper, k = [], 0
@@ -285,13 +281,8 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
         n = len(b) - 2
         upper.append(float(max(lower[h], e[k:k + n].max())))
         k += n
-        if plane[h] is not None and plane[h][1] and n % 2 == 1:
-            # the NEB starts with its middle image at the plane's minimum (near the saddle of a simple hop)
-            mid = b[len(b) // 2].copy()
-            mid.positions = plane[h][2].positions
-            b[len(b) // 2] = mid
     work = _HopWork(sites=sites, bands=bands, errors=errors, lower=lower, upper=upper, results={}, order=[],
-                    rounds=0, evaluations=0, bound_evaluations=len(images) + plane_evals, relaxations=len(reps_list),
+                    rounds=0, evaluations=0, bound_evaluations=len(images), relaxations=len(reps_list),
                     relax_steps=sum(int(a.info.get("relax_steps", 0)) for a in relaxed))
     usable = [h for h in range(len(hops)) if bands[h] is not None]
     if not certify:
@@ -301,9 +292,10 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
     site_e = _site_energy_list(sites, n_sites)
     copies = [h.copies for h in hops]
     e_high = max(e for e in site_e if e is not None)
-    lower_for_bounds = [lo if bands[h] is not None else np.inf for h, lo in enumerate(lower)]
+    planed: set[int] = set()
     while True:
         known = _saddles(work)
+        lower_for_bounds = [lo if bands[h] is not None else np.inf for h, lo in enumerate(lower)]
         up, low, cert = percolation_bounds(n_sites, copies, site_e, known, lower_for_bounds)
         if all(cert.values()):
             break
@@ -318,10 +310,35 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
             limit = max((np.inf if up.barriers[d] is None else up.barriers[d]) for d in open_dims)
             # S_h - E_min(C) >= lower[h] - (highest site energy): hops above the limit even so cannot matter
             batch = sorted((h for h in left if lower[h] - e_high < limit - 1e-12), key=lambda h: upper[h])
+            unbounded = [h for h in batch if h not in planed]
+            if settings.plane_bound and unbounded:
+                # first the cheap bound (one constrained image per hop): it may show they cannot matter
+                _plane_bounds(work, unbounded, model, settings)
+                planed.update(unbounded)
+                continue
         if not batch:
             break
         _run_nebs(work, batch, model, settings, progress)
     return work
+
+
+def _plane_bounds(work: _HopWork, todo: list[int], model, settings: BarrierSettings) -> None:
+    """Raise the lower bounds of hops ``todo`` to their dividing-plane minimum (less ``bound_margin``) and start
+    their NEBs with the middle image there (near the saddle of a simple hop)."""
+    sub = [work.bands[h] if h in todo else None for h in range(len(work.bands))]
+    plane, evals = _plane_minima(sub, model, settings.plane_fmax)
+    work.bound_evaluations += evals
+    for h in todo:
+        pm = plane[h]
+        if pm is None or not pm[1]:
+            continue
+        work.lower[h] = max(work.lower[h], pm[0] - settings.bound_margin)
+        work.upper[h] = max(work.upper[h], work.lower[h])
+        b = work.bands[h]
+        if (len(b) - 2) % 2 == 1:
+            mid = b[len(b) // 2].copy()
+            mid.positions = pm[2].positions
+            b[len(b) // 2] = mid
 
 
 def _site_energy_list(sites, n_sites: int) -> list[float | None]:
