@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import product
 
 import numpy as np
 from ase import Atoms
@@ -131,20 +132,30 @@ def _min_width(cell: np.ndarray) -> float:
 
 
 def compact_supercell(n_sites: int, species: Sequence[str] = ("Li", "In")) -> Atoms:
-    """The most compact bcc supercell of ``n_sites`` sites (largest smallest perpendicular width among icet's
-    symmetry-distinct Hermite-normal-form supercells), unit lattice constant, all sites ``species[0]``."""
-    from icet.tools import enumerate_supercells
+    """The most compact bcc supercell of ``n_sites`` sites: among all Hermite-normal-form supercell matrices of that
+    determinant, Minkowski-reduced, the one with the largest smallest perpendicular width (first in a fixed order on ties), unit lattice
+    constant, all sites ``species[0]``."""
+    from ase.build import make_supercell
+    from ase.geometry import minkowski_reduce
 
     if not (isinstance(n_sites, (int, np.integer)) and n_sites >= 2):
         raise LimaceInputError(f"supercell size must be an integer >= 2, got {n_sites!r}")
+    prim = _bcc_primitive(species)
+    p = prim.cell[:]
     best, best_w = None, -1.0
-    for sc in enumerate_supercells(_bcc_primitive(species), [int(n_sites)]):
-        w = _min_width(sc.cell[:])
-        if w > best_w + 1e-9:
-            best, best_w = sc, w
-    best = best.copy()
-    best.pbc = True
-    return best
+    n = int(n_sites)
+    for a in (d for d in range(1, n + 1) if n % d == 0):
+        for c in (d for d in range(1, n // a + 1) if (n // a) % d == 0):
+            f = n // (a * c)
+            for b, d, e in product(range(a), range(a), range(c)):  # row-style HNF: reduced by earlier rows
+                h = np.array([[a, 0, 0], [b, c, 0], [d, e, f]])
+                _, op = minkowski_reduce(h @ p)
+                w = _min_width(op @ h @ p)
+                if w > best_w + 1e-9:
+                    best, best_w = op @ h, w
+    sc = make_supercell(prim, best)
+    sc.pbc = True
+    return sc
 
 
 def primitive_in_frame(atoms: Atoms, symprec: float = 1e-3) -> Atoms:

@@ -64,9 +64,9 @@ class SearchSettings:
     max_library_atoms: int | None = None  # None: every built library phase, whatever its size
     # the funnel
     single_point_atoms: int = 1024  # atoms per batched single-point call (stage a)
-    short_fraction: float = 0.05  # stage b: this fraction of each composition's orderings ...
-    short_min: int = 3  # ... and at least this many
-    short_steps: int = 25
+    short_fraction: float = 0.03  # stage b: this fraction of each composition's orderings ...
+    short_min: int = 2  # ... and at least this many
+    short_steps: int = 20
     full_per_composition: int = 2  # stage c
     relax_atoms: int = 1024  # atoms relaxed together (batched relaxations)
     optimizer: str = "lbfgs"
@@ -78,8 +78,8 @@ class SearchSettings:
     ce_cell_sizes: tuple[int, ...] = (12, 16, 18, 20, 24, 27, 32)
     ce_sweeps: int = 100  # annealing trial swaps per site
     ce_window: float = 0.005  # eV/atom above the CE's hull
-    ce_max_proposals: int = 10
-    ce_extra_training: int = 40  # random bcc orderings (not among the best) also short-relaxed, to train the CE
+    ce_max_proposals: int = 8
+    ce_extra_training: int = 30  # random bcc orderings (not among the best) also short-relaxed, to train the CE
     seed: int = 0
     # sanity bounds on relaxed structures (a potential's holes: a cell that collapses into a region without training
     # data can reach absurd energies and would then be "the" stable phase); see reject_unphysical
@@ -347,9 +347,11 @@ def run_search(system: str, model, settings: SearchSettings = SearchSettings(), 
     """
     settings.check()
     host = _host(system)
-    t_all = time.perf_counter()
+    t_all, c_all = time.perf_counter(), time.process_time()
     volumes = element_volumes(references)
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    c0 = time.process_time()
     report: dict = {"vegard_volumes_A3": {el: round(volumes[el], 3) for el in ("Li", host)}}
 
     t0 = time.perf_counter()
@@ -358,12 +360,14 @@ def run_search(system: str, model, settings: SearchSettings = SearchSettings(), 
     report["enumerated"] = {p: sum(1 for a in orderings if a.info["parent"] == p) for p in settings.parents}
     report["prototypes"] = len(prototypes)
     timings["enumerate"] = time.perf_counter() - t0
+    cpu["enumerate"], c0 = time.process_time() - c0, time.process_time()
 
     # a. single points at Vegard's volume
     t0 = time.perf_counter()
     start = [vegard_cell(a, volumes) for a in orderings]
     e_sp = single_point_energies(start, model, settings.single_point_atoms, progress)
     timings["single_point"] = time.perf_counter() - t0
+    cpu["single_point"], c0 = time.process_time() - c0, time.process_time()
     n_short = lambda n: max(settings.short_min, math.ceil(settings.short_fraction * n))  # noqa: E731
     keep_a = _best_per_composition(start, e_sp, host, n_short)
     compositions = {_composition(a, host) for a in start}
@@ -380,6 +384,7 @@ def run_search(system: str, model, settings: SearchSettings = SearchSettings(), 
     short_all = relax_all([start[i] for i in keep_a + extra], model, settings.fmax, settings.short_steps, progress,
                           optimizer=settings.optimizer, max_atoms=settings.relax_atoms)
     timings["short_relax"] = time.perf_counter() - t0
+    cpu["short_relax"], c0 = time.process_time() - c0, time.process_time()
     short, short_extra = short_all[:len(keep_a)], short_all[len(keep_a):]
     e_short = np.array([a.info.get("energy", np.nan) if "relax_error" not in a.info else np.nan for a in short])
     groups = _best_per_composition(short, e_short, host, lambda n: n)  # all, sorted per composition
@@ -398,6 +403,7 @@ def run_search(system: str, model, settings: SearchSettings = SearchSettings(), 
     full = relax_all(todo + prototypes, model, settings.fmax, settings.max_steps, progress,
                      optimizer=settings.optimizer, max_atoms=settings.relax_atoms)
     timings["full_relax"] = time.perf_counter() - t0
+    cpu["full_relax"], c0 = time.process_time() - c0, time.process_time()
     for a in full:
         a.info["stage"] = "full"
     report["stages"] = {
@@ -419,8 +425,11 @@ def run_search(system: str, model, settings: SearchSettings = SearchSettings(), 
         report["ce"] = ce_out["report"]
         full += ce_out["structures"]
         timings["ce"] = time.perf_counter() - t0
+        cpu["ce"], c0 = time.process_time() - c0, time.process_time()
     timings["total"] = time.perf_counter() - t_all
+    cpu["total"] = time.process_time() - c_all
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    report["cpu_s"] = {k: round(v, 1) for k, v in cpu.items()}  # CPU time of this process (all its threads)
     return SearchResult(structures=full, report=report)
 
 
@@ -461,12 +470,14 @@ def _cluster_expansion(system, model, settings, ideal_of, short, final, referenc
         train.append(ideal_of[name])
         energies.append((relaxed.info["energy"] - sum(mu[s] for s in syms)) / len(syms))
     rep: dict = {"training": len(train)}
+    t0 = time.perf_counter()
     try:
         fit = fit_cluster_expansion(train, energies, ("Li", host), settings.ce_cutoffs, seed=settings.seed)
     except LimaceInputError as exc:
         rep["skipped"] = str(exc)
         return {"report": rep, "structures": []}
     rep.update(fit.summary())
+    t_fit, t0 = time.perf_counter() - t0, time.perf_counter()
     proposals = anneal_ground_states(fit.ce, ("Li", host), settings.ce_cell_sizes, sweeps=settings.ce_sweeps,
                                      seed=settings.seed, progress=progress)
     rep["anneal_runs"] = sum(n - 1 for n in settings.ce_cell_sizes)
@@ -493,10 +504,13 @@ def _cluster_expansion(system, model, settings, ideal_of, short, final, referenc
         a.info = {"name": f"ce-{k}-{a.get_chemical_formula(mode='metal')}", "source": "ce",
                   "ce_energy": round(p.energy, 6), "parent": "bcc"}
         todo.append(a)
+    t_anneal, t0 = time.perf_counter() - t0, time.perf_counter()
     relaxed = relax_all(todo, model, settings.fmax, settings.max_steps, progress, optimizer=settings.optimizer,
                         max_atoms=settings.relax_atoms)
     for a in relaxed:
         a.info["stage"] = "ce"
+    rep["timings_s"] = {"fit": round(t_fit, 1), "anneal": round(t_anneal, 1),
+                        "relax": round(time.perf_counter() - t0, 1)}
     rep["relaxed"] = len(relaxed)
     rep["proposals"] = [{"name": a.info["name"], "atoms": len(a), "ce_formation_energy_eV_per_atom": a.info["ce_energy"],
                          "formation_energy_eV_per_atom": round((a.info["energy"] - sum(
