@@ -21,7 +21,7 @@ def demo_settings():
     from limace.analysis.search import SearchSettings
 
     return ScreenSettings(
-        search=SearchSettings(max_atoms=3, prototypes=True, max_prototype_atoms=20, max_steps=250),
+        search=SearchSettings.reduced(),
         barriers=BarrierSettings(min_image_distance=8.0, n_images=3, max_steps=200),
         max_barrier_phases=1, max_barrier_atoms=60)
 

@@ -150,7 +150,8 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
 def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            potential: str = typer.Option(..., "--potential", "-p", help="registered potential name or .model path"),
            out: Path = typer.Option(Path("screen-report"), "--out", "-o", help="report directory"),
-           max_atoms: int = typer.Option(4, help="structure search: orderings with up to this many atoms"),
+           max_atoms: int = typer.Option(11, help="structure search: bcc orderings with up to this many atoms "
+                                         "(fcc and bct: up to 8)"),
            prototypes: bool = typer.Option(True, help="structure search: decorate the library's prototypes"),
            min_volume_ratio: float = typer.Option(0.7, help="keep off the hull relaxed cells denser than this x "
                                                   "Vegard's volume (a potential's hole)"),
