@@ -5,8 +5,9 @@ import subprocess
 
 import pytest
 
+# barriers of one named compound per system: the tiny random-weight model's own hull may have no stable compound
 ARGS = ["--max-atoms", "2", "--no-prototypes", "--max-barrier-phases", "1", "--min-image-distance", "6",
-        "--n-images", "3", "--neb-steps", "3"]
+        "--n-images", "3", "--neb-steps", "3", "--barrier-phase", "LiIn", "--barrier-phase", "LiSn"]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,16 @@ def test_results_json_has_the_documented_schema(screened):
         host = system.split("-")[1]
         for row in r["hull"]:
             assert {"formula", "formation_energy_eV_per_atom", "e_above_hull_eV_per_atom", "source"} <= set(row)
-            assert row["source"] in ("library", "search")
+            assert row["source"] in ("library", "search", "ce")
             assert row["e_above_hull_eV_per_atom"] >= -1e-9 or row["formula"] in ("Li", host)
-        assert {"library", "search"} == {row["source"] for row in r["hull"]}
+        assert {"library", "search"} <= {row["source"] for row in r["hull"]} <= {"library", "search", "ce"}
+        # the search's funnel: every enumerated ordering had a single point, each stage kept fewer
+        funnel = r["search"]["funnel"]
+        st = funnel["stages"]
+        assert st["single_point"]["candidates"] == sum(funnel["enumerated"].values()) == st["single_point"]["evaluated"]
+        assert st["short_relax"]["candidates"] == st["single_point"]["kept"] <= st["single_point"]["candidates"]
+        assert st["full_relax"]["candidates"] == st["short_relax"]["kept"] <= st["short_relax"]["candidates"]
+        assert r["search"]["n_candidates"] == st["single_point"]["candidates"] + funnel["prototypes"]
         assert r["stable"] and all(isinstance(f, str) for f in r["stable"])
         assert {"average_V", "max_li_per_host", "plateaus"} <= set(r["voltage"])
         assert "phases" in r["barriers"]
