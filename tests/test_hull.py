@@ -187,3 +187,33 @@ def test_an_unbound_element_is_flagged():
     sn.info.update(energy=-4.3 * len(sn), converged=True, name="Sn_alpha")
     _, _, warnings = reject_unphysical([sn])
     assert len(warnings) == 1 and warnings[0].startswith("Sn_alpha: relaxed to 4.") and "does not bind" in warnings[0]
+
+
+def test_plot_labels_do_not_overlap_and_voltage_axis_is_per_host_atom():
+    """Li7Sn3 (x = 0.700) and Li13Sn5 (x = 0.722) both on the hull: their labels are drawn apart; the voltage axis of
+    a plot with Li-In and Li-Sn curves is "Li per host atom", not per Sn."""
+    def total(li, sn, ef):
+        return (li + sn) * ef + li * MU_LI + sn * MU_SN_ALPHA
+
+    entries = [("Li2", 2 * MU_LI, "Li_bcc"), ("Sn8", 8 * MU_SN_ALPHA, "Sn_alpha")]
+    entries += [(f, total(li, sn, ef), f, "library") for f, li, sn, ef in (
+        ("LiSn", 1, 1, -0.25), ("Li7Sn3", 7, 3, -0.33), ("Li13Sn5", 13, 5, -0.335), ("Li7Sn2", 7, 2, -0.30))]
+    hull = HullAnalysis("Li-Sn", entries)
+    assert {"Li7Sn3", "Li13Sn5"} <= set(hull.stable)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ax = hull.plot()
+    renderer = FigureCanvasAgg(ax.figure).get_renderer()
+    from matplotlib.text import Text
+
+    for t in ax.texts:
+        t.update_positions(renderer)
+    boxes = {t.get_text(): Text.get_window_extent(t, renderer) for t in ax.texts}  # the text, not its leader line
+    assert {"LiSn", "Li7Sn3", "Li13Sn5", "Li7Sn2"} <= set(boxes)
+    names = sorted(boxes)
+    overlaps = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if boxes[a].overlaps(boxes[b])]
+    assert not overlaps, overlaps
+    ax = hull.voltage().plot(label="Li-Sn")
+    li_in = HullAnalysis("Li-In", [("Li", -1.9), ("In", -2.6, "In_tI2"), ("LiIn", -4.6)])
+    li_in.voltage().plot(ax=ax, label="Li-In")
+    assert ax.get_xlabel() == "Li per host atom"

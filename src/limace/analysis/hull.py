@@ -376,13 +376,12 @@ class HullAnalysis:
         if others:
             ax.scatter([x_of(e) for e in others], [1000 * e.formation_energy for e in others], facecolors="none",
                        edgecolors="C3", label="above hull", zorder=2)
-        if label_stable:
-            for e in stable:
-                if len(e.composition) > 1:
-                    ax.annotate(e.formula, (x_of(e), 1000 * e.formation_energy), textcoords="offset points",
-                                xytext=(0, -12), ha="center", fontsize=8)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xlim(-0.02, 1.02)
+        if label_stable:
+            compounds = [e for e in stable if len(e.composition) > 1]
+            _label_points(ax, [e.formula for e in compounds], [x_of(e) for e in compounds],
+                          [1000 * e.formation_energy for e in compounds])
         ax.set_xlabel(f"x in {self.li}$_x${self.host}$_{{1-x}}$")
         ax.set_ylabel("formation energy (meV/atom)")
         ref = f", Sn reference: {self.references['Sn']['phase']}" if self.host == "Sn" else ""
@@ -394,6 +393,31 @@ class HullAnalysis:
 
     def __repr__(self) -> str:
         return f"HullAnalysis({self.system}, {len(self.entries)} entries, stable: {', '.join(self.stable)})"
+
+
+def _label_points(ax, labels, xs, ys, fontsize: float = 8.0) -> None:
+    """Labels below the points, each moved one line further down while its box would overlap a label already placed
+    (close compositions such as Li7Sn3 and Li13Sn5), with a thin leader line then. Boxes are estimated in display
+    units from the axes' limits at this point (the data are plotted, so autoscaling is done)."""
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo - 0.15 * (hi - lo), hi)  # room for the labels below the lowest points; fixed from here on, so the
+    # positions computed below stay where they were computed
+    px = ax.figure.dpi / 72  # display pixels per point
+    placed: list[tuple[float, float, float, float]] = []  # x0, x1, y0, y1 (display pixels)
+    for text, x, y in sorted(zip(labels, xs, ys), key=lambda t: t[1]):
+        cx, cy = ax.transData.transform((x, y))
+        half, height = (0.31 * fontsize * len(text) + 2) * px, 1.3 * fontsize * px
+        level = 0
+        while True:
+            top = cy - (0.6 * fontsize * px + level * height)
+            box = (cx - half, cx + half, top - height, top)
+            if not any(box[0] < b[1] and b[0] < box[1] and box[2] < b[3] and b[2] < box[3] for b in placed):
+                break
+            level += 1
+        placed.append(box)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, (top - cy) / px), ha="center", va="top",
+                    fontsize=fontsize, arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5") if level else None)
 
 
 def _axes(ax):

@@ -167,7 +167,7 @@ class VoltageCurve:
                        label=f"average {self.average_voltage:.3f} V")
         for p in self.plateaus:
             ax.annotate(p.phases[1], (p.y_end, p.voltage_V), textcoords="offset points", xytext=(2, 3), fontsize=7)
-        ax.set_xlabel(f"Li per {self.host} atom")
+        ax.set_xlabel("Li per host atom")  # one axis for Li-In and Li-Sn curves alike
         ax.set_ylabel("voltage vs Li/Li$^+$ (V)")
         ax.legend(fontsize=8)
         if filename is not None:
