@@ -186,14 +186,14 @@ USAGE = [  # click usage mistakes of every command: missing arguments, unknown o
     *[(f"missing-arg-{'-'.join(c)}", list(c), "Missing argument", {}) for c in (
         ("data", "plan"), ("data", "label"), ("data", "label", "{w}/good.extxyz"), ("data", "pack"),
         ("data", "validate"), ("potentials", "info"), ("potentials", "fetch"), ("train",), ("evaluate",),
-        ("evaluate", "{model}"), ("md",), ("diffusion",), ("barriers",), ("screen",))],
+        ("evaluate", "{model}"), ("md",), ("diffusion",), ("barriers",), ("screen",), ("learn",))],
     ("missing-option-barriers-potential", ["barriers", "LiSn"], "Missing option", {}),
     ("missing-option-screen-potential", ["screen", "Li-Sn"], "Missing option", {}),
     *[(f"unknown-option-{'-'.join(c)}", [*c, "--frobnicate"], "No such option", {}) for c in (
         ("demo",), ("data", "phases"), ("data", "plan", "{w}/x.extxyz"), ("data", "info"),
         ("data", "validate", "{w}/good.extxyz"), ("potentials", "list"), ("potentials", "info", POT),
         ("train", "small"), ("md", "{w}/x.yaml"), ("diffusion", "{w}/run"), ("barriers", "LiSn", "-p", POT),
-        ("screen", "Li-Sn", "-p", POT), ("evaluate", "{model}", "{w}/labels.extxyz"))],
+        ("screen", "Li-Sn", "-p", POT), ("evaluate", "{model}", "{w}/labels.extxyz"), ("learn", "{w}/x.yaml"))],
     ("option-without-value", ["data", "phases", "--system"], "requires an argument", {}),
     ("barriers-n-images-abc", ["barriers", "LiSn", "-p", POT, "--n-images", "abc"], "--n-images", {}),
     ("barriers-fmax-abc", ["barriers", "LiSn", "-p", POT, "--fmax", "abc"], "--fmax", {}),

@@ -9,6 +9,7 @@ labels at the reference protocol -> validation) on a tiny example.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def run_screen_demo(out: Path = Path("limace-demo"), workers: int = 2, potential
     from limace.analysis.screen import run_screen
 
     t0 = time.perf_counter()
-    results = run_screen(["Li-In", "Li-Sn"], potential, out, demo_settings(), workers=workers, dtype="float32")
+    results = run_screen(["Li-In", "Li-Sn"], potential, out, demo_settings(), workers=workers, dtype="float32",
+                         progress=sys.stderr.isatty())  # progress bars only on a terminal
     for s, r in results["systems"].items():
         v = r["voltage"]
         bar = [f"{p['phase']}: 1D {_num(p['percolation']['1d']['barrier_eV'])} eV" for p in r["barriers"]["phases"]]
