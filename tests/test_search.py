@@ -208,3 +208,29 @@ def test_cluster_expansion_proposes_the_ground_state_beyond_the_enumeration():
     e_model = model.formation_energy(a)
     assert e_model == pytest.approx(a.info["ce_energy"], abs=2e-6)
     assert e_model == pytest.approx(e16[best], abs=1e-9)
+
+
+def test_single_points_come_in_atom_budget_batches_and_equal_full_calls(tiny_mace_model_path):
+    """Stage a: energies only (no forces), in model calls of at most the atom budget, equal to the energies of one
+    call with forces."""
+    from limace.analysis.search import enumerated_orderings, single_point_energies, vegard_cell
+    from limace.md.state import BatchedState
+    from limace.potentials.batched import BatchedMACE
+
+    model = BatchedMACE.from_file(tiny_mace_model_path)
+    cells = [vegard_cell(a, {"Li": 20.0, "Sn": 27.0})
+             for a in enumerated_orderings("Li-Sn", SearchSettings(max_atoms=4, parents=("bcc",)))]
+    sizes = []
+
+    class Counting:
+        device, dtype = model.device, model.dtype
+
+        def __call__(self, state, compute_stress=None, compute_forces=True):
+            sizes.append((state.n_atoms, compute_forces))
+            return model(state, compute_stress=compute_stress, compute_forces=compute_forces)
+
+    energies = single_point_energies(cells, Counting(), max_atoms=9)
+    full = model(BatchedState.from_atoms(cells, dtype=model.dtype))
+    assert np.allclose(energies, full["energy"].numpy(), atol=1e-9, rtol=0) and "forces" in full
+    assert sum(n for n, _ in sizes) == sum(len(a) for a in cells) == 100
+    assert all(n <= 9 and not forces for n, forces in sizes) and len(sizes) >= 100 // 9
