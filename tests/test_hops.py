@@ -134,3 +134,19 @@ def test_one_relaxation_per_site_class_mapped_by_symmetry():
         # one continuous band: no atom but the mover jumps (no periodic wrapping between the endpoints)
         assert np.linalg.norm(fin.positions[:-1] - ini.positions[:-1], axis=1).max() < 1.0
         assert np.linalg.norm(fin.positions[-1] - ini.positions[-1]) < h.length + 1.0
+
+
+def test_site_energies_cover_every_copy_of_a_hop():
+    """The copies of a hop join sites equivalent to the relaxed ones: each has its class's energy (Li17Sn4 failed
+    with 'hop 0 joins site 0 and 22; both need a site energy' before)."""
+    atoms = get_structure("Li7Sn2", primitive=True)
+    hops = distinct_hops(atoms, cutoff=3.2)
+    sites = vacancy_sites(atoms, hops, (1, 1, 1))
+    for r in sites.representatives:
+        sites.energies[r] = float(r)
+    touched = {s for h in hops for i, j, _ in h.copies for s in (i, j)}
+    assert touched - set(sites.representative)  # copies reach sites that were not relaxed themselves
+    for s in touched:
+        assert sites.has_energy(s)
+        rep = next(r for t, r in sites.representative.items() if sites.site_class[t] == sites.site_class[s])
+        assert sites.energy(s) == sites.energies[rep]

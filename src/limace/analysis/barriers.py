@@ -342,7 +342,7 @@ def _plane_bounds(work: _HopWork, todo: list[int], model, settings: BarrierSetti
 
 
 def _site_energy_list(sites, n_sites: int) -> list[float | None]:
-    return [sites.energy(s) if s in sites.representative else None for s in range(n_sites)]
+    return [sites.energy(s) if sites.has_energy(s) else None for s in range(n_sites)]
 
 
 # -- one phase ---------------------------------------------------------------------------------------------------------
@@ -425,7 +425,9 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
     usable = sum(b is not None for b in work.bands)
     n_atoms = len(sites.supercell) - 1
     entry = {"phase": name, "formula": bulk.get_chemical_formula(), "supercell": list(reps), "n_atoms": n_atoms,
-             "energy_reference_eV": ref, "sites": site_rows, "hops": rows, "percolation": percolation_d,
+             "energy_reference_eV": ref, "sites": site_rows, "site_classes": {str(k): v for k, v in
+                                                                             sites.site_class.items()},
+             "hops": rows, "percolation": percolation_d,
              "work": {"hops": len(hops), "nebs_run": n_run, "nebs_skipped": usable - n_run,
                       "neb_rounds": work.rounds, "neb_order": work.order,
                       "vacancy_relaxations": work.relaxations,
@@ -726,13 +728,16 @@ def dft_barriers(report: dict, configs: list[Atoms], labels: str | Path) -> None
             h["dft"] = {"initial_eV": ini, "final_eV": fin, "climbing_image_eV": ci,
                         "forward_eV": ci - ini, "backward_eV": ci - fin,
                         "model_forward_eV": h["forward_eV"], "model_backward_eV": h["backward_eV"]}
-            site_e.setdefault(h["i"], ini)
-            site_e.setdefault(h["j"], fin)
+            cls = p.get("site_classes", {})
+            site_e.setdefault(cls.get(str(h["i"]), h["i"]), ini)  # by equivalence class: copies touch other sites
+            site_e.setdefault(cls.get(str(h["j"]), h["j"]), fin)
             saddles[k] = ci
         if saddles and all(k in saddles for k in path):
-            n_sites = max(max(h["i"], h["j"]) for h in p["hops"]) + 1
-            res = percolation(n_sites, [_copies(p["hops"][k]) for k in path],
-                              [saddles[k] for k in path], [site_e.get(s) for s in range(n_sites)])
+            cls = p.get("site_classes", {})
+            copies = [_copies(p["hops"][k]) for k in path]
+            n_sites = max(max(i, j) for c in copies for i, j, _ in c) + 1
+            res = percolation(n_sites, copies, [saddles[k] for k in path],
+                              [site_e.get(cls.get(str(s), s)) for s in range(n_sites)])
             p["dft_percolation"] = {d: {"barrier_eV": res.barriers[d],
                                         "model_barrier_eV": p["percolation"][d]["barrier_eV"]}
                                     for d in ("1d", "2d", "3d")}

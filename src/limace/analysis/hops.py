@@ -233,6 +233,7 @@ class VacancySites:
     supercell: Atoms
     representative: dict[int, int]  # site -> the site whose relaxation it uses
     ops: dict[int, tuple[np.ndarray, np.ndarray]]  # site -> (R, t) mapping its representative onto it (frac coords)
+    site_class: dict[int, int] = field(default_factory=dict)  # every site of the species -> its equivalence class
     displacements: dict[int, np.ndarray] = field(default_factory=dict)  # representative -> U [N, 3]
     energies: dict[int, float] = field(default_factory=dict)  # representative -> relaxed energy (eV)
     converged: dict[int, bool] = field(default_factory=dict)
@@ -272,7 +273,19 @@ class VacancySites:
         self.converged[rep] = bool(relaxed.info.get("converged", True))
 
     def energy(self, site: int) -> float:
-        return self.energies[self.representative[site]]
+        """Relaxed energy of a vacancy at ``site``: its own relaxation, or that of any equivalent site (the copies of
+        a hop touch sites equivalent to the ones relaxed)."""
+        if site in self.representative:
+            return self.energies[self.representative[site]]
+        c = self.site_class[site]
+        for s, r in self.representative.items():
+            if self.site_class.get(s) == c:
+                return self.energies[r]
+        raise KeyError(f"no relaxed vacancy equivalent to site {site}")
+
+    def has_energy(self, site: int) -> bool:
+        return site in self.representative or (
+            site in self.site_class and any(self.site_class.get(s) == self.site_class[site] for s in self.representative))
 
     def displacement(self, site: int, offset=(0, 0, 0)) -> np.ndarray:
         """``U [N, 3]`` of a vacancy at ``site`` in cell ``offset`` (ideal-supercell atom order)."""
@@ -367,4 +380,6 @@ def vacancy_sites(atoms: Atoms, hops: list[Hop], reps, symprec: float = 1e-3) ->
         ops[s] = (np.asarray(found[0], dtype=float), np.asarray(found[1], dtype=float))
     sc = atoms.repeat(reps)
     sc.info = {}
-    return VacancySites(atoms=atoms, reps=reps, supercell=sc, representative=rep_of, ops=ops)
+    species = atoms.numbers[hops[0].i] if hops else 3
+    site_class = {int(k): int(equiv[k]) for k in range(len(atoms)) if atoms.numbers[k] == species}
+    return VacancySites(atoms=atoms, reps=reps, supercell=sc, representative=rep_of, ops=ops, site_class=site_class)
