@@ -168,3 +168,48 @@ def test_gpaw_outputs_read_as_labels(tmp_path):
     np.testing.assert_allclose(frame.info[STRESS_KEY], st, atol=1e-8)
     with pytest.raises(ValidationError, match="read the .gpw file instead"):
         read_configurations(tmp_path / "li.txt")
+
+
+def test_read_structures_takes_any_ase_format_and_checks_geometry(tmp_path):
+    """Structure files (cif, POSCAR, extxyz ...) for MD/NEB/relaxations: ASE's own format detection, labels neither
+    needed nor checked, the frames as ASE read them; NaN and overlapping atoms are one-line errors."""
+    from limace.data.io import read_structures
+
+    a = get_structure("LiSn", primitive=True)
+    write(tmp_path / "cell.cif", a, format="cif")
+    write(tmp_path / "POSCAR", a, format="vasp")
+    a.set_momenta(np.full((len(a), 3), 0.1))
+    write(tmp_path / "cell.extxyz", a, format="extxyz")
+    for name in ("cell.cif", "POSCAR", "cell.extxyz"):
+        [got] = read_structures(tmp_path / name)
+        assert got.get_chemical_formula() == a.get_chemical_formula()
+        np.testing.assert_allclose(got.get_volume(), a.get_volume(), rtol=1e-6)
+    assert np.allclose(read_structures(tmp_path / "cell.extxyz")[0].get_momenta(), 0.1)  # kept for NVE
+    b = a.copy()
+    b.positions[1] = b.positions[0] + [0.3, 0, 0]
+    write(tmp_path / "close.extxyz", b, format="extxyz")
+    with pytest.raises(ValidationError, match=r"frame 0: atoms closer than 0.5 A \(shortest 0.300 A\)"):
+        read_structures(tmp_path / "close.extxyz")
+    (tmp_path / "cut.extxyz").write_text((tmp_path / "cell.extxyz").read_text()[:120])
+    with pytest.raises(ValidationError, match="cut.extxyz: cannot be read"):
+        read_structures(tmp_path / "cut.extxyz")
+
+
+def test_check_output_path_and_atomic_write_leave_nothing_behind(tmp_path):
+    from limace.errors import LimaceInputError
+    from limace.fileio import atomic_write_text, check_output_path
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d").mkdir()
+    assert check_output_path(tmp_path / "new" / "deeper", directory=True) == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # checked, nothing created
+    assert check_output_path(tmp_path / "f") == tmp_path / "f"  # an existing file may be replaced
+    for path, directory, msg in ((tmp_path / "f", True, "is a file, not a directory"),
+                                 (tmp_path / "d", False, "is a directory, not a file"),
+                                 (tmp_path / "f" / "x.json", False, "is a file, not a directory")):
+        with pytest.raises(LimaceInputError, match=msg):
+            check_output_path(path, "--out", directory=directory)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "d", "text")  # the rename onto a directory fails ...
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # ... and no temporary file is left
