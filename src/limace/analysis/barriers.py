@@ -577,7 +577,7 @@ def markdown_table(report: dict) -> str:
 
         paths = " / ".join(", ".join(map(str, pc[d]["hops"])) or "—" for d in ("1d", "2d", "3d"))
         lines.append(f"| {p['phase']} | {val('1d')} | {val('2d')} | {val('3d')} | {paths} "
-                     f"| {fmt(pc['3d'].get('saddle_eV'))} | {pc['3d'].get('lowest_site', '—')} |")
+                     f"| {fmt(pc['3d'].get('saddle_eV'))} | {_or_dash(pc['3d'].get('lowest_site'))} |")
     works = [p for p in report["phases"] if "work" in p]
     if works:
         lines += ["", "| phase | hops | NEBs run | skipped (certified without) | vacancy relaxations (vs 2 per hop) "
@@ -613,6 +613,10 @@ def markdown_table(report: dict) -> str:
                          f"({sc['n_atoms']} atoms) | {fmt(pc['1d']['barrier_eV'])} | {fmt(pc['1d']['change_eV'])} "
                          f"| {fmt(pc['3d']['barrier_eV'])} | {fmt(pc['3d']['change_eV'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _or_dash(x) -> str:
+    return "—" if x is None else str(x)
 
 
 def _savefig(fig, path: Path) -> None:
