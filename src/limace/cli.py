@@ -150,13 +150,23 @@ def data_info(target: str = typer.Argument("li-in-sn-v1", help="a data file, or 
         typer.echo(json.dumps(summary, indent=1))
         return
     typer.echo(header)
-    for key, val in summary.items():
-        if isinstance(val, dict):
-            typer.echo(f"  {key}:")
+
+    def show(key, val, indent: int) -> None:  # nested mappings indented; floats at 5 significant digits
+        pad = "  " * indent
+        if isinstance(val, dict) and all(not isinstance(v, dict) for v in val.values()) and len(val) > 6:
+            typer.echo(f"{pad}{key}: " + ", ".join(f"{k} {show_num(v)}" for k, v in val.items()))
+        elif isinstance(val, dict):
+            typer.echo(f"{pad}{key}:")
             for k, v in val.items():
-                typer.echo(f"    {k}: {v}")
+                show(k, v, indent + 1)
         else:
-            typer.echo(f"  {key}: {val}")
+            typer.echo(f"{pad}{key}: {show_num(val)}")
+
+    def show_num(v):  # --json keeps every digit
+        return f"{v:.5g}" if isinstance(v, float) else v
+
+    for key, val in summary.items():
+        show(key, val, 1)
 
 
 @data_app.command("pack")
