@@ -430,3 +430,31 @@ def test_unreachable_registry_is_one_warning_line(work, capsys, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("limace: warning: registry http://127.0.0.1:9/registry.yaml "
                                                    "unreachable"), err
     assert "UserWarning" not in err and ".py" not in err
+
+
+@pytest.mark.parametrize("flavour", ["typer._click.exceptions", "click.exceptions"])
+def test_usage_errors_of_either_click_are_one_line(flavour, monkeypatch, capsys):
+    """typer >= 0.2x raises its bundled click's exceptions (typer._click), older typer the click package's: both are
+    one line, exit 2 (and both clicks' Exit codes pass through)."""
+    import importlib
+
+    import typer
+
+    import limace.cli
+
+    mod = importlib.import_module(flavour)
+
+    def raises(exc):
+        def app(args=None, standalone_mode=False):
+            raise exc
+        return app
+
+    monkeypatch.setattr(limace.cli, "app", raises(mod.BadParameter("not a number", param_hint="'--n-images'")))
+    with pytest.raises(SystemExit) as done:
+        limace.cli.main([])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err == "limace: error: Invalid value for '--n-images': not a number\n"
+    monkeypatch.setattr(limace.cli, "app", raises(getattr(mod, "Exit", typer.Exit)(3)))
+    with pytest.raises(SystemExit) as done:
+        limace.cli.main([])
+    assert done.value.code == 3 and capsys.readouterr().err == ""
