@@ -19,8 +19,8 @@ Candidates (``info["source"]``: ``"search"`` or ``"ce"``; a unique ``info["name"
 - a cluster expansion (:mod:`limace.analysis.ce`) fitted to the relaxed formation energies of the bcc orderings that
   stages b and c relaxed (those that stayed bcc), then simulated annealing at every composition of compact bcc
   supercells of up to ``ce_cell_sizes`` sites; the distinct annealed structures within ``ce_window`` of the CE's own
-  hull that the funnel did not already relax fully (at most ``ce_max_proposals``) are relaxed with the potential and
-  enter with source ``"ce"``;
+  hull that the funnel did not already relax fully (at most ``ce_max_proposals``, those with more atoms per primitive
+  cell than the enumeration holds first) are relaxed with the potential and enter with source ``"ce"``;
 - the structure library's prototypes decorated with the other host (every built Li-Sn phase becomes a Li-In
   candidate and the reverse: ``Li13Sn5`` -> ``Li13In5``), up to ``max_prototype_atoms`` atoms, fully relaxed.
 
@@ -495,7 +495,8 @@ def _cluster_expansion(system, model, settings, ideal_of, short, final, referenc
     rep["within_window"] = len(picked)
     new = [(d, p) for d, p in picked if p.key not in done_keys]
     rep["already_relaxed"] = len(picked) - len(new)
-    new.sort(key=lambda dp: (dp[0], dp[1].x_li))
+    # orderings larger than the enumeration's first (what only the CE can reach), then by distance to the CE's hull
+    new.sort(key=lambda dp: (dp[1].key[0] <= settings.max_atoms, dp[0], dp[1].x_li))
     new = new[:settings.ce_max_proposals]
     todo = []
     for k, (d, p) in enumerate(new):
