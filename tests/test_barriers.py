@@ -195,3 +195,16 @@ def test_verify_dft_needs_an_output_directory(limace_exe):
     res = subprocess.run([limace_exe, "barriers", "Li", "-p", "limace-lisnin-small", "--verify-dft"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "--verify-dft needs --out" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_check_size_recomputes_the_percolating_hops_in_a_larger_cell(fcc_file, tmp_path):
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, check_size=True)
+    [phase] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=tmp_path / "s", settings=settings,
+                           progress=False)["phases"]
+    check = phase["size_check"]
+    assert check["n_atoms"] > phase["n_atoms"] and [h["hop"] for h in check["hops"]] == [0]
+    assert check["hops"][0]["converged"]
+    # a Morse solid with a short cutoff: the vacancy barely feels its images, the barrier moves by < 20 meV
+    assert abs(check["percolation"]["3d"]["change_eV"]) < 0.02
+    assert check["percolation"]["3d"]["barrier_eV"] == pytest.approx(check["hops"][0]["forward_eV"], abs=1e-9)
+    assert "size check" in (tmp_path / "s" / "barriers.md").read_text()
