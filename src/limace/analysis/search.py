@@ -88,11 +88,11 @@ class SearchSettings:
 
     @classmethod
     def reduced(cls, **changes) -> "SearchSettings":
-        """A cheaper search for the demo: bcc orderings up to 8 atoms, fcc/bct up to 6, a smaller funnel and CE,
-        decorated prototypes up to 24 atoms (the library's phases of any size are still relaxed)."""
+        """A cheaper search for the demo: bcc orderings up to 8 atoms, fcc/bct up to 6, a smaller funnel and CE
+        (library phases and decorated prototypes of every size, as in the full search)."""
         base = dict(max_atoms=8, max_atoms_fcc_bct=6, short_fraction=0.03, short_min=2, short_steps=15,
                     full_per_composition=1, ce_cell_sizes=(12, 16), ce_sweeps=50, ce_max_proposals=3,
-                    ce_extra_training=30, max_prototype_atoms=24, max_steps=250)
+                    ce_extra_training=30, max_steps=250)
         return cls(**{**base, **changes})
 
     def check(self) -> "SearchSettings":
