@@ -48,11 +48,18 @@ def md_snapshots(cells: Sequence[tuple[str, Atoms]], model, temperatures_K: Sequ
     """Last frame of a Langevin run of every (cell, temperature), unlabelled, tagged with ``config_type``,
     ``phase``, ``md_temperature_K`` and ``md_steps``. Systems the blow-up guard stopped are left out (their last
     frame is not a state the dynamics reached at that temperature)."""
+    import hashlib
+
+    import torch
+
     from limace.md.runner import run_md
 
     runs = [(pid, c, float(t)) for pid, c in cells for t in temperatures_K]
+    # each (phase, temperature) draws from its own stream, so a snapshot does not depend on the other systems
+    gens = [torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}:{pid}:{t:g}".encode()).hexdigest()[:15], 16))
+            for pid, _, t in runs]
     result = run_md([c for _, c, _ in runs], model, output_dir=output_dir, ensemble="nvt_langevin", steps=steps,
-                    timestep_fs=timestep_fs, temperature_K=[t for *_, t in runs], seed=seed,
+                    timestep_fs=timestep_fs, temperature_K=[t for *_, t in runs], generators=gens,
                     trajectory_every=steps, log_every=steps, checkpoint_every=steps)
     stopped = {s.system for s in result.stopped}
     out = []
