@@ -68,7 +68,7 @@ def test_provenance_classes_say_what_they_are():
     by_class = {c: {p.id for p in list_phases(buildable=True) if p.provenance == c} for c in PROVENANCE_CLASSES}
     assert {"Li_bcc", "LiSn", "Li7Sn3", "Li13Sn5"} <= by_class["refined"]
     assert {"Li17Sn4", "Li8Sn3", "Li22Sn5"} <= by_class["isotypic prototype"]
-    assert {"Li3In2", "Li2In", "Li13In3"} <= by_class["model-built"]
+    assert {"Li3In2", "Li2In", "Li13In3", "Li13In3_hR16", "Li5Sn2"} <= by_class["model-built"]
     for pid in by_class["isotypic prototype"]:  # which prototype the coordinates come from
         assert "prototype" in get_phase(pid).source, pid
     for pid in by_class["model-built"]:  # how the model was made, and with what
@@ -105,9 +105,9 @@ def test_phases_yaml_without_a_provenance_class_is_refused():
 
 
 def test_model_built_rhombohedral_phases_are_bcc_stackings():
-    """hR5 Li3In2 and hR7 Li5Sn2: one atom per (111) layer, c/a of an N-layer bcc stacking (N sqrt(3)/(2 sqrt(2)))
-    within the relaxation's distortion, and the host atoms paired (an adjacent host-host layer pair)."""
-    for pid, n in (("Li3In2", 5), ("Li5Sn2", 7)):
+    """hR5 Li3In2, hR7 Li5Sn2, hR16 Li13In3: one atom per (111) layer, and the c/a of an N-layer bcc stacking
+    (N sqrt(3) / (2 sqrt(2))) within the relaxation's distortion."""
+    for pid, n in (("Li3In2", 5), ("Li5Sn2", 7), ("Li13In3_hR16", 16)):
         a, _, c = get_phase(pid).cellpar[:3]
         assert c / a == pytest.approx(n * np.sqrt(3) / (2 * np.sqrt(2)), rel=0.06), pid
         assert len(get_structure(pid, primitive=True)) == n
