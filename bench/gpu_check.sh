@@ -8,11 +8,13 @@
 # Stages, each under `timeout` and inside one overall budget (GPU_CHECK_BUDGET_S, default 500 s), a failed or
 # timed-out stage does not stop the next:
 #   md_small  bench/md_throughput.py, shipped model, cuda, M=1 and 32, 20 steps x 2 rounds, ASE baseline included
-#   md_256    the same at M=256, limace only (--skip-ase: the ASE loop would take minutes at 20x2 steps)
-#   md_256ase the same at M=256 with the ASE loop, 2 steps x 1 round: a measured ASE rate at M=256 (short timing)
-#   neb       bench/neb_speed.py, limace-lisnin-small, cuda, float32, phases Li LiSn, 2 hops each
-#   pytest    tests/test_md.py, test_neb.py, test_batched_mace.py (these tests run on the CPU: an environment
-#             check of torch/numpy/e3nn there, not a GPU test)
+#   md_256    the same at M=256, limace only (--skip-ase: the ASE loop would take minutes at 20x2 steps; the
+#             ASE rate is extrapolated from M=32; GPU_CHECK_MD256_ASE=1 adds a short measured ASE run at M=256)
+#   neb       bench/neb_speed.py --whole-phase, limace-lisnin-small, cuda, float32, phases Li LiSn: every hop with
+#             early stopping against ASE's best optimizer on every hop
+#   train     after all timings: examples/train_medium_gpu.yaml (limace-lisnin-medium, 64 channels) and four
+#             from-scratch members of examples/committee_scratch_gpu.yaml, five processes on the one GPU, each for
+#             the budget left; runs come back as $OUT/gpu_runs.tar.gz.partNN (cat them, tar -xzf)
 # Everything goes to $OUT/gpu_check.log; the summary (also $OUT/gpu_check_summary.txt) is printed last.
 set -u
 cd "$(dirname "$0")/.."
@@ -21,35 +23,42 @@ OUT="${OUT:-/tmp/gpu_check_out}"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 WORK=/tmp/gpu_check
-DEADLINE="${GPU_CHECK_BUDGET_S:-500}"
-MODEL=src/limace/potentials/models/limace-lisnin-small-0.2.model
+DEADLINE="${GPU_CHECK_BUDGET_S:-560}"
+DEV=cuda
+[ -n "${GPU_CHECK_DRY:-}" ] && DEV=cpu
+MODEL=$(ls src/limace/potentials/models/limace-lisnin-small-*.model | sort -V | tail -1)
 
 main() {
   rm -rf "$WORK" && mkdir -p "$WORK"
   echo "# gpu_check $(date -u +%FT%TZ) on $(hostname), repo $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
-  # -- carried wheels -> /tmp/site, shadowing the image's packages (e3nn 0.4.4 for mace-torch 0.3.16) --
-  if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "FATAL: no .whl/*.whl: run scripts/gpu_wheels.sh here and carry [\".whl\"]"
-    return 1
-  fi
-  local dev_e3nn
-  dev_e3nn=$(timeout 60 python3 -m pip show e3nn 2>/dev/null | sed -n 's/^Version: //p' | head -1)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || { echo "FATAL: pip install of .whl/ failed"; return 1; }
-  rm -rf /tmp/site/tests /tmp/site/scripts  # mace-torch ships top-level 'tests' and 'scripts' packages
-  export PYTHONPATH="/tmp/site:$REPO/src"
-  export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 PYTHONUNBUFFERED=1 LIMACE_OFFLINE=1 LIMACE_CACHE_DIR="$WORK/cache"
-  export MPLBACKEND=Agg WANDB_MODE=offline
-  # `limace` console script for tests/test_md.py's CLI test (it runs it with PATH=/usr/bin:/bin and no PYTHONPATH)
-  mkdir -p /tmp/site/bin
-  cat > /tmp/site/bin/limace <<EOF
+  if [ -n "${GPU_CHECK_DRY:-}" ]; then
+    # a dry run here, on the CPU with .venv (bash bench/gpu_check.sh with GPU_CHECK_DRY=1): the same stages, cpu
+    export PATH="$REPO/.venv/bin:$PATH" PYTHONUNBUFFERED=1 MPLBACKEND=Agg WANDB_MODE=offline LIMACE_OFFLINE=1
+  else
+    # -- carried wheels -> /tmp/site, shadowing the image's packages (e3nn 0.4.4 for mace-torch 0.3.16) --
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+      echo "FATAL: no .whl/*.whl: run scripts/gpu_wheels.sh here and carry [\".whl\"]"
+      return 1
+    fi
+    local dev_e3nn
+    dev_e3nn=$(timeout 60 python3 -m pip show e3nn 2>/dev/null | sed -n 's/^Version: //p' | head -1)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl || { echo "FATAL: pip install of .whl/ failed"; return 1; }
+    rm -rf /tmp/site/tests /tmp/site/scripts  # mace-torch ships top-level 'tests' and 'scripts' packages
+    export PYTHONPATH="/tmp/site:$REPO/src"
+    export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 PYTHONUNBUFFERED=1 LIMACE_OFFLINE=1 LIMACE_CACHE_DIR="$WORK/cache"
+    export MPLBACKEND=Agg WANDB_MODE=offline
+    # `limace` console script for tests/test_md.py's CLI test (it runs it with PATH=/usr/bin:/bin and no PYTHONPATH)
+    mkdir -p /tmp/site/bin
+    cat > /tmp/site/bin/limace <<EOF
 #!/bin/sh
 PYTHONPATH="$PYTHONPATH" exec "$(command -v python3)" -c 'import sys; from limace.cli import main; sys.argv[0] = "limace"; sys.exit(main())' "\$@"
 EOF
-  chmod +x /tmp/site/bin/limace
-  export PATH="/tmp/site/bin:$PATH"
+    chmod +x /tmp/site/bin/limace
+    export PATH="/tmp/site/bin:$PATH"
 
+  fi
   echo; echo "=== nvidia-smi"; timeout 30 nvidia-smi || echo "(nvidia-smi failed)"
   echo; echo "=== versions (the image's own e3nn, shadowed by the carried one: ${dev_e3nn:-none})"
   timeout 120 python3 - <<'EOF' 2>&1 | grep -v -e "Warning" -e "torch.load" -e "cuequivariance" | tee "$WORK/versions.txt"
@@ -68,18 +77,49 @@ if not e3nn.__version__.startswith("0.4.4"):
     print("WARNING: e3nn is not 0.4.4: the carried wheel does not shadow the image's e3nn")
 EOF
 
-  stage md_small 150 python3 bench/md_throughput.py --model "$MODEL" --device cuda --m 1 32 --steps 20 --rounds 2
-  stage md_256 100 python3 bench/md_throughput.py --model "$MODEL" --device cuda --m 256 --steps 20 --rounds 2 \
+  stage md_small 80 python3 bench/md_throughput.py --model "$MODEL" --device "$DEV" --m 1 32 --steps 20 --rounds 2
+  stage md_256 50 python3 bench/md_throughput.py --model "$MODEL" --device "$DEV" --m 256 --steps 20 --rounds 2 \
     --skip-ase
-  stage md_256ase 130 python3 bench/md_throughput.py --model "$MODEL" --device cuda --m 256 --steps 2 --rounds 1
-  stage neb 200 python3 bench/neb_speed.py --potential limace-lisnin-small --device cuda --dtype float32 \
-    --phases Li LiSn --max-hops 2
-  local par=()
-  python3 -c "import xdist" 2>/dev/null && par+=(-n 8)
-  python3 -c "import pytest_timeout" 2>/dev/null && par+=(--timeout 150)
-  stage pytest 200 python3 -m pytest -q -p no:cacheprovider --maxfail=5 ${par[@]+"${par[@]}"} \
-    tests/test_md.py tests/test_neb.py tests/test_batched_mace.py
-
+  if [ -n "${GPU_CHECK_MD256_ASE:-}" ]; then
+    stage md_256ase 130 python3 bench/md_throughput.py --model "$MODEL" --device "$DEV" --m 256 --steps 2 --rounds 1
+  fi
+  stage neb 130 python3 bench/neb_speed.py --potential limace-lisnin-small --device "$DEV" --dtype float32 \
+    --phases Li LiSn --max-hops 2 --skip-fire --skip-best --whole-phase
+  # training last, after every timing: the medium model and four from-scratch small committee members, five
+  # processes sharing the GPU, each for what the budget has left (minus export and evaluation)
+  local left=$((DEADLINE - SECONDS - 75))
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" train "* ]]; then
+    left=0
+  fi
+  if ((left >= 60)); then
+    STAGES+=(train)
+    echo; echo "=== [train] $(date +%T) (t=${SECONDS} s): medium + 4 committee members, ${left} s each"
+    local t0=$SECONDS pids=() runs=/tmp/gpu_runs
+    rm -rf "$runs" && mkdir -p "$runs"
+    local acc=gpu
+    [ "$DEV" = cpu ] && acc=cpu
+    sed -e "s/^  max_time_s: .*/  max_time_s: $left/" -e "s/^  accelerator: .*/  accelerator: $acc/" \
+      examples/train_medium_gpu.yaml > "$runs/medium.yaml"
+    ( cd "$runs" && OMP_NUM_THREADS=2 timeout -k 5 $((left + 70)) limace train medium.yaml \
+        --run-dir "$runs/limace-lisnin-medium" > "$runs/medium.log" 2>&1 ) & pids+=($!)
+    for i in 0 1 2 3; do
+      sed -e "s/^  max_time_s: .*/  max_time_s: $left/" -e "s/^seed: .*/seed: $((20261204 + i))/" \
+        -e "s/^  accelerator: .*/  accelerator: $acc/" \
+        examples/committee_scratch_gpu.yaml > "$runs/member_$i.yaml"
+      ( cd "$runs" && OMP_NUM_THREADS=2 timeout -k 5 $((left + 70)) limace train "member_$i.yaml" \
+          --run-dir "$runs/member_$i" > "$runs/member_$i.log" 2>&1 ) & pids+=($!)
+    done
+    local ok=0
+    for p in "${pids[@]}"; do wait "$p" && ok=$((ok + 1)); done
+    tail -n 3 "$runs"/*.log
+    STATUS[train]="$ok of 5 finished ($((SECONDS - t0)) s)"
+    echo "=== [train] ${STATUS[train]}"
+    # models, results, metrics and checkpoints back in <= 15 MiB parts (the tool returns files of <= 16 MiB)
+    tar -C "$runs" -czf /tmp/gpu_runs.tar.gz . && split -b 15M -d /tmp/gpu_runs.tar.gz "$OUT/gpu_runs.tar.gz.part"
+    ls -l "$OUT"
+  else
+    STAGES+=(train); STATUS[train]="skipped (budget: ${left} s)"
+  fi
   summary | tee "$OUT/gpu_check_summary.txt"
 }
 
@@ -92,6 +132,9 @@ stage() {
   shift 2
   STAGES+=("$name")
   local left=$((DEADLINE - SECONDS - 10))
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    STATUS[$name]="not run (GPU_CHECK_ONLY)"; return
+  fi
   local t=$((cap < left ? cap : left))
   echo
   if ((t < 20)); then
@@ -139,7 +182,7 @@ def rows(name):
 
 
 small, big, bigase = rows("md_small"), rows("md_256"), rows("md_256ase")
-print("\nMD throughput, shipped limace-lisnin-small-0.2, float32, cuda (atom*steps/s; ratio = limace / ASE loop)")
+print("\nMD throughput, shipped limace-lisnin-small, float32, cuda (atom*steps/s; ratio = limace / ASE loop)")
 print(f"{'M':>4} {'atoms':>6} {'ASE loop':>10} {'limace':>10} {'ratio':>7} {'peak MiB':>9}  note")
 ase32 = None  # per-atom ASE rate at M=32, for the extrapolation to M=256
 for (m, n, v), (rate, mem) in sorted(small.items()):
@@ -167,7 +210,7 @@ for (m, n, v), (rate, mem) in sorted(bigase.items()):
 if not (small or big or bigase):
     print("  (no MD numbers: see the md_* stages in the log)")
 
-print("\nNEB speed, limace-lisnin-small, float32, cuda (phases Li LiSn, <= 2 hops each)")
+print("\nNEB speed, whole phase, limace-lisnin-small, float32 (phases Li LiSn, every hop, early stopping)")
 try:
     text = open(os.path.join(work, "neb.log")).read()
     lines = [ln for ln in text.splitlines()
@@ -177,13 +220,17 @@ try:
 except OSError:
     print("  (no NEB log)")
 
-print("\npytest (tests/test_md.py test_neb.py test_batched_mace.py; run on the CPU there)")
-try:
-    text = [ln for ln in open(os.path.join(work, "pytest.log")).read().splitlines() if ln.strip()]
-    fails = [ln for ln in text if ln.startswith(("FAILED", "ERROR"))]
-    print("\n".join(fails[:10] + text[-1:]) if text else "  (empty log)")
-except OSError:
-    print("  (no pytest log)")
+print("\ntraining (five processes sharing the GPU; valid split of each run)")
+import glob, json
+for res in sorted(glob.glob("/tmp/gpu_runs/*/result.json")):
+    try:
+        r = json.load(open(res))
+        v = r.get("valid") or {}
+        print(f"  {res.split('/')[-2]:24s} steps {r.get('global_step')}  {r.get('train_seconds_this_start', 0):.0f} s  "
+              f"valid E MAE {v.get('energy_mae', float('nan')):.2f} meV/atom  "
+              f"F MAE {v.get('forces_mae', float('nan')):.1f} meV/A")
+    except (OSError, ValueError) as e:
+        print(f"  {res}: {e}")
 EOF
 }
 

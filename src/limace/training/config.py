@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -128,7 +129,8 @@ class StageTwoConfig:
     """mace_run_train's stage two: from ``start_epoch`` on, higher energy weight and a small constant lr."""
 
     enabled: bool = False
-    start_epoch: Optional[int] = None  # None: 3/4 of trainer.max_epochs (as mace_run_train)
+    start_epoch: Optional[int] = None  # None: 3/4 of trainer.max_epochs (as mace_run_train), or the first epoch
+    # that starts after 3/4 of trainer.max_time_s when only a time budget is given
     energy_weight: float = 1000.0
     forces_weight: float = 100.0
     stress_weight: float = 10.0
@@ -141,6 +143,7 @@ class TrainerConfig:
 
     max_epochs: Optional[int] = 100
     max_steps: Optional[int] = None
+    max_time_s: Optional[float] = None  # wall-clock budget of the training loop (seconds; a lent GPU's minutes)
     batch_size: int = 8
     valid_batch_size: Optional[int] = None  # None: batch_size
     precision: Literal["float32", "float64"] = "float64"
@@ -214,6 +217,8 @@ class TrainConfig:
             return None
         if self.stage_two.start_epoch is not None:
             return self.stage_two.start_epoch
+        if self.trainer.max_epochs is None:
+            return None  # time budget only: decided by the module at 3/4 of trainer.max_time_s
         return max(1, (self.trainer.max_epochs or 0) // 4 * 3)
 
     def _resolve_paths(self, base: Path) -> None:
@@ -291,8 +296,11 @@ class TrainConfig:
                     bad(f"data.stress_offset.{s}", "is not a chemical symbol")
         if not 0 < d.valid_fraction < 1:
             bad("data.valid_fraction", f"must be in (0, 1) (got {d.valid_fraction})")
-        if t.max_epochs is None and t.max_steps is None:
-            bad("trainer.max_epochs", "and trainer.max_steps are both null; give at least one")
+        if t.max_epochs is None and t.max_steps is None and t.max_time_s is None:
+            bad("trainer.max_epochs", "trainer.max_steps and trainer.max_time_s are all null; give at least one")
+        if t.max_time_s is not None and not (isinstance(t.max_time_s, (int, float)) and math.isfinite(t.max_time_s)
+                                             and t.max_time_s > 0):
+            bad("trainer.max_time_s", f"must be a positive number of seconds or null (got {t.max_time_s!r})")
         if t.max_epochs is not None and t.max_epochs < 1:
             bad("trainer.max_epochs", f"must be >= 1 or null (got {t.max_epochs})")
         if t.max_steps is not None and t.max_steps < 1:
@@ -303,8 +311,9 @@ class TrainConfig:
             bad("trainer.devices", f"must be 'auto', a number of devices or a list of device ids (got {t.devices!r})")
         if isinstance(t.devices, int) and t.devices < 1 and t.devices != -1:
             bad("trainer.devices", f"must be >= 1 or -1 (all) (got {t.devices})")
-        if self.stage_two.enabled and self.stage_two.start_epoch is None and t.max_epochs is None:
-            bad("stage_two.start_epoch", "is required when trainer.max_epochs is null")
+        if (self.stage_two.enabled and self.stage_two.start_epoch is None and t.max_epochs is None
+                and t.max_time_s is None):
+            bad("stage_two.start_epoch", "is required when trainer.max_epochs and trainer.max_time_s are null")
         if self.stage_two.start_epoch is not None and self.stage_two.start_epoch < 0:
             bad("stage_two.start_epoch", f"must be >= 0 (got {self.stage_two.start_epoch})")
         if m.init_from is not None and not m.init_from.strip():

@@ -240,7 +240,8 @@ class MaceModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["limace"] = {"scheduler": self._scheduler.state_dict() if self._scheduler is not None else None,
-                                "val_ran": self._val_ran, "sched_epoch": self._sched_epoch}
+                                "val_ran": self._val_ran, "sched_epoch": self._sched_epoch,
+                                "stage_two_start": self._stage_two_start}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_state = checkpoint.get("limace")
@@ -254,6 +255,19 @@ class MaceModule(pl.LightningModule):
                 self._scheduler.load_state_dict(st["scheduler"])
             self._val_ran = bool(st.get("val_ran", False))
             self._sched_epoch = int(st.get("sched_epoch", -1))
+            if st.get("stage_two_start") is not None:
+                self._stage_two_start = int(st["stage_two_start"])
+
+    def on_train_epoch_start(self):
+        # a time budget without epochs: stage two begins with the first epoch that starts after 3/4 of the budget
+        # (the epoch is stored in checkpoints, so a resumed run keeps it)
+        t = self.cfg.trainer
+        if self.cfg.stage_two.enabled and self._stage_two_start is None and t.max_time_s is not None:
+            from lightning.pytorch.callbacks import Timer
+
+            timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+            if timer is not None and (timer.time_elapsed("train") or 0.0) >= 0.75 * t.max_time_s:
+                self._stage_two_start = int(self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if batch_idx == 0:  # lr and stage change at epoch boundaries only

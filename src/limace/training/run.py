@@ -23,6 +23,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -262,6 +263,7 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
         accelerator={"cuda": "gpu"}.get(t.accelerator, t.accelerator), devices=t.devices, num_nodes=t.num_nodes,
         strategy=_strategy(cfg), precision="64-true" if t.precision == "float64" else "32-true",
         max_epochs=t.max_epochs if t.max_epochs is not None else -1, max_steps=t.max_steps or -1,
+        max_time=None if t.max_time_s is None else timedelta(seconds=float(t.max_time_s)),
         check_val_every_n_epoch=t.val_every_n_epochs, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=cfg.optimizer.max_grad_norm, gradient_clip_algorithm="norm",
         logger=loggers, callbacks=callbacks, enable_progress_bar=t.progress_bar, enable_model_summary=False,
