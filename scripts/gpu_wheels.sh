@@ -28,7 +28,6 @@ WHEELS=(
   orjson==3.13.0
   ase==3.29.0
   spglib==2.8.0
-  typer==0.29.2
 )
 
 # .whl/ must never be committed, nor travel except when carried

@@ -157,3 +157,15 @@ def test_compiled_model_matches_eager(model_path):
         a, b = eager(moved), compiled(moved)
         np.testing.assert_allclose(b["energy"].numpy(), a["energy"].numpy(), atol=1e-8)
         np.testing.assert_allclose(b["forces"].numpy(), a["forces"].numpy(), atol=1e-8)
+
+
+def test_a_model_built_for_cuda_compares_equal_to_the_states_cuda_device():
+    # "cuda" without an index must become the indexed device of the tensors made on it, or a model built with
+    # device="cuda" refuses every state (found on the first GPU run: "state on cuda:0, model on cuda")
+    import torch
+
+    from limace.md.state import as_device
+
+    assert as_device("cpu") == torch.device("cpu")
+    assert as_device("cuda").index is not None
+    assert as_device("cuda:1") == torch.device("cuda", 1)

@@ -41,6 +41,15 @@ def as_dtype(dtype) -> torch.dtype:
     raise ValidationError(f"dtype {dtype!r} is not supported; use float32 or float64")
 
 
+def as_device(device) -> torch.device:
+    """``torch.device(device)`` with the index filled in (``"cuda"`` -> ``cuda:<current>``), so that it compares
+    equal to the device of the tensors made on it."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return dev
+
+
 def per_system(value, n_systems: int, like: torch.Tensor, name: str = "value") -> torch.Tensor:
     """A per-system parameter (a number, a sequence of ``n_systems`` numbers or a tensor) as a ``[S]`` tensor with the
     dtype and device of ``like``."""

@@ -20,7 +20,7 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 + t
 import torch  # noqa: E402
 
 from limace.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
-from limace.md.state import BatchedState, as_dtype  # noqa: E402
+from limace.md.state import as_device, BatchedState, as_dtype  # noqa: E402
 from limace.potentials.neighbors import VerletList  # noqa: E402
 
 
@@ -54,7 +54,7 @@ class BatchedMACE:
         if not (isinstance(model, torch.nn.Module) and hasattr(model, "atomic_numbers") and hasattr(model, "r_max")):
             raise ModelFileError(f"BatchedMACE needs a mace-torch model (atomic_numbers, r_max), got "
                                  f"{type(model).__name__}")
-        self.device = torch.device(device)
+        self.device = as_device(device)
         self.dtype = as_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():

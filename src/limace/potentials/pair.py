@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from limace.md.state import BatchedState, as_dtype
+from limace.md.state import as_device, BatchedState, as_dtype
 from limace.potentials.neighbors import VerletList
 
 
@@ -31,7 +31,7 @@ class BatchedMorse:
                  compute_stress: bool = False, skin: float = 0.5):
         self.epsilon, self.rho0, self.r0 = float(epsilon), float(rho0), float(r0)
         self.r1, self.r2 = float(rcut1) * self.r0, float(rcut2) * self.r0
-        self.device = torch.device(device)
+        self.device = as_device(device)
         self.dtype = as_dtype(dtype)
         self.compute_stress = bool(compute_stress)
         self.neighbors = VerletList(self.r2, skin)
