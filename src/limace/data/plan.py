@@ -288,8 +288,8 @@ DISTORTED_PRIORITY = {"rattle": 2.0, "strain_shear": 2.0, "vacancy": 2.0, "hop_i
 # trained on 392 labels still missed beta-Sn by 47 meV/atom (training error) because, ordered by cost alone, the only
 # labelled pure-Sn cells were five undistorted ones while hundreds of alloy orderings came first. The distorted copies
 # of the element phases (stage 1) and of the library phases (stage 6) are therefore moved forward by these factors
-# (on top of DISTORTED_PRIORITY).
-STAGE_PRIORITY = {1: 20.0, 6: 4.0}
+# (on top of DISTORTED_PRIORITY). Stage 11 (the library phases added for issue 21) likewise: the new hull needs them.
+STAGE_PRIORITY = {1: 20.0, 6: 4.0, 11: 4.0}
 
 
 def labelling_priority(atoms: Atoms) -> float:
