@@ -1,6 +1,6 @@
 """The ``limace`` command line. Imports of heavy packages happen inside the commands so ``--help`` is instant.
 
-User mistakes (:class:`limace.errors.LimaceInputError`) print one line ``limace: error: ...`` and exit with 2.
+User mistakes (:class:`limace.core.errors.LimaceInputError`) print one line ``limace: error: ...`` and exit with 2.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def demo(out: Optional[Path] = typer.Option(None, help="output directory (defaul
          workers: int = typer.Option(2, help="worker processes"),
          pipeline: bool = typer.Option(False, "--pipeline", help="run the DFT data pipeline on a tiny example instead")):
     """Run the main job (a reduced screen with the shipped potential) and say where the report is."""
-    from limace.errors import check_number
-    from limace.fileio import check_output_path
+    from limace.core.errors import check_number
+    from limace.core.fileio import check_output_path
 
     check_number("--workers", workers, at_least=1)
     check_output_path(out or Path("limace-demo-data" if pipeline else "limace-demo"), "--out", directory=True)
@@ -57,7 +57,7 @@ def learn_cmd(config: Path = typer.Argument(..., help="active-learning YAML (see
     from limace.learn import learn, load_learn_config
 
     cfg = load_learn_config(config)
-    from limace.fileio import check_output_path
+    from limace.core.fileio import check_output_path
 
     check_output_path(cfg.run_dir, "run_dir", directory=True)
     summary = learn(cfg, log=lambda m: typer.echo(m, err=True))
@@ -89,8 +89,8 @@ def data_plan(out: Path = typer.Argument(..., help="extxyz file to write the unl
 
     from ase.io import write
 
-    from limace.errors import check_number
-    from limace.fileio import atomic_write_text, check_output_path
+    from limace.core.errors import check_number
+    from limace.core.fileio import atomic_write_text, check_output_path
 
     check_number("--seed", seed, at_least=0, at_most=2**63 - 1)
     check_output_path(out, "OUT")
@@ -112,8 +112,8 @@ def data_label(inp: Path = typer.Argument(..., help="configurations to label (ex
                limit: Optional[int] = typer.Option(None, help="label at most this many now"),
                retry_failed: bool = typer.Option(False, help="retry configurations recorded as failed")):
     """Label configurations with DFT (or another protocol); skips those already in OUT."""
-    from limace.errors import LimaceInputError, check_number
-    from limace.fileio import check_output_path
+    from limace.core.errors import LimaceInputError, check_number
+    from limace.core.fileio import check_output_path
 
     check_number("--workers", workers, at_least=1)
     check_number("--limit", limit, at_least=0)
@@ -183,8 +183,8 @@ def data_pack(labels: list[Path] = typer.Argument(..., help="labelled extxyz fil
     into the package's shipped datasets (--into-package)."""
     import re
 
-    from limace.errors import LimaceInputError
-    from limace.fileio import check_output_path
+    from limace.core.errors import LimaceInputError
+    from limace.core.fileio import check_output_path
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise LimaceInputError(f"--name {name!r}: a dataset name is letters, digits, '.', '_' and '-'")
@@ -310,7 +310,7 @@ def _quiet_imports() -> None:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line on stderr, without source paths: ``limace: warning: registry ... unreachable ...``."""
-    from limace.errors import LimaceWarning
+    from limace.core.errors import LimaceWarning
 
     text = _one_line(str(message)).removeprefix("limace: ")
     if issubclass(category, LimaceWarning) or str(message).startswith("limace: "):
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     # cores are shared (a DFT job or another run beside this one); set OMP_WAIT_POLICY=ACTIVE to override.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from limace.errors import LimaceInputError
+    from limace.core.errors import LimaceInputError
 
     # e3nn 0.4.4 under torch >= 2.6 warns on every import about the weights-only workaround mace sets; not for users
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")

@@ -33,8 +33,8 @@ from typing import Optional
 
 import numpy as np
 
-from limace.errors import ValidationError
-from limace.fileio import atomic_write_json, atomic_write_text
+from limace.core.errors import ValidationError
+from limace.core.fileio import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -110,7 +110,7 @@ def load_learn_config(path: str | Path) -> LearnConfig:
 
 
 def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
-    from limace.errors import check_number
+    from limace.core.errors import check_number
 
     def bad(key, msg):
         raise ValidationError(f"{source}: key '{key}' {msg}")

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from limace.errors import LimaceInputError
-from limace.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from limace.core.errors import LimaceInputError
+from limace.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _single_points(structures: list[Atoms], model, atom_budget: int | None) -> n
     """Energies of many structures, batched (at most ``atom_budget`` atoms per batch)."""
     import torch
 
-    from limace.md.state import BatchedState
+    from limace.core.state import BatchedState
 
     out, batch, n = [], [], 0
     for a in [*structures, None]:
@@ -144,8 +144,8 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tupl
     None, and the number of image evaluations."""
     import torch
 
-    from limace.analysis.optimize import lbfgs_init, lbfgs_step
-    from limace.md.state import BatchedState
+    from limace.core.optimize import lbfgs_init, lbfgs_step
+    from limace.core.state import BatchedState
 
     idx = [h for h, b in enumerate(bands) if b is not None]
     if not idx:

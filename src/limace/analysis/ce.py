@@ -31,7 +31,7 @@ from itertools import product
 import numpy as np
 from ase import Atoms
 
-from limace.errors import LimaceInputError
+from limace.core.errors import LimaceInputError
 
 __all__ = ["CEFit", "Proposal", "fit_cluster_expansion", "anneal_ground_states", "lower_hull_distance",
            "to_unit_bcc", "compact_supercell", "structure_key", "primitive_in_frame"]

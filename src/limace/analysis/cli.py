@@ -30,7 +30,7 @@ def check_structure_specs(specs, option: str = "PHASES") -> None:
     Li in it) or a buildable structure-library phase, checked before any model is loaded."""
     from limace.data.io import read_structures
     from limace.data.structures import list_phases
-    from limace.errors import LimaceInputError
+    from limace.core.errors import LimaceInputError
 
     phases = list_phases()
     by_name = {p.id: p for p in phases}
@@ -58,7 +58,7 @@ def check_structure_specs(specs, option: str = "PHASES") -> None:
 
 
 def check_run_options(device: str, dtype: str) -> None:
-    from limace.errors import LimaceInputError
+    from limace.core.errors import LimaceInputError
 
     if dtype not in ("float64", "float32"):
         raise LimaceInputError(f"--dtype must be float64 or float32, not {dtype!r}")
@@ -101,8 +101,8 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
 
     Resumable: with --out, phases already computed with the same settings and model file are not recomputed.
     """
-    from limace.errors import LimaceInputError, check_number
-    from limace.fileio import check_output_path
+    from limace.core.errors import LimaceInputError, check_number
+    from limace.core.fileio import check_output_path
     from limace.potentials.registry import check_potential_spec
 
     # everything the user gave is checked before the model is loaded and any work starts
@@ -172,8 +172,8 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            dtype: str = typer.Option("float64", help="float64 or float32")):
     """Hull, voltage, structure search and Li barriers in one report (resumable: finished tasks are kept)."""
     from limace.analysis.hull import SN_REFERENCES, SYSTEMS
-    from limace.errors import LimaceInputError, check_number
-    from limace.fileio import check_output_path
+    from limace.core.errors import LimaceInputError, check_number
+    from limace.core.fileio import check_output_path
     from limace.potentials.registry import check_potential_spec
 
     # everything the user gave is checked before the model is loaded and any work starts
@@ -223,7 +223,7 @@ def _check_barrier_phase(name: str, max_atoms: int) -> None:
     them), the formula of an ordering the search can make (``max_atoms`` atoms at most), or a structure-search name
     (``LiSn-type-...``, ``PARENT-K-FORMULA``); anything else is a typo, refused at once with the closest names."""
     from limace.data.structures import list_phases
-    from limace.errors import LimaceInputError
+    from limace.core.errors import LimaceInputError
 
     phases = list_phases()
     swap = {"In": "Sn", "Sn": "In"}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms
 
-from limace.errors import LimaceInputError
+from limace.core.errors import LimaceInputError
 
 Copy = tuple[int, int, tuple[int, int, int]]  # (site i, site j, lattice offset of j)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from ase import Atoms
 
-from limace.errors import LimaceInputError
+from limace.core.errors import LimaceInputError
 
 __all__ = ["HullAnalysis", "HullEntry", "SYSTEMS", "REFERENCE_PHASES"]
 

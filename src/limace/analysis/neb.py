@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from limace.analysis.optimize import OPTIMIZERS
-from limace.errors import LimaceInputError
+from limace.core.optimize import OPTIMIZERS
+from limace.core.errors import LimaceInputError
 
 
 @dataclass
@@ -189,7 +189,7 @@ class BatchedNEB:
 
     def __init__(self, bands: Sequence[Sequence[Atoms]], model, k: float = 0.1, climb: bool = True,
                  endpoint_energies: Sequence[tuple[float, float]] | None = None):
-        from limace.md.state import BatchedState
+        from limace.core.state import BatchedState
 
         self.bands = [list(b) for b in bands]
         for n, b in enumerate(self.bands):
@@ -290,7 +290,7 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     """Run CI-NEB on all ``bands`` (each ``[initial, *images, final]``) at once; one :class:`NEBResult` per band.
 
     ``optimizer="fire"``: batched FIRE with ASE's defaults (dt 0.1, dtmax 1.0, maxstep 0.2 A);
-    ``"lbfgs"``: batched L-BFGS (:func:`limace.analysis.optimize.lbfgs_step`: one history of ``memory`` pairs per
+    ``"lbfgs"``: batched L-BFGS (:func:`limace.core.optimize.lbfgs_step`: one history of ``memory`` pairs per
     band, dropped when the band's climbing image changes; no atom moves more than ``max_step``), usually several
     times fewer steps.
     ``tight_fmax``: bands whose smaller barrier (forward or backward) is below ``tight_below`` eV converge only at
@@ -300,7 +300,7 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     ``info`` of each result: ``model_calls`` and ``image_evaluations`` of the whole run, ``band_evaluations`` of the
     band, ``fmax_used``.
     """
-    from limace.analysis.optimize import fire_init, fire_step, group_max_force, lbfgs_init, lbfgs_step
+    from limace.core.optimize import fire_init, fire_step, group_max_force, lbfgs_init, lbfgs_step
 
     bands = [list(b) for b in bands]
     n_bands = len(bands)

@@ -1,9 +1,9 @@
 """Relax many structures at once (positions and, by default, the cell) on the batched engine.
 
 :func:`relax_structures` puts as many structures as fit (``max_atoms``) into one
-:class:`~limace.md.state.BatchedState`, evaluates them with one call of a batched potential
+:class:`~limace.core.state.BatchedState`, evaluates them with one call of a batched potential
 (:class:`~limace.potentials.batched.BatchedMACE`) per step and advances them with the batched FIRE (default) or
-L-BFGS of :mod:`limace.analysis.optimize`, each structure being its own optimizer group. A structure that is done (converged or out of
+L-BFGS of :mod:`limace.core.optimize`, each structure being its own optimizer group. A structure that is done (converged or out of
 steps) leaves the batch and the next one waiting takes its place, so the batch stays full.
 
 The cell is relaxed as ASE's :class:`~ase.filters.FrechetCellFilter` does: each structure gets three extra rows of
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from limace.analysis.optimize import OPTIMIZERS, FireState, fire_step, lbfgs_step
-from limace.errors import LimaceInputError
+from limace.core.optimize import OPTIMIZERS, FireState, fire_step, lbfgs_step
+from limace.core.errors import LimaceInputError
 
 __all__ = ["relax_structures"]
 
@@ -139,9 +139,9 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
             are replaced by waiting ones.
         device, dtype: where the structures live; default the model's (when loading by name: ``"cpu"`` and
             ``float64``).
-        fire: FIRE parameters for :func:`limace.analysis.optimize.fire_init` (``dt_start``, ``dt_max``,
+        fire: FIRE parameters for :func:`limace.core.optimize.fire_init` (``dt_start``, ``dt_max``,
             ``max_step``, ``n_min``, ``f_inc``, ``f_dec``, ``alpha_start``, ``f_alpha``; ASE's defaults).
-        optimizer: ``"fire"`` or ``"lbfgs"`` (:func:`limace.analysis.optimize.lbfgs_step`, one history per structure;
+        optimizer: ``"fire"`` or ``"lbfgs"`` (:func:`limace.core.optimize.lbfgs_step`, one history per structure;
             usually fewer steps to a tight ``fmax``).
         lbfgs: L-BFGS parameters (``memory``, ``max_step``, ``h0``).
         progress: show a tqdm progress bar (structures done).
@@ -154,7 +154,7 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
     """
     from tqdm.auto import tqdm
 
-    from limace.md.state import BatchedState, as_dtype
+    from limace.core.state import BatchedState, as_dtype
 
     atoms_list = _check_inputs(atoms_list, fmax, max_steps, relax_cell, pressure, max_atoms)
     if optimizer not in OPTIMIZERS:

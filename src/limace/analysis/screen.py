@@ -41,8 +41,8 @@ from pathlib import Path
 
 from limace.analysis.barriers import BarrierSettings
 from limace.analysis.search import SearchSettings
-from limace.errors import LimaceInputError
-from limace.fileio import atomic_write_json
+from limace.core.errors import LimaceInputError
+from limace.core.fileio import atomic_write_json
 
 
 @dataclass(frozen=True)

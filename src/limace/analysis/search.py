@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from ase import Atoms
 
-from limace.errors import LimaceInputError, check_number
+from limace.core.errors import LimaceInputError, check_number
 
 # A relaxed bcc ordering whose cell stretched by more than this (shape, volume removed) or whose atoms moved more than
 # this fraction of the nearest-neighbour distance has left the bcc lattice: not a cluster-expansion training point.
@@ -97,7 +97,7 @@ class SearchSettings:
 
     def check(self) -> "SearchSettings":
         """Raise :class:`LimaceInputError` naming the first setting out of range; returns self."""
-        from limace.analysis.optimize import OPTIMIZERS
+        from limace.core.optimize import OPTIMIZERS
         from limace.data.generate import PARENTS
 
         for name in ("max_atoms", "max_atoms_fcc_bct", "max_prototype_atoms", "single_point_atoms", "short_min",
@@ -249,7 +249,7 @@ def single_point_energies(structures: Sequence[Atoms], model, max_atoms: int = 1
     import torch
     from tqdm.auto import tqdm
 
-    from limace.md.state import BatchedState
+    from limace.core.state import BatchedState
 
     import inspect
 

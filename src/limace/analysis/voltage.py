@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from limace.errors import LimaceInputError
+from limace.core.errors import LimaceInputError
 
 __all__ = ["Plateau", "VoltageCurve"]
 

@@ -16,7 +16,7 @@ from ase import Atoms
 from ase.build import bulk, make_supercell
 
 from limace.data.structures import sort_species
-from limace.errors import LimaceInputError
+from limace.core.errors import LimaceInputError
 
 # Atomic volumes (A^3/atom) used to size enumerated/random cells before any relaxation.
 # Elements: the library's experimental cells (Li bcc 3.5093 A; In tI2; beta-Sn).

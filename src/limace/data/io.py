@@ -2,7 +2,7 @@
 
 Everything comes back in one form: ASE Atoms with ``info['REF_energy']``, ``arrays['REF_forces']`` and (periodic
 cells) ``info['REF_stress']`` in Voigt order, no calculator attached. Validation errors are
-:class:`limace.errors.ValidationError` with one line naming the file, the frame and the key.
+:class:`limace.core.errors.ValidationError` with one line naming the file, the frame and the key.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 from limace.keys import CONFIG_TYPE_KEY, ELEMENTS, ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
 # file suffix / name -> ASE format

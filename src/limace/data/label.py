@@ -28,8 +28,8 @@ from ase import Atoms
 
 from limace.data.hashing import ensure_config_id
 from limace.parallel import make_executor
-from limace.errors import LimaceInputError, UnknownNameError
-from limace.fileio import atomic_append
+from limace.core.errors import LimaceInputError, UnknownNameError
+from limace.core.fileio import atomic_append
 from limace.keys import CONFIG_ID_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
 
@@ -133,10 +133,10 @@ def get_protocol(name: str) -> Protocol:
 def label_atoms(atoms: Atoms, calculator, protocol_name: str = "custom", versions: dict | None = None) -> Atoms:
     """Run ``calculator`` on a copy of ``atoms`` and return it with REF_* labels and provenance, no calculator.
 
-    Raises :class:`limace.errors.CalculationError` for non-finite results; the calculator's own exceptions
+    Raises :class:`limace.core.errors.CalculationError` for non-finite results; the calculator's own exceptions
     (e.g. GPAW's ``KohnShamConvergenceError``) propagate.
     """
-    from limace.errors import CalculationError
+    from limace.core.errors import CalculationError
 
     work = atoms.copy()
     work.info = dict(atoms.info)

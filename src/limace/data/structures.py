@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from ase import Atoms
 
-from limace.errors import UnknownNameError
+from limace.core.errors import UnknownNameError
 
 SYSTEMS = ("element", "Li-In", "Li-Sn")
 PROVENANCE_CLASSES = ("refined", "isotypic prototype", "model-built")

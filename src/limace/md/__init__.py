@@ -1,6 +1,6 @@
 """limace.md: batched molecular dynamics of many systems at once, and diffusion analysis.
 
-- :mod:`limace.md.state`: :class:`~limace.md.state.BatchedState` / :class:`~limace.md.state.MDState`.
+- :mod:`limace.core.state`: :class:`~limace.core.state.BatchedState` / :class:`~limace.core.state.MDState`.
 - :mod:`limace.md.integrators`: NVE, Langevin (BAOAB), Nose-Hoover chain, CSVR, NPT (stochastic cell rescaling).
 - :mod:`limace.md.runner`: :func:`~limace.md.runner.run_md` (logs, trajectories, checkpoints, blow-up guard).
 - :mod:`limace.md.config`: :class:`~limace.md.config.MDConfig`, the typed config of ``limace md CONFIG.yaml``.
@@ -10,8 +10,8 @@ Importing this package is light; the names below are imported on first use.
 """
 
 _LAZY = {
-    "BatchedState": "limace.md.state",
-    "MDState": "limace.md.state",
+    "BatchedState": "limace.core.state",
+    "MDState": "limace.core.state",
     "MDConfig": "limace.md.config",
     "run_md": "limace.md.runner",
     "run_config": "limace.md.runner",

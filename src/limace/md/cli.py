@@ -19,8 +19,8 @@ def md(config: Path = typer.Argument(..., help="YAML run configuration (see lima
     import sys
 
     from limace.data.io import read_structures
-    from limace.errors import LimaceInputError, check_number
-    from limace.fileio import check_output_path
+    from limace.core.errors import LimaceInputError, check_number
+    from limace.core.fileio import check_output_path
     from limace.md.config import MDConfig
     from limace.potentials.registry import check_potential_spec
 
@@ -60,8 +60,8 @@ def diffusion(runs: list[Path] = typer.Argument(..., help="output_dir(s) of lima
     import json
     import math
 
-    from limace.errors import LimaceInputError
-    from limace.fileio import check_output_path
+    from limace.core.errors import LimaceInputError
+    from limace.core.fileio import check_output_path
 
     if window is not None:
         lo, hi = window
@@ -78,7 +78,7 @@ def diffusion(runs: list[Path] = typer.Argument(..., help="output_dir(s) of lima
     for run in runs:
         analyses += analyze_run(run, species=[species], window_fs=window)
     if not analyses:
-        from limace.errors import ValidationError
+        from limace.core.errors import ValidationError
 
         raise ValidationError(f"no trajectory with {species} in {', '.join(map(str, runs))}")
     fit = None

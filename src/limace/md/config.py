@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 
 ENSEMBLES = ("nve", "nvt_langevin", "nvt_nhc", "nvt_csvr", "npt")
 Numbers = Union[float, list[float]]

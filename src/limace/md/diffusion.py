@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 
 A2_PER_FS_TO_CM2_PER_S = 0.1
 KB_EV = 8.617333262e-5  # eV/K

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from ase import units
 
-from limace.errors import ValidationError
-from limace.md.state import SYSTEM, BatchedState, MDState, per_system
+from limace.core.errors import ValidationError
+from limace.core.state import SYSTEM, BatchedState, MDState, per_system
 
 Model = Callable[..., dict]
 Generator = torch.Generator | Sequence[torch.Generator]

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from ase import Atoms, units
 
-from limace.errors import LimaceInputError, ValidationError
+from limace.core.errors import LimaceInputError, ValidationError
 from limace.md import integrators as integ
 from limace.md.config import GuardConfig, MDConfig
-from limace.md.state import BatchedState, MDState, per_system
+from limace.core.state import BatchedState, MDState, per_system
 
 CHECKPOINT = "checkpoint.pt"
 THERMO = "thermo.csv"
@@ -113,7 +113,7 @@ def _conserved(cfg: MDConfig, state, t: _Targets) -> torch.Tensor:
 
 def _min_distances(state: BatchedState, model, limit: float) -> torch.Tensor:
     """``[S]`` shortest interatomic distance per system (inf when none below the list's cutoff)."""
-    from limace.potentials.neighbors import VerletList, neighbor_list
+    from limace.core.neighbors import VerletList, neighbor_list
 
     nl = getattr(model, "neighbors", None)
     if isinstance(nl, VerletList) and nl.cutoff >= limit:

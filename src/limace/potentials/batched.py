@@ -1,6 +1,6 @@
 """A MACE model as a batched potential: one forward call for many systems, neighbour lists on the device.
 
-:class:`BatchedMACE` maps a :class:`limace.md.state.BatchedState` to the fixed output contract of our engines:
+:class:`BatchedMACE` maps a :class:`limace.core.state.BatchedState` to the fixed output contract of our engines:
 ``energy [S]`` (eV), ``forces [N, 3]`` (eV/A) and, when asked, ``stress [S, 3, 3]`` (eV/A^3, ASE sign: positive
 under tension). It builds mace-torch's input graph for all systems at once from a :class:`VerletList` (skin, rebuilt
 only when needed), computes forces by autograd and skips the virial/stress graph unless stress is asked for.
@@ -19,9 +19,9 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 + t
 
 import torch  # noqa: E402
 
-from limace.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
-from limace.md.state import as_device, BatchedState, as_dtype  # noqa: E402
-from limace.potentials.neighbors import VerletList  # noqa: E402
+from limace.core.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
+from limace.core.state import as_device, BatchedState, as_dtype  # noqa: E402
+from limace.core.neighbors import VerletList  # noqa: E402
 
 
 CPU_ATOMS_PER_CALL = 128

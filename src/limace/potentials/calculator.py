@@ -25,7 +25,7 @@ from ase.data import chemical_symbols  # noqa: E402
 from ase.stress import full_3x3_to_voigt_6_stress  # noqa: E402
 from mace.calculators import MACECalculator  # noqa: E402
 
-from limace.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
+from limace.core.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
 from limace.potentials.registry import (  # noqa: E402
     PotentialEntry, check_model_archive, fetch, get_potential, looks_like_path, sha256_file,
 )

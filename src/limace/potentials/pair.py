@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from limace.md.state import as_device, BatchedState, as_dtype
-from limace.potentials.neighbors import VerletList
+from limace.core.state import as_device, BatchedState, as_dtype
+from limace.core.neighbors import VerletList
 
 
 def _fcut(r: torch.Tensor, r1: float, r2: float) -> torch.Tensor:

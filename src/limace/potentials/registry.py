@@ -30,7 +30,7 @@ from urllib.parse import urljoin
 
 import yaml
 
-from limace.errors import (
+from limace.core.errors import (
     ChecksumError,
     DownloadError,
     LimaceInputError,
@@ -39,7 +39,7 @@ from limace.errors import (
     UnknownNameError,
     ValidationError,
 )
-from limace.fileio import atomic_write_text
+from limace.core.fileio import atomic_write_text
 
 REGISTRY_ENV = "LIMACE_REGISTRY"
 CACHE_ENV = "LIMACE_CACHE_DIR"

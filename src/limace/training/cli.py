@@ -15,8 +15,8 @@ def train_cmd(config: Path = typer.Argument(..., help="training config (YAML; se
 
     CONFIG is a YAML file, or the name of a packaged recipe (`small`: limace-lisnin-small).
     """
-    from limace.errors import LimaceInputError
-    from limace.fileio import check_output_path
+    from limace.core.errors import LimaceInputError
+    from limace.core.fileio import check_output_path
     from limace.training.config import load_config
 
     cfg = load_config(config)  # validated before anything heavy is imported
@@ -53,8 +53,8 @@ def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace o
                  fit_offsets: bool = typer.Option(False, "--fit-offsets", help="fit one energy per element first (other DFT code or potential)"),
                  plots: bool = typer.Option(True, help="write parity plots (PNG)")):
     """Errors of MODEL on DATA: E (meV/atom), F (meV/A), stress (GPa) MAE/RMSE per config_type; JSON and plots."""
-    from limace.errors import ValidationError
-    from limace.fileio import check_output_path
+    from limace.core.errors import ValidationError
+    from limace.core.fileio import check_output_path
     from limace.potentials.registry import check_model_archive
 
     if dtype not in (None, "float32", "float64"):
@@ -87,7 +87,7 @@ def _check_device(device: str) -> None:
     """``cpu``, ``cuda`` or ``cuda:N`` (whether CUDA is there is checked when the model is loaded)."""
     import re
 
-    from limace.errors import ValidationError
+    from limace.core.errors import ValidationError
 
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ValidationError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
@@ -96,7 +96,7 @@ def _check_device(device: str) -> None:
 def _dataset_split(spec: str):
     """``NAME:SPLIT`` (or ``NAME``, all splits) of a dataset shipped with limace, else the file-not-found error."""
     from limace.data.datasets import available, load_dataset
-    from limace.errors import ValidationError
+    from limace.core.errors import ValidationError
 
     name, _, split = spec.partition(":")
     if name not in available():

@@ -3,7 +3,7 @@
 A YAML file maps onto :class:`TrainConfig` (sections ``model``, ``data``, ``loss``, ``optimizer``, ``scheduler``,
 ``ema``, ``stage_two``, ``trainer``, ``checkpoint``, ``wandb``). Everything is checked before training starts:
 an unknown key, a wrong type, a value out of range or a missing data file raises
-:class:`limace.errors.ValidationError` with one line naming the file and the dotted key.
+:class:`limace.core.errors.ValidationError` with one line naming the file and the dotted key.
 
 Relative paths in a config file (data files, ``run_dir``) are relative to the directory of that file, so a config
 and its run directory can be moved together. This module imports only the standard library and PyYAML.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 from limace.potentials.registry import looks_like_path
 
 _SYMBOLS = None

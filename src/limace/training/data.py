@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 from limace.keys import CONFIG_TYPE_KEY
 from limace.training._mace import dtype_of, import_mace
 from limace.training.config import TrainConfig

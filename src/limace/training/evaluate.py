@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from limace.data.io import VOIGT_COLS, VOIGT_ROWS, to_voigt
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY, EV_PER_A3_TO_GPA, FORCES_KEY, STRESS_KEY
 
 
@@ -251,7 +251,7 @@ def fit_element_offsets(frames: Sequence, residual: np.ndarray) -> dict[str, flo
 def _check_finite(frames: Sequence, pred: Predictions, name: str) -> None:
     """Non-finite energies or forces are an error naming the first such configuration, never NaN in a summary
     (a damaged or diverging model; stress may be NaN only where it was not predicted)."""
-    from limace.errors import LimaceInputError
+    from limace.core.errors import LimaceInputError
 
     bad_e = ~np.isfinite(pred.energy)
     n_atoms = np.array([len(a) for a in frames], dtype=int)

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Union
 
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 from limace.training._mace import import_mace
 
 import_mace()

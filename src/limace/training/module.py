@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from limace.data.io import VOIGT_COLS, VOIGT_ROWS
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 from limace.keys import EV_PER_A3_TO_GPA
 from limace.training._mace import dtype_of, import_mace
 from limace.training.config import TrainConfig

@@ -28,7 +28,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
-from limace.errors import ValidationError
+from limace.core.errors import ValidationError
 from limace.training._mace import import_mace
 from limace.training.config import TrainConfig, dump_config
 
@@ -151,7 +151,7 @@ def _statistics_from_checkpoint(ckpt: Path, cfg: TrainConfig) -> DataStatistics:
 
 def _init_source(spec: str) -> torch.nn.Module:
     """The trained MACE model ``model.init_from`` names: a .model file or a pretrained potential's registry name."""
-    from limace.errors import LimaceInputError
+    from limace.core.errors import LimaceInputError
     from limace.potentials.calculator import read_model, resolve
 
     try:

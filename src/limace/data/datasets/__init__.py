@@ -34,8 +34,8 @@ from pathlib import Path
 
 from ase import Atoms
 
-from limace.errors import UnknownNameError, ValidationError
-from limace.fileio import atomic_write_bytes, atomic_write_json
+from limace.core.errors import UnknownNameError, ValidationError
+from limace.core.fileio import atomic_write_bytes, atomic_write_json
 from limace.keys import CONFIG_ID_KEY, CONFIG_TYPE_KEY
 
 SPLITS = ("train", "test")

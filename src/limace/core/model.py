@@ -1,0 +1,37 @@
+"""The call contract of a batched potential, shared by the potentials and the engines.
+
+A batched model maps a :class:`~limace.core.state.BatchedState` of ``S`` systems and ``N`` atoms to
+
+- ``"energy"``: ``[S]`` potential energy of each system (eV),
+- ``"forces"``: ``[N, 3]`` (eV/A), unless called with ``compute_forces=False``,
+- ``"stress"``: ``[S, 3, 3]`` (eV/A^3, ASE sign: positive under tension), when asked (``compute_stress=True``, or
+  ``None`` and the model was built with ``compute_stress=True``),
+
+as tensors on the state's device in the state's dtype. :class:`limace.potentials.batched.BatchedMACE` and
+:class:`limace.potentials.pair.BatchedMorse` implement it; the engines (:mod:`limace.md`, relaxation, NEB) accept
+any object that does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from limace.core.state import BatchedState
+
+__all__ = ["BatchedModel"]
+
+
+@runtime_checkable
+class BatchedModel(Protocol):
+    """``model(state, compute_stress=None, compute_forces=True) -> {"energy", "forces", ("stress")}`` (see the module
+    docstring); ``device`` and ``dtype`` say where and in which precision it evaluates."""
+
+    device: "torch.device"
+    dtype: "torch.dtype"
+
+    def __call__(self, state: "BatchedState", compute_stress: bool | None = None,
+                 compute_forces: bool = True) -> dict[str, "torch.Tensor"]:
+        ...
