@@ -69,9 +69,9 @@ def _cached(path: Path, key: dict):
 
 
 def _model(potential: str, device: str, dtype: str):
-    from limace.potentials import load
+    from limace.potentials import load_batched
 
-    return load(potential, device=device, dtype=dtype, batched=True)
+    return load_batched(potential, device=device, dtype=dtype)
 
 
 def _set_threads(workers: int) -> None:
@@ -219,6 +219,19 @@ def _vacancy_cell_atoms(structure_file: Path, min_image_distance: float) -> int:
     return int(len(a) * round(abs(np.linalg.det(vacancy_supercell_matrix(a, min_image_distance)))))
 
 
+def _barrier_cost(structure_file: Path, min_image_distance: float, cutoff: float) -> tuple[int, int, int]:
+    """(estimated cost, vacancy-cell atoms, distinct hops) of a phase's barriers: NEB work grows with the atoms of
+    the vacancy cell times the number of distinct hops (a 2-hop 54-atom B2 cell costs far less than a 40-hop
+    36-atom Li7Sn2-type one, though its cell is larger)."""
+    from ase.io import read
+
+    from limace.analysis.hops import distinct_hops, primitive_cell
+
+    n_atoms = _vacancy_cell_atoms(structure_file, min_image_distance)
+    n_hops = len(distinct_hops(primitive_cell(read(structure_file)), cutoff=cutoff))
+    return n_atoms * n_hops, n_atoms, n_hops
+
+
 # -- orchestration ----------------------------------------------------------------------------------------------------
 
 
@@ -298,13 +311,15 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
         structures = out / "work" / s / "structures"
         no_hops = {n: _no_hop_reason(structures / f"{n}.extxyz", settings.barriers.cutoff) for n in names}
         skipped[s] += [{"phase": n, "reason": why} for n, why in no_hops.items() if why]
-        sized = sorted((_vacancy_cell_atoms(structures / f"{n}.extxyz", settings.barriers.min_image_distance), n)
-                       for n in names if not no_hops[n])
+        # cheapest first (vacancy-cell atoms x distinct hops): max_barrier_phases keeps the cheapest ones
+        sized = sorted((*_barrier_cost(structures / f"{n}.extxyz", settings.barriers.min_image_distance,
+                                       settings.barriers.cutoff), n) for n in names if not no_hops[n])
         if settings.max_barrier_phases is not None:
-            for n_atoms, n in sized[settings.max_barrier_phases:]:
-                skipped[s].append({"phase": n, "reason": f"max_barrier_phases={settings.max_barrier_phases}"})
+            for _, n_atoms, n_hops, n in sized[settings.max_barrier_phases:]:
+                skipped[s].append({"phase": n, "reason": f"max_barrier_phases={settings.max_barrier_phases} (the "
+                                                         f"cheapest run: {n_hops} distinct hops, {n_atoms}-atom cells)"})
             sized = sized[:settings.max_barrier_phases]
-        for n_atoms, n in sized:
+        for _, n_atoms, _, n in sized:
             if n_atoms > settings.max_barrier_atoms:
                 skipped[s].append({"phase": n, "reason": f"vacancy supercell of {n_atoms} atoms > "
                                                          f"max_barrier_atoms={settings.max_barrier_atoms}"})
@@ -379,10 +394,7 @@ def _funnel_lines(funnel: dict | None) -> list[str]:
 
 
 def _write_report(results: dict, hulls: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     from limace.analysis.barriers import _plot_percolation, markdown_table
     from limace.analysis.hull import HullAnalysis
@@ -391,12 +403,12 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
     systems = list(results["systems"])
     for s in systems:
         HullAnalysis.from_dict(hulls[s]["hull_dict"]).plot(filename=out / f"hull_{s}.png")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
     for s in systems:
         VoltageCurve.from_dict(results["systems"][s]["voltage"]).plot(ax=ax, label=s)
     fig.tight_layout()
     fig.savefig(out / "voltage.png", dpi=120)
-    plt.close(fig)
     all_barriers = {"phases": [dict(p, phase=f"{p['phase']}") for s in systems
                                for p in results["systems"][s]["barriers"]["phases"]]}
     if all_barriers["phases"]:
