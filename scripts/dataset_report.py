@@ -9,8 +9,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from limace.data.consistency import (dataset_formation_energies, equal_structure_groups, fit_pulay_stress,
-                                     pressure_consistency)
+from limace.analysis.hull import dataset_formation_energies
+from limace.data.consistency import equal_structure_groups, fit_pulay_stress, pressure_consistency
 from limace.data.datasets import load_dataset, manifest
 from limace.data.io import composition_label
 

@@ -366,6 +366,26 @@ def test_runner_nve_nhc_npt_run(model64, tiny_mace_model_path):
     assert res.final[0].cell.volume != pytest.approx(cells[0].cell.volume, rel=1e-9)
 
 
+def test_e_cons_is_conserved_where_it_is_written(model64, tmp_path):
+    """thermo.csv's E_cons_eV: for Langevin and CSVR, E_pot + E_kin less the heat the thermostat exchanged stays
+    constant to the integration error while E_pot + E_kin moves by far more; NPT, which counts no barostat work,
+    leaves the column empty instead of calling a non-conserved sum conserved."""
+    from limace.md.runner import run_md
+
+    for ens in ("nvt_langevin", "nvt_csvr"):
+        res = run_md([lisn16(3)], model64, ensemble=ens, steps=40, timestep_fs=1.0, temperature_K=600,
+                     init_temperature_K=300, friction_per_fs=0.05, tau_fs=20, progress=False, log_every=5)
+        e_tot = np.array([r["E_pot_eV"] + r["E_kin_eV"] for r in res.thermo])
+        e_cons = np.array([r["E_cons_eV"] for r in res.thermo])
+        assert np.ptp(e_tot) > 0.1 and np.ptp(e_cons) < 1e-3, (ens, np.ptp(e_tot), np.ptp(e_cons))
+    res = run_md([lisn16(3)], model64, ensemble="npt", steps=5, temperature_K=600, progress=False, log_every=5,
+                 output_dir=tmp_path / "npt")
+    assert all(r["E_cons_eV"] is None for r in res.thermo)
+    rows = (tmp_path / "npt" / "thermo.csv").read_text().splitlines()
+    col = rows[0].split(",").index("E_cons_eV")
+    assert all(line.split(",")[col] == "" for line in rows[1:]) and len(rows) == 3
+
+
 def test_guard_stops_hot_and_nonfinite_systems(model64):
     from limace.md.config import GuardConfig
     from limace.md.runner import check_systems

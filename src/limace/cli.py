@@ -224,9 +224,23 @@ from limace.training.cli import register as _register_training  # noqa: E402
 _register_training(app)
 
 # -- md (src/limace/md/cli.py) ---------------------------------------------------------------------------------------
+# The MD engine does not import the potentials; this layer gives it their loader and name check.
 from limace.md.cli import register as _register_md  # noqa: E402
 
-_register_md(app)
+
+def _load_batched(spec, **options):
+    from limace.potentials import load_batched
+
+    return load_batched(spec, **options)
+
+
+def _check_potential(spec):
+    from limace.potentials.registry import check_potential_spec
+
+    return check_potential_spec(spec)
+
+
+_register_md(app, load_model=_load_batched, check_potential=_check_potential)
 
 from limace.analysis.cli import register as _register_analysis  # noqa: E402
 

@@ -626,42 +626,34 @@ def _savefig(fig, path: Path) -> None:
 
 
 def _plot_one(res, hop: dict, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.add_subplot()
     res.plot(ax=ax, label=f"hop {hop['hop']} ({hop['length_A']:.2f} Å)")
     fig.tight_layout()
     _savefig(fig, path)
-    plt.close(fig)
 
 
 def _plot_profiles(entry: dict, results, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
     for h, res in zip(entry["hops"], results):
         if res is not None:
             res.plot(ax=ax, label=f"hop {h['hop']} ({h['length_A']:.2f} Å)")
     ax.set_title(entry["phase"])
     fig.tight_layout()
     _savefig(fig, path)
-    plt.close(fig)
 
 
 def _plot_percolation(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     names = [p["phase"] for p in report["phases"]]
-    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(names)), 3.5))
+    fig = Figure(figsize=(max(4, 1.1 * len(names)), 3.5))
+    ax = fig.add_subplot()
     width = 0.25
     for k, d in enumerate(("1d", "2d", "3d")):
         vals = [p["percolation"][d]["barrier_eV"] for p in report["phases"]]
@@ -672,7 +664,6 @@ def _plot_percolation(report: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     _savefig(fig, path)
-    plt.close(fig)
 
 
 # -- DFT check of the percolating hops ---------------------------------------------------------------------------------

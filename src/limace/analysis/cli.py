@@ -122,15 +122,15 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
         check_output_path(out, "--out", directory=True)
     check_structure_specs(phases)
     check_potential_spec(potential)
-    from limace.analysis.neb import OPTIMIZERS
+    from limace.core.optimize import OPTIMIZERS
 
     if optimizer not in OPTIMIZERS:
         raise LimaceInputError(did_you_mean(optimizer, OPTIMIZERS, "--optimizer"))
     from limace.analysis.barriers import BarrierSettings, markdown_table, run_barriers
-    from limace.potentials import load
+    from limace.potentials import load_batched
     from limace.potentials.calculator import potential_sha256
 
-    model = load(potential, device=device, dtype=dtype, batched=True)
+    model = load_batched(potential, device=device, dtype=dtype)
     settings = BarrierSettings(cutoff=cutoff, min_image_distance=min_image_distance, n_images=n_images, fmax=fmax,
                                optimizer=optimizer, max_steps=max_steps, tight_fmax=tight_fmax, all_hops=all_hops,
                                check_size=check_size, max_band_atoms=max_band_atoms)

@@ -32,7 +32,7 @@ from ase import Atoms
 
 from limace.core.errors import LimaceInputError
 
-__all__ = ["HullAnalysis", "HullEntry", "SYSTEMS", "REFERENCE_PHASES"]
+__all__ = ["HullAnalysis", "HullEntry", "SYSTEMS", "REFERENCE_PHASES", "dataset_formation_energies"]
 
 SYSTEMS = ("Li-In", "Li-Sn")
 REFERENCE_PHASES = {"Li": "Li_bcc", "In": "In_tI2", "Sn": {"alpha": "Sn_alpha", "beta": "Sn_beta"}}
@@ -393,6 +393,15 @@ class HullAnalysis:
 
     def __repr__(self) -> str:
         return f"HullAnalysis({self.system}, {len(self.entries)} entries, stable: {', '.join(self.stable)})"
+
+
+def dataset_formation_energies(frames: Sequence[Atoms], system: str, sn_reference: str = "lowest") -> HullAnalysis:
+    """:class:`HullAnalysis` of the undistorted configurations of ``system`` in a labelled dataset with their DFT
+    energies (:func:`limace.data.consistency.formation_energy_structures`)."""
+    from limace.data.consistency import formation_energy_structures
+
+    return HullAnalysis.from_structures(system, formation_energy_structures(frames, system), sn_reference=sn_reference,
+                                        potential="DFT pbe-pw400")
 
 
 def _label_points(ax, labels, xs, ys, fontsize: float = 8.0) -> None:

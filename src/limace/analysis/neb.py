@@ -3,7 +3,7 @@
 One :class:`BatchedNEB` holds all bands; each step it evaluates the interior images of all bands together
 (:class:`limace.potentials.batched.BatchedMACE`, no stress), projects forces with the improved tangent
 (Henkelman & Jonsson, J. Chem. Phys. 113, 9978 (2000)), applies the climbing image (highest interior image,
-Henkelman, Uberuaga & Jonsson, J. Chem. Phys. 113, 9901 (2000)) and moves all images with batched FIRE in which
+Henkelman, Uberuaga & Jonsson, J. Chem. Phys. 113, 9901 (2000)) and moves all images with batched L-BFGS or FIRE in which
 each band is its own optimizer group and stops when converged. Convergence: max over atoms of the NEB force
 (perpendicular force + spring, and the inverted parallel force on the climbing image) below ``fmax``,
 as ASE measures it. Each image is evaluated at most once per step.
@@ -92,13 +92,10 @@ class NEBResult:
 
     def plot(self, ax=None, label: str | None = None):
         """Energy profile relative to the initial state; returns the matplotlib Axes."""
-        import matplotlib
+        if ax is None:  # a Figure of its own: no pyplot, no backend switch (fig = ax.figure; fig.savefig(...))
+            from matplotlib.figure import Figure
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(4.5, 3.2))
+            ax = Figure(figsize=(4.5, 3.2)).add_subplot()
         x = self.path_length
         y = self.energies - self.energies[0]
         style = "o-" if self.converged else "o--"
@@ -283,16 +280,16 @@ def _band_fmax(energies: list[torch.Tensor], fmax: float, tight_fmax: float | No
 
 
 def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_steps: int = 500, k: float = 0.1,
-            climb: bool = True, optimizer: str = "fire", dt: float = 0.1, max_dt: float = 1.0,
+            climb: bool = True, optimizer: str = "lbfgs", dt: float = 0.1, max_dt: float = 1.0,
             max_step: float = 0.2, memory: int = 20, endpoint_energies=None,
             tight_fmax: float | None = None, tight_below: float = 0.15, freeze: bool = False,
             progress: bool = False) -> list[NEBResult]:
     """Run CI-NEB on all ``bands`` (each ``[initial, *images, final]``) at once; one :class:`NEBResult` per band.
 
-    ``optimizer="fire"``: batched FIRE with ASE's defaults (dt 0.1, dtmax 1.0, maxstep 0.2 A);
-    ``"lbfgs"``: batched L-BFGS (:func:`limace.core.optimize.lbfgs_step`: one history of ``memory`` pairs per
-    band, dropped when the band's climbing image changes; no atom moves more than ``max_step``), usually several
-    times fewer steps.
+    ``optimizer="lbfgs"`` (default, as :class:`limace.analysis.barriers.BarrierSettings`): batched L-BFGS
+    (:func:`limace.core.optimize.lbfgs_step`: one history of ``memory`` pairs per band, dropped when the band's
+    climbing image changes; no atom moves more than ``max_step``), usually several times fewer steps than
+    ``"fire"``: batched FIRE with ASE's defaults (dt 0.1, dtmax 1.0, maxstep 0.2 A).
     ``tight_fmax``: bands whose smaller barrier (forward or backward) is below ``tight_below`` eV converge only at
     this fmax. ``freeze``: images below their band's fmax (not the climber) are held still and not re-evaluated.
     Converged bands leave the batch (they are not evaluated again). A band that does not reach its fmax within
@@ -300,7 +297,7 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     ``info`` of each result: ``model_calls`` and ``image_evaluations`` of the whole run, ``band_evaluations`` of the
     band, ``fmax_used``.
     """
-    from limace.core.optimize import fire_init, fire_step, group_max_force, lbfgs_init, lbfgs_step
+    from limace.core.optimize import group_max_force
 
     bands = [list(b) for b in bands]
     n_bands = len(bands)
@@ -312,10 +309,9 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
     end_e = [tuple(float(v) for v in e) for e in neb.end_e]
     active = list(range(n_bands))  # original band numbers, in the order of the current batch
     x = neb.state.positions.detach().clone()
-    if optimizer == "fire":
-        fire = fire_init(x, neb.group_idx, n_bands, dt_start=dt, dt_max=max_dt, max_step=max_step)
-    else:
-        fire = lbfgs_init(x, neb.group_idx, n_bands, memory=memory, max_step=max_step)
+    opt = OPTIMIZERS[optimizer]
+    params = dict(dt_start=dt, dt_max=max_dt) if optimizer == "fire" else dict(memory=memory)
+    fire = opt.init(x, neb.group_idx, n_bands, max_step=max_step, **params)
     last_climbers = None
     final: dict[int, dict] = {}
     calls = evaluations = 0
@@ -350,11 +346,11 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
             frozen_rows = frozen_img[img_idx]
             f = torch.where(frozen_rows[:, None], torch.zeros_like(f), f)
         if optimizer == "fire":
-            x_new, fire = fire_step(fire, x, f, fmax=fm)
+            x_new, fire = opt.step(fire, x, f, fmax=fm)
         else:
             reset = None if last_climbers is None else torch.as_tensor(
                 [a != b for a, b in zip(climbers, last_climbers)], device=x.device)
-            x_new, fire = lbfgs_step(fire, x, f, fmax=fm, reset=reset)
+            x_new, fire = opt.step(fire, x, f, fmax=fm, reset=reset)
             last_climbers = climbers
         if frozen_rows is not None:
             x_new = torch.where(frozen_rows[:, None], x, x_new)
@@ -377,7 +373,7 @@ def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_ste
             calls += neb.calls
             evaluations += neb.evaluations
             x_new = x_new[keep.to(x.device)[fire.group_idx]]
-            fire = OPTIMIZERS[optimizer][2](fire, keep)  # fire_select / lbfgs_select
+            fire = opt.select(fire, keep)
             if last_climbers is not None:
                 last_climbers = [c for c, kp in zip(last_climbers, keep.tolist()) if kp]
             active = [b for b, c in zip(active, conv.tolist()) if not c]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from limace.core.optimize import OPTIMIZERS, FireState, fire_step, lbfgs_step
+from limace.core.optimize import OPTIMIZERS, FireState, optimizer_for
 from limace.core.errors import LimaceInputError
 
 __all__ = ["relax_structures"]
@@ -77,10 +77,10 @@ class _Batch:
 
 def _load_model(model, device, dtype):
     if isinstance(model, (str, Path)):
-        from limace.potentials import load
+        from limace.core.state import dtype_name
+        from limace.potentials import load_batched
 
-        return load(model, device=str(device or "cpu"), dtype=str(dtype or "float64").replace("torch.", ""),
-                    batched=True)
+        return load_batched(model, device=str(device or "cpu"), dtype=dtype_name(dtype or "float64"))
     if not callable(model):
         raise LimaceInputError(f"model: expected a BatchedMACE, a registry name or a .model path, got "
                                f"{type(model).__name__}")
@@ -129,7 +129,7 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
         atoms_list: ASE Atoms (any sizes; the input objects are not modified).
         model: a :class:`~limace.potentials.batched.BatchedMACE` (or any callable with its contract:
             ``model(state, compute_stress=bool) -> {"energy" [S], "forces" [N, 3], "stress" [S, 3, 3]}``), or a
-            registry name / ``.model`` path loaded with ``limace.potentials.load(..., batched=True)``.
+            registry name / ``.model`` path loaded with :func:`limace.potentials.load_batched`.
         fmax: convergence threshold (eV/A) on every force row, atoms and cell rows (see the module docstring).
         max_steps: most FIRE steps per structure (ASE's ``steps``); a structure still above ``fmax`` after them is
             returned with ``info["converged"] = False``.
@@ -211,24 +211,19 @@ def _refill(batch, queue, atoms_list, max_atoms, relax_cell, device, dtype, opt_
     group_idx = torch.repeat_interleave(torch.arange(len(take), device=state.device),
                                         torch.as_tensor(rows, device=state.device))
     name, params = opt_spec
-    init, _, _, concat = OPTIMIZERS[name]
-    new.opt = init(x, group_idx, len(take), **params)
+    opt = OPTIMIZERS[name]
+    new.opt = opt.init(x, group_idx, len(take), **params)
     if batch is None:
         return new
     return _Batch(ids=batch.ids + new.ids, state=state_cls.concatenate([batch.state, new.state]),
                   cell0=torch.cat([batch.cell0, new.cell0]), x=torch.cat([batch.x, new.x]),
-                  opt=concat([batch.opt, new.opt]))
-
-
-def _ops(state):
-    """(init, step, select, concat) of the optimizer that made ``state``."""
-    return OPTIMIZERS["fire" if isinstance(state, FireState) else "lbfgs"]
+                  opt=opt.concat([batch.opt, new.opt]))
 
 
 def _select(batch: _Batch, keep: torch.Tensor) -> _Batch:
     rows = keep[batch.opt.group_idx]
     return _Batch(ids=[i for i, k in zip(batch.ids, keep.tolist()) if k], state=batch.state.select(keep),
-                  cell0=batch.cell0[keep], x=batch.x[rows], opt=_ops(batch.opt)[2](batch.opt, keep))
+                  cell0=batch.cell0[keep], x=batch.x[rows], opt=optimizer_for(batch.opt).select(batch.opt, keep))
 
 
 def _geometry(batch: _Batch, relax_cell: bool):
@@ -279,12 +274,13 @@ def _advance(batch: _Batch, model, fmax, max_steps, relax_cell, pressure, atoms_
         finite &= torch.isfinite(stress).all(dim=(1, 2))
     safe_forces = torch.where(finite[batch.opt.group_idx, None], dof_forces, torch.zeros_like(dof_forces))
     steps_before = batch.opt.n_steps
+    step = optimizer_for(batch.opt).step
     if isinstance(batch.opt, FireState):
-        x_new, opt = fire_step(batch.opt, batch.x, safe_forces, fmax=fmax)
+        x_new, opt = step(batch.opt, batch.x, safe_forces, fmax=fmax)
     else:  # the objective (energy, or enthalpy under pressure) lets L-BFGS undo steps that went uphill
         objective = energy + pressure * st.volume() if pressure != 0 else energy
         objective = torch.where(finite, objective, torch.full_like(objective, float("inf")))
-        x_new, opt = lbfgs_step(batch.opt, batch.x, safe_forces, fmax=fmax, objective=objective)
+        x_new, opt = step(batch.opt, batch.x, safe_forces, fmax=fmax, objective=objective)
     done = opt.converged | (steps_before >= max_steps) | ~finite
     if bool(done.any()):
         _record(batch, done, opt, finite, energy, forces, stress, steps_before, pressure, atoms_list, results)

@@ -333,11 +333,15 @@ class BatchedState:
 
 @dataclass(eq=False)
 class MDState(BatchedState):
-    """A :class:`BatchedState` with the potential's results at the current positions."""
+    """A :class:`BatchedState` with the potential's results at the current positions (and the heat a thermostat
+    exchanged, see ``heat``)."""
 
     energy: torch.Tensor | None = field(default=None, metadata=SYSTEM)  # [S] eV
     forces: torch.Tensor | None = field(default=None, metadata=ATOM)  # [N, 3] eV/A
     stress: torch.Tensor | None = field(default=None, metadata=SYSTEM)  # [S, 3, 3] eV/A^3, ASE sign
+    # [S] eV: energy a stochastic thermostat (Langevin, CSVR) gave the particles since the start, so that
+    # E_pot + E_kin - heat is conserved up to the integration error; None where nothing counts it
+    heat: torch.Tensor | None = field(default=None, metadata=SYSTEM)
 
     def pressure(self) -> torch.Tensor:
         """``[S]`` instantaneous pressure (eV/A^3) including the kinetic term: 2K/(3V) - tr(stress)/3.

@@ -3,8 +3,9 @@
 - :func:`equal_structure_groups`: configurations that are the same crystal (same structure up to the choice of cell,
   found with pymatgen's StructureMatcher without scaling) must have the same energy per atom; the spread in each
   group measures k-point/basis consistency of the labels.
-- :func:`dataset_formation_energies`: formation energies of the unstrained, unrattled phases of the dataset against
-  the dataset's own elemental references (science.md: bcc Li, tetragonal In, Sn lowest or beta), per binary system.
+- :func:`formation_energy_structures`: the unstrained, unrattled phases of the dataset with their energies, whose
+  formation energies against the dataset's own elemental references (science.md: bcc Li, tetragonal In, Sn lowest or
+  beta) :func:`limace.analysis.hull.dataset_formation_energies` gives, per binary system.
 """
 
 from __future__ import annotations
@@ -57,11 +58,10 @@ def equal_structure_groups(frames: Sequence[Atoms], ltol: float = 1e-3, stol: fl
     return sorted(out, key=lambda g: -g["spread_meV_per_atom"])
 
 
-def dataset_formation_energies(frames: Sequence[Atoms], system: str, sn_reference: str = "lowest"):
-    """:class:`~limace.analysis.hull.HullAnalysis` of the undistorted configurations of ``system`` with their DFT
-    energies (library phases named by ``info['phase']``, orderings by their formula and index)."""
-    from limace.analysis.hull import HullAnalysis
-
+def formation_energy_structures(frames: Sequence[Atoms], system: str) -> list[Atoms]:
+    """The undistorted configurations of ``system`` with their DFT energies, as the structures a convex hull takes
+    (``info``: ``name``, ``source``, ``energy``; library phases named by ``info['phase']``, orderings by their formula
+    and index). :func:`limace.analysis.hull.dataset_formation_energies` builds the hull of them."""
     els = set(system.split("-"))
     picked = []
     for k, a in enumerate(frames):
@@ -72,7 +72,7 @@ def dataset_formation_energies(frames: Sequence[Atoms], system: str, sn_referenc
                   "source": "library" if a.info.get("phase") else "search",
                   "energy": float(a.info[ENERGY_KEY])}
         picked.append(b)
-    return HullAnalysis.from_structures(system, picked, sn_reference=sn_reference, potential="DFT pbe-pw400")
+    return picked
 
 
 def pressure_consistency(frames: Sequence[Atoms], min_points: int = 3) -> list[dict]:
@@ -85,7 +85,8 @@ def pressure_consistency(frames: Sequence[Atoms], min_points: int = 3) -> list[d
     """
     import numpy as np
 
-    from limace.keys import EV_PER_A3_TO_GPA, STRESS_KEY
+    from limace.core.units import EV_PER_A3_TO_GPA
+    from limace.keys import STRESS_KEY
 
     by_phase: dict[str, list[Atoms]] = {}
     for a in frames:
@@ -138,7 +139,8 @@ def remove_pulay_stress(frames: Sequence[Atoms], per_element_GPa: dict[str, floa
     from ase.stress import voigt_6_to_full_3x3_stress
 
     from limace.data.io import to_voigt
-    from limace.keys import EV_PER_A3_TO_GPA, STRESS_KEY
+    from limace.core.units import EV_PER_A3_TO_GPA
+    from limace.keys import STRESS_KEY
 
     out = []
     for a in frames:

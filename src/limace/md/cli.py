@@ -1,28 +1,43 @@
-"""``limace md CONFIG.yaml``: batched MD of many systems. Only typer is imported here; the rest inside the command."""
+"""``limace md CONFIG.yaml``: batched MD of many systems. Only typer is imported here; the rest inside the command.
 
+The MD engine does not import the potentials: :func:`register` takes the two functions that deal with them (check a
+potential name or path before any work, load a batched model), and the top-level CLI passes those of
+:mod:`limace.potentials`.
+"""
+
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 
-def md(config: Path = typer.Argument(..., help="YAML run configuration (see limace.md.config.MDConfig)"),
-       fresh: bool = typer.Option(False, "--fresh", help="ignore a checkpoint in output_dir and start again"),
-       steps: Optional[int] = typer.Option(None, help="override the number of steps"),
-       device: Optional[str] = typer.Option(None, help="override the device (cpu, cuda, cuda:1)"),
-       progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="show a progress bar")):
-    """Run MD of every structure in the config at once (NVE, NVT Langevin/NHC/CSVR, NPT); resumes from its
-    checkpoint when run again."""
+def make_md_command(load_model: Callable[..., object], check_potential: Callable[[str], object]):
+    """The ``limace md`` command, loading its potential with ``load_model`` (as
+    :func:`limace.md.runner.run_config` takes it) after ``check_potential(spec)`` accepted the name or path."""
+
+    def md(config: Path = typer.Argument(..., help="YAML run configuration (see limace.md.config.MDConfig)"),
+           fresh: bool = typer.Option(False, "--fresh", help="ignore a checkpoint in output_dir and start again"),
+           steps: Optional[int] = typer.Option(None, help="override the number of steps"),
+           device: Optional[str] = typer.Option(None, help="override the device (cpu, cuda, cuda:1)"),
+           progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="show a progress bar")):
+        """Run MD of every structure in the config at once (NVE, NVT Langevin/NHC/CSVR, NPT); resumes from its
+        checkpoint when run again."""
+        _md(config, fresh, steps, device, progress, load_model, check_potential)
+
+    return md
+
+
+def _md(config, fresh, steps, device, progress, load_model, check_potential_spec):
     import dataclasses
     import json
     import re
     import sys
 
-    from limace.data.io import read_structures
     from limace.core.errors import LimaceInputError, check_number
     from limace.core.fileio import check_output_path
+    from limace.data.io import read_structures
     from limace.md.config import MDConfig
-    from limace.potentials.registry import check_potential_spec
 
     # the config, the structures, the output directory and the potential are checked before any model is loaded
     cfg = MDConfig.from_yaml(config)
@@ -40,7 +55,7 @@ def md(config: Path = typer.Argument(..., help="YAML run configuration (see lima
     check_potential_spec(cfg.potential)
     from limace.md.runner import run_config
 
-    result = run_config(cfg, restart=not fresh)
+    result = run_config(cfg, restart=not fresh, load_model=load_model)
     typer.echo(json.dumps(result.as_dict()))
     for s in result.stopped:
         typer.echo(f"system {s.system} stopped at step {s.step}: {s.reason}", err=True)
@@ -96,7 +111,8 @@ def diffusion(runs: list[Path] = typer.Argument(..., help="output_dir(s) of lima
         typer.echo(f"Ea({species}) = {fit.Ea:.3f} eV, 95 % CI [{lo:.3f}, {hi:.3f}]")
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``limace md`` and ``limace diffusion`` to the main app."""
-    app.command("md")(md)
+def register(app: typer.Typer, *, load_model: Callable[..., object], check_potential: Callable[[str], object]) -> None:
+    """Add ``limace md`` (with the potential loader and checker given, see :func:`make_md_command`) and
+    ``limace diffusion`` to the main app."""
+    app.command("md")(make_md_command(load_model, check_potential))
     app.command("diffusion")(diffusion)

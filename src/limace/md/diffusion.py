@@ -27,9 +27,9 @@ import numpy as np
 from ase import Atoms
 
 from limace.core.errors import ValidationError
+from limace.core.units import KB_EV  # eV/K, ASE's value (the MD temperatures use it)
 
 A2_PER_FS_TO_CM2_PER_S = 0.1
-KB_EV = 8.617333262e-5  # eV/K
 
 
 # -- MSD -------------------------------------------------------------------------------------------------------------

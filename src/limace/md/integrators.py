@@ -18,6 +18,12 @@ Integrators (all keep the centre-of-mass momentum of each system at zero; temper
 - :func:`csvr_step`: canonical sampling through velocity rescaling (Bussi, Donadio & Parrinello 2007).
 - :func:`npt_step`: isotropic NPT, stochastic cell rescaling (Bernetti & Bussi 2020) with BAOAB Langevin particles.
 
+Conserved quantities (:func:`conserved_energy`): NVE conserves E_pot + E_kin, the Nose-Hoover chain its extended
+energy (:func:`nhc_conserved`); Langevin and CSVR count the energy their thermostat exchanges with the particles in
+``state.heat`` (eV per system), so that E_pot + E_kin - heat is conserved up to the integration error (its drift
+measures the time step's quality as NVE's drift does). NPT has no such quantity here (the barostat's work is not
+counted): :func:`conserved_energy` gives None for it.
+
 >>> state = init_md(BatchedState.from_atoms(structures), model, temperature=300, generator=gen)  # doctest: +SKIP
 >>> for _ in range(1000):                                                                          # doctest: +SKIP
 ...     state = langevin_step(state, model, dt=2.0, temperature=300, friction=0.01, generator=gen)
@@ -30,10 +36,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from ase import units
 
 from limace.core.errors import ValidationError
 from limace.core.state import SYSTEM, BatchedState, MDState, per_system
+from limace.core.units import FS, KB_EV
+from limace.core.units import GPA as _GPA_IN_EV_PER_A3
 
 Model = Callable[..., dict]
 Generator = torch.Generator | Sequence[torch.Generator]
@@ -57,7 +64,7 @@ def kT_of(temperature, state: BatchedState) -> torch.Tensor:
     t = per_system(temperature, state.n_systems, state.positions, "temperature")
     if bool((t < 0).any()):
         raise ValidationError("temperature: must be >= 0 K")
-    return units.kB * t
+    return KB_EV * t
 
 
 def _checked_generators(state: BatchedState, generator: Generator) -> torch.Generator | list[torch.Generator]:
@@ -116,10 +123,17 @@ def init_md(state: BatchedState, model: Model, *, temperature=None, generator: G
     return evaluate(state, model, compute_stress)
 
 
+def _add_heat(state: MDState, before: torch.Tensor, after: BatchedState) -> torch.Tensor:
+    """``state.heat`` (zero if not counted yet) plus the kinetic energy a thermostat move added: ``after`` minus
+    ``before`` (``[S]`` kinetic energies before the move)."""
+    heat = state.heat if state.heat is not None else torch.zeros_like(before)
+    return heat + (after.kinetic_energy() - before)
+
+
 def _fs(dt: float) -> float:
     if not dt > 0:
         raise ValidationError(f"dt: must be > 0 fs, got {dt}")
-    return float(dt) * units.fs
+    return float(dt) * FS
 
 
 def _check(state) -> MDState:
@@ -157,7 +171,7 @@ def nve_step(state: MDState, model: Model, *, dt: float, stress: bool | None = N
 
 def _ou(state: MDState, momenta, kT, friction_per_fs, dt: float, generator) -> torch.Tensor:
     """The exact Ornstein-Uhlenbeck update of the momenta over ``dt`` (ASE time), centre of mass kept at zero."""
-    gamma = per_system(friction_per_fs, state.n_systems, state.positions, "friction") / units.fs
+    gamma = per_system(friction_per_fs, state.n_systems, state.positions, "friction") / FS
     c1 = torch.exp(-gamma * dt)[state.system_idx, None]
     c2 = torch.sqrt((1 - c1 * c1) * state.masses[:, None] * kT[state.system_idx, None])
     p = c1 * momenta + c2 * randn_atoms(state, generator)
@@ -173,9 +187,11 @@ def langevin_step(state: MDState, model: Model, *, dt: float, temperature, frict
     m = state.masses[:, None]
     p = state.momenta + 0.5 * dt * state.forces
     r = state.positions + 0.5 * dt * p / m
+    k_before = state.replace(momenta=p).kinetic_energy()
     p = _ou(state, p, kT, friction, dt, generator)
+    heat = _add_heat(state, k_before, state.replace(momenta=p))
     r = r + 0.5 * dt * p / m
-    new = evaluate(state.replace(positions=r, momenta=p), model, _want_stress(state, stress))
+    new = evaluate(state.replace(positions=r, momenta=p, heat=heat), model, _want_stress(state, stress))
     return new.replace(momenta=new.momenta + 0.5 * dt * new.forces)
 
 
@@ -252,6 +268,20 @@ def nhc_conserved(state: NHCState, temperature) -> torch.Tensor:
     return state.energy + state.kinetic_energy() + chain
 
 
+def conserved_energy(ensemble: str, state: MDState, temperature=None) -> torch.Tensor | None:
+    """``[S]`` the energy the integrator of ``ensemble`` conserves (eV), or None where there is none here (``"npt"``;
+    see the module docstring): E_pot + E_kin for ``"nve"``, the extended energy for ``"nvt_nhc"``, E_pot + E_kin -
+    heat for ``"nvt_langevin"`` and ``"nvt_csvr"``."""
+    if ensemble == "nve":
+        return state.energy + state.kinetic_energy()
+    if ensemble == "nvt_nhc":
+        return nhc_conserved(state, temperature)
+    if ensemble in ("nvt_langevin", "nvt_csvr"):
+        total = state.energy + state.kinetic_energy()
+        return total if state.heat is None else total - state.heat
+    return None
+
+
 # -- NVT: CSVR (Bussi) -----------------------------------------------------------------------------------------------
 
 
@@ -280,7 +310,8 @@ def _csvr_rescale(state: MDState, kT: torch.Tensor, dt: float, tau: float, gener
         r1, s = torch.stack(r1_list), torch.stack(s_list)
     new = kin + (1 - c) * (target * (s + r1 * r1) / dof - kin) + 2 * r1 * torch.sqrt(c * (1 - c) * target * kin / dof)
     alpha = torch.sqrt(torch.clamp(new, min=0) / torch.clamp(kin, min=torch.finfo(kin.dtype).tiny))
-    return state.replace(momenta=state.momenta * alpha[state.system_idx, None])
+    rescaled = state.replace(momenta=state.momenta * alpha[state.system_idx, None])
+    return rescaled.replace(heat=_add_heat(state, kin, rescaled))
 
 
 def csvr_step(state: MDState, model: Model, *, dt: float, temperature, tau: float = 100.0,
@@ -297,14 +328,11 @@ def csvr_step(state: MDState, model: Model, *, dt: float, temperature, tau: floa
 
 # -- NPT: stochastic cell rescaling ----------------------------------------------------------------------------------
 
-GPA = 1 / units.GPa  # GPa per eV/A^3 (160.2)
-
-
 def npt_step(state: MDState, model: Model, *, dt: float, temperature, pressure, friction=0.01, tau_p: float = 1000.0,
-             compressibility=1 / (30 * units.GPa), generator: Generator) -> MDState:
+             compressibility=1 / (30 * _GPA_IN_EV_PER_A3), generator: Generator) -> MDState:
     """One isotropic NPT step: BAOAB Langevin particles and stochastic cell rescaling of the volume.
 
-    ``pressure`` in eV/A^3 (``p_gpa * ase.units.GPa``), ``tau_p`` the barostat time constant (fs),
+    ``pressure`` in eV/A^3 (``p_gpa * limace.core.units.GPA``), ``tau_p`` the barostat time constant (fs),
     ``compressibility`` the isothermal compressibility guess (A^3/eV; default that of a 30 GPa bulk modulus), which
     with ``tau_p`` sets how fast the volume relaxes. The state must carry stress (``init_md(...,
     compute_stress=True)``); the barostat uses the stress of the previous positions and the current kinetic energy.

@@ -3,14 +3,19 @@
 :func:`run_md` is the Python API, :func:`run_config` what ``limace md CONFIG.yaml`` calls. Outputs in ``output_dir``:
 
 - ``thermo.csv``: one row per system every ``log_every`` steps: step, time_fs, system, T_K, E_pot_eV, E_kin_eV,
-  E_cons_eV (the quantity the integrator conserves: E_pot + E_kin, NHC adds its chain), P_GPa (with the kinetic
-  term), volume_A3.
+  E_cons_eV, P_GPa (with the kinetic term), volume_A3. E_cons_eV is the quantity the integrator conserves, so that
+  its drift measures the integration error: E_pot + E_kin for NVE, the Nose-Hoover chain's extended energy for NHC,
+  E_pot + E_kin minus the heat the thermostat gave the particles for Langevin and CSVR. NPT has none here (the
+  barostat's work is not counted): its E_cons_eV column is empty.
 - ``traj_0000.extxyz`` ...: one file per system, a frame every ``trajectory_every`` steps (unwrapped positions,
   momenta, energy, forces; ``info`` has step and time_fs).
 - ``checkpoint.pt``: everything needed to continue (state, thermostat, random generators, stopped systems, the sizes
   of the output files); written atomically. A run started again on the same ``output_dir`` continues from it and cuts
   the outputs back to the checkpoint, so a kill at any moment loses at most the steps since the last checkpoint.
 - ``final.extxyz`` (every system's last frame) and ``summary.json`` (status of each system, timings).
+
+The loop integrates and hands the state to small observers with one interface (:class:`Observer`):
+:class:`BlowUpGuard`, :class:`ThermoLog`, :class:`TrajectoryWriter` and :class:`Checkpointer`.
 
 Blow-up guard: every ``guard.check_every`` steps (and before each output) a system with non-finite numbers, a
 temperature above ``max_temperature_K`` or two atoms closer than ``min_distance_A`` is stopped, its last frame is
@@ -19,8 +24,6 @@ written to ``stopped_KKKK.extxyz`` and the reason to ``summary.json``; the other
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from ase import Atoms, units
+from ase import Atoms
 
 from limace.core.errors import LimaceInputError, ValidationError
+from limace.core.fileio import atomic_write, atomic_write_json
+from limace.core.state import BatchedState, MDState, as_dtype, per_system
+from limace.core.units import GPA
 from limace.md import integrators as integ
 from limace.md.config import GuardConfig, MDConfig
-from limace.core.state import BatchedState, MDState, per_system
 
 CHECKPOINT = "checkpoint.pt"
 THERMO = "thermo.csv"
@@ -102,10 +107,9 @@ def _step(cfg: MDConfig, state, model, t: _Targets, gens, stress: bool):
                           tau_p=cfg.tau_p_fs, compressibility=t.compressibility, generator=gens)
 
 
-def _conserved(cfg: MDConfig, state, t: _Targets) -> torch.Tensor:
-    if cfg.ensemble == "nvt_nhc":
-        return integ.nhc_conserved(state, t.temperature)
-    return state.energy + state.kinetic_energy()
+def _conserved(cfg: MDConfig, state, t: _Targets) -> torch.Tensor | None:
+    """``[S]`` the conserved energy of the run's ensemble, None for NPT (:func:`limace.md.integrators.conserved_energy`)."""
+    return integ.conserved_energy(cfg.ensemble, state, t.temperature)
 
 
 # -- guard -----------------------------------------------------------------------------------------------------------
@@ -222,6 +226,8 @@ def _say(message: str) -> None:
 
 
 def _fmt(v) -> str:
+    if v is None:  # a column without a value for this run (E_cons_eV of NPT): left empty
+        return ""
     return str(v) if isinstance(v, int) else f"{v:.10g}"
 
 
@@ -236,19 +242,13 @@ def _thermo_rows(state: MDState, step: int, cfg: MDConfig, t: _Targets, systems:
     temp = state.temperature().tolist()
     epot = state.energy.tolist()
     ekin = state.kinetic_energy().tolist()
-    econs = _conserved(cfg, state, t).tolist()
+    econs = _conserved(cfg, state, t)
+    econs = econs.tolist() if econs is not None else [None] * len(systems)
     vol = state.volume().tolist()
-    pres = (state.pressure() / units.GPa).tolist() if state.stress is not None else [float("nan")] * len(systems)
+    pres = (state.pressure() / GPA).tolist() if state.stress is not None else \
+        [float("nan")] * len(systems)
     return [dict(step=step, time_fs=step * cfg.timestep_fs, system=k, T_K=temp[i], E_pot_eV=epot[i], E_kin_eV=ekin[i],
                  E_cons_eV=econs[i], P_GPa=pres[i], volume_A3=vol[i]) for i, k in enumerate(systems)]
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
@@ -290,10 +290,163 @@ class _Live:
             self.targets = self.targets.select(keep)
 
 
+@dataclass
+class _Run:
+    """What the observers see: the config, the model, the output files and the live systems."""
+
+    cfg: MDConfig
+    model: object
+    out: Path | None
+    outputs: _Outputs
+    live: _Live
+    n_systems: int
+    thermo: list[dict] = field(default_factory=list)
+
+
+class Observer:
+    """One thing the MD loop does besides integrating. After each step the loop asks every observer whether it is
+    :meth:`due`; if any output is due (or the guard's own period has come), the blow-up guard runs first, then the
+    observers that are due, in order, each with :meth:`observe`. :meth:`start` is called once on a fresh run (step 0,
+    after the guard); :meth:`needs_stress` says whether the step that leads to ``step`` must compute the stress."""
+
+    is_output = True  # its output needs the guard to have run at that step
+
+    def due(self, step: int, run: _Run) -> bool:
+        return False
+
+    def needs_stress(self, step: int, run: _Run) -> bool:
+        return False
+
+    def start(self, run: _Run) -> None:
+        pass
+
+    def observe(self, step: int, run: _Run) -> None:
+        pass
+
+
+class BlowUpGuard(Observer):
+    """Stops systems that blew up (see :func:`check_systems`), every ``guard.check_every`` steps and before any
+    output."""
+
+    is_output = False
+
+    def due(self, step, run):
+        return step % run.cfg.guard.check_every == 0
+
+    def start(self, run):
+        self.observe(0, run)
+
+    def observe(self, step, run):
+        run.live.stop_bad(step, run.model, run.cfg, run.out, _say)
+
+
+class ThermoLog(Observer):
+    """``thermo.csv`` rows (and ``MDResult.thermo`` when ``keep``) every ``log_every`` steps and at the last one."""
+
+    def __init__(self, keep: bool = True, bar=None):
+        self.keep, self.bar = keep, bar
+
+    def due(self, step, run):
+        return step % run.cfg.log_every == 0 or step == run.cfg.steps
+
+    def needs_stress(self, step, run):  # the pressure column
+        return self.due(step, run)
+
+    def _log(self, step, run):
+        live = run.live
+        rows = _thermo_rows(live.state, step, run.cfg, live.targets, live.active)
+        run.outputs.thermo(rows)
+        if self.keep:
+            run.thermo.extend(rows)
+
+    def start(self, run):
+        if run.live.active:
+            self._log(0, run)
+
+    def observe(self, step, run):
+        if run.live.active:
+            self._log(step, run)
+            if self.bar is not None:
+                self.bar.set_postfix(T=f"{float(run.live.state.temperature().mean()):.0f}K",
+                                     active=len(run.live.active))
+
+
+class TrajectoryWriter(Observer):
+    """A frame of every running system every ``trajectory_every`` steps (``traj_KKKK.extxyz``)."""
+
+    def due(self, step, run):
+        return run.out is not None and bool(run.cfg.trajectory_every) and step % run.cfg.trajectory_every == 0
+
+    def start(self, run):
+        if run.live.active and run.cfg.trajectory_every and run.out is not None:
+            self.observe(0, run)
+
+    def observe(self, step, run):
+        live = run.live
+        if live.active:
+            run.outputs.frames(_frames(live.state, step, run.cfg.timestep_fs, live.active), live.active)
+
+
+class Checkpointer(Observer):
+    """``checkpoint.pt`` (atomically) every ``checkpoint_every`` steps, at the last step and when every system has
+    stopped: what a run started again on the same ``output_dir`` continues from."""
+
+    def due(self, step, run):
+        return run.out is not None and bool(run.cfg.checkpoint_every) and step % run.cfg.checkpoint_every == 0
+
+    def due_after(self, step, run) -> bool:
+        """Also at the end: the last step, or no system left."""
+        return run.out is not None and (step == run.cfg.steps or not run.live.active)
+
+    def observe(self, step, run):
+        live, cfg = run.live, run.cfg
+        ck = {"step": step, "ensemble": cfg.ensemble, "n_systems": run.n_systems, "active": live.active,
+              "state_type": type(live.state), "state": dict(live.state.__dict__),
+              "generators": [g.get_state() for g in live.gens],
+              "stopped": [s.as_dict() for s in live.stopped], "final": live.final,
+              "sizes": run.outputs.sizes(), "config": cfg.as_dict()}
+        atomic_write(run.out / CHECKPOINT, lambda tmp: torch.save(ck, tmp))
+
+
 def make_generators(n_systems: int, seed: int, device) -> list[torch.Generator]:
     """One generator per system, system ``k`` seeded with ``seed + k`` (so a system's trajectory does not depend on
     the batch it runs in)."""
     return [torch.Generator(device=device).manual_seed(int(seed) + k) for k in range(n_systems)]
+
+
+def _resume(run: _Run, ckpt_path: Path, targets: _Targets, gens: list, device) -> int:
+    """Load the checkpoint into ``run.live``, cut the outputs back to it; the step it was written at."""
+    cfg, n_sys = run.cfg, run.n_systems
+    ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if ck["ensemble"] != cfg.ensemble or ck["n_systems"] != n_sys:
+        raise LimaceInputError(f"{ckpt_path}: checkpoint of a {ck['ensemble']} run of {ck['n_systems']} systems, "
+                               f"config asks for {cfg.ensemble} with {n_sys}; use another output_dir or start "
+                               "afresh (--fresh)")
+    live = run.live
+    live.state = ck["state_type"](**ck["state"])
+    live.active = list(ck["active"])
+    live.stopped = [StoppedSystem(**s) for s in ck["stopped"]]
+    live.final = {int(k): v for k, v in ck["final"].items()}
+    keep = torch.tensor([k in set(live.active) for k in range(n_sys)], device=device)
+    live.targets = targets.select(keep)
+    live.gens = [gens[k] for k in live.active]
+    for g, s in zip(live.gens, ck["generators"]):
+        g.set_state(s)
+    run.outputs.cut_back(ck["sizes"])
+    return ck["step"]
+
+
+def _start(run: _Run, state0: BatchedState, targets: _Targets, gens: list) -> None:
+    """A fresh run: old outputs removed, momenta drawn, the potential evaluated, the thermostat attached."""
+    cfg = run.cfg
+    run.outputs.fresh()
+    init_t = cfg.init_temperature_K if cfg.init_temperature_K is not None else (
+        None if cfg.ensemble == "nve" else cfg.temperature_K)
+    state = integ.init_md(state0, run.model, temperature=init_t, generator=gens if init_t is not None else None,
+                          compute_stress=True)
+    if cfg.ensemble == "nvt_nhc":
+        state = integ.nhc_init(state, temperature=targets.temperature, tau=cfg.tau_fs, chain_length=cfg.chain_length)
+    run.live.state = state
 
 
 def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig | None = None, *,
@@ -304,8 +457,8 @@ def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig |
     Args:
         structures: ASE Atoms (one system each; momenta are used for NVE without ``init_temperature_K``) or a
             :class:`BatchedState`.
-        model: a batched potential (``state -> {"energy", "forces", ("stress")}``), e.g.
-            :class:`limace.potentials.batched.BatchedMACE`; NPT needs one that gives stress.
+        model: a batched potential (:class:`limace.core.model.BatchedModel`: ``state -> {"energy", "forces",
+            ("stress")}``), e.g. :class:`limace.potentials.batched.BatchedMACE`; NPT needs one that gives stress.
         config: an :class:`MDConfig`; keyword ``overrides`` replace its fields (``run_md(atoms, model,
             ensemble="nve", steps=100, timestep_fs=1.0)``).
         output_dir: where to write (default ``config.output_dir`` when a config is given, else nothing is written).
@@ -321,7 +474,7 @@ def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig |
     else:
         cfg = dataclasses.replace(config, **overrides) if overrides else config
         out = Path(output_dir if output_dir is not None else cfg.output_dir)
-    dtype = getattr(model, "dtype", None) or getattr(torch, cfg.dtype)
+    dtype = getattr(model, "dtype", None) or as_dtype(cfg.dtype)
     device = getattr(model, "device", None) or torch.device(cfg.device)
     if isinstance(structures, BatchedState):
         state0 = structures
@@ -331,102 +484,65 @@ def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig |
     like = state0.positions
     targets = _Targets(
         temperature=None if cfg.temperature_K is None else per_system(cfg.temperature_K, n_sys, like, "temperature_K"),
-        pressure=per_system(cfg.pressure_GPa, n_sys, like, "pressure_GPa") * units.GPa,
+        pressure=per_system(cfg.pressure_GPa, n_sys, like, "pressure_GPa") * GPA,
         friction=per_system(cfg.friction_per_fs, n_sys, like, "friction_per_fs"),
-        compressibility=1 / (per_system(cfg.bulk_modulus_GPa, n_sys, like, "bulk_modulus_GPa") * units.GPa),
+        compressibility=1 / (per_system(cfg.bulk_modulus_GPa, n_sys, like, "bulk_modulus_GPa") * GPA),
     )
     gens = list(generators) if generators is not None else make_generators(n_sys, cfg.seed, state0.device)
     if len(gens) != n_sys:
         raise ValidationError(f"generators: got {len(gens)} for {n_sys} systems")
-    outputs = _Outputs(out, n_sys)
-    npt = cfg.ensemble == "npt"
-    run = _Live(state=None, targets=targets, gens=gens, active=list(range(n_sys)))
-    start = 0
-    thermo_mem: list[dict] = []
-    ckpt_path = out / CHECKPOINT if out is not None else None
-    if restart and ckpt_path is not None and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=state0.device, weights_only=False)
-        if ck["ensemble"] != cfg.ensemble or ck["n_systems"] != n_sys:
-            raise LimaceInputError(f"{ckpt_path}: checkpoint of a {ck['ensemble']} run of {ck['n_systems']} systems, "
-                                   f"config asks for {cfg.ensemble} with {n_sys}; use another output_dir or start "
-                                   "afresh (--fresh)")
-        start = ck["step"]
-        run.state = ck["state_type"](**ck["state"])
-        run.active = list(ck["active"])
-        run.stopped = [StoppedSystem(**s) for s in ck["stopped"]]
-        run.final = {int(k): v for k, v in ck["final"].items()}
-        keep = torch.tensor([k in set(run.active) for k in range(n_sys)], device=state0.device)
-        run.targets = targets.select(keep)
-        run.gens = [gens[k] for k in run.active]
-        for g, s in zip(run.gens, ck["generators"]):
-            g.set_state(s)
-        outputs.cut_back(ck["sizes"])
-    else:
-        outputs.fresh()
-        init_t = cfg.init_temperature_K if cfg.init_temperature_K is not None else (
-            None if cfg.ensemble == "nve" else cfg.temperature_K)
-        state = integ.init_md(state0, model, temperature=init_t, generator=gens if init_t is not None else None,
-                              compute_stress=True)
-        if cfg.ensemble == "nvt_nhc":
-            state = integ.nhc_init(state, temperature=targets.temperature, tau=cfg.tau_fs,
-                                   chain_length=cfg.chain_length)
-        run.state = state
-        run.stop_bad(0, model, cfg, out, _say)
-        if run.active:
-            rows = _thermo_rows(run.state, 0, cfg, run.targets, run.active)
-            outputs.thermo(rows)
-            thermo_mem.extend(rows if keep_thermo else [])
-            if cfg.trajectory_every and out is not None:
-                outputs.frames(_frames(run.state, 0, cfg.timestep_fs, run.active), run.active)
+    run = _Run(cfg=cfg, model=model, out=out, outputs=_Outputs(out, n_sys), n_systems=n_sys,
+               live=_Live(state=None, targets=targets, gens=gens, active=list(range(n_sys))))
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"md {cfg.ensemble} x{n_sys}", unit="step",
-               disable=not cfg.progress, dynamic_ncols=True)
+    guard, checkpoint = BlowUpGuard(), Checkpointer()
+    ckpt_path = out / CHECKPOINT if out is not None else None
+    resuming = restart and ckpt_path is not None and ckpt_path.exists()
+    start = _resume(run, ckpt_path, targets, gens, state0.device) if resuming else 0
+    thermo = ThermoLog(keep_thermo)
+    outputs = [thermo, TrajectoryWriter()]
+    if not resuming:
+        _start(run, state0, targets, gens)
+        for obs in (guard, *outputs):
+            obs.start(run)
+    bar = thermo.bar = tqdm(total=cfg.steps, initial=start, desc=f"md {cfg.ensemble} x{n_sys}", unit="step",
+                            disable=not cfg.progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     atom_steps = 0
     step = start
+    npt = cfg.ensemble == "npt"
     try:
-        while step < cfg.steps and run.active:
+        while step < cfg.steps and run.live.active:
             nxt = step + 1
-            log_due = nxt % cfg.log_every == 0 or nxt == cfg.steps
-            traj_due = out is not None and cfg.trajectory_every and nxt % cfg.trajectory_every == 0
-            ckpt_due = out is not None and cfg.checkpoint_every and nxt % cfg.checkpoint_every == 0
-            run.state = _step(cfg, run.state, model, run.targets, run.gens, stress=npt or log_due)
-            atom_steps += run.state.n_atoms
+            due = [obs for obs in outputs if obs.due(nxt, run)]
+            stress = npt or any(obs.needs_stress(nxt, run) for obs in outputs)
+            live = run.live
+            live.state = _step(cfg, live.state, model, live.targets, live.gens, stress=stress)
+            atom_steps += live.state.n_atoms
             step = nxt
-            if log_due or traj_due or ckpt_due or step % cfg.guard.check_every == 0:
-                run.stop_bad(step, model, cfg, out, _say)
-            if run.active and log_due:
-                rows = _thermo_rows(run.state, step, cfg, run.targets, run.active)
-                outputs.thermo(rows)
-                thermo_mem.extend(rows if keep_thermo else [])
-                bar.set_postfix(T=f"{float(run.state.temperature().mean()):.0f}K", active=len(run.active))
-            if run.active and traj_due:
-                outputs.frames(_frames(run.state, step, cfg.timestep_fs, run.active), run.active)
-            if ckpt_due or (out is not None and (step == cfg.steps or not run.active)):
-                _atomic_save({"step": step, "ensemble": cfg.ensemble, "n_systems": n_sys, "active": run.active,
-                              "state_type": type(run.state), "state": dict(run.state.__dict__),
-                              "generators": [g.get_state() for g in run.gens],
-                              "stopped": [s.as_dict() for s in run.stopped], "final": run.final,
-                              "sizes": outputs.sizes(), "config": cfg.as_dict()}, ckpt_path)
+            ckpt_due = checkpoint.due(step, run)
+            if due or ckpt_due or guard.due(step, run):
+                guard.observe(step, run)
+            for obs in due:
+                obs.observe(step, run)
+            if ckpt_due or checkpoint.due_after(step, run):
+                checkpoint.observe(step, run)
             bar.update(1)
     finally:
         bar.close()
     wall = time.perf_counter() - t0
-    if run.active:
-        for a, k in zip(_frames(run.state, step, cfg.timestep_fs, run.active), run.active):
-            run.final[k] = a
-    final_list = [run.final[k] for k in range(n_sys)]
-    result = MDResult(final=final_list, stopped=sorted(run.stopped, key=lambda s: s.system), steps=step, wall_s=wall,
-                      atom_steps_per_s=atom_steps / wall if wall > 0 else 0.0, output_dir=out, thermo=thermo_mem)
+    live = run.live
+    if live.active:
+        for a, k in zip(_frames(live.state, step, cfg.timestep_fs, live.active), live.active):
+            live.final[k] = a
+    final_list = [live.final[k] for k in range(n_sys)]
+    result = MDResult(final=final_list, stopped=sorted(live.stopped, key=lambda s: s.system), steps=step, wall_s=wall,
+                      atom_steps_per_s=atom_steps / wall if wall > 0 else 0.0, output_dir=out, thermo=run.thermo)
     if out is not None:
         from ase.io import write
 
-        tmp = out / ".final.extxyz.tmp"
-        write(tmp, final_list, format="extxyz")
-        os.replace(tmp, out / "final.extxyz")
-        summary = {**result.as_dict(), "config": cfg.as_dict()}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write(out / "final.extxyz", lambda tmp: write(tmp, final_list, format="extxyz"))
+        atomic_write_json(out / "summary.json", {**result.as_dict(), "config": cfg.as_dict()})
     return result
 
 
@@ -449,34 +565,21 @@ def load_structures(paths: Sequence[str | Path]) -> list[Atoms]:
     return frames
 
 
-def load_potential(spec: str, device: str, dtype: str, skin: float = 0.5,
-                   max_atoms_per_call: int | str | None = "auto", compute_stress: bool = False, compile: bool = False):
-    """A batched potential from a registry name (``limace.potentials.load(..., batched=True)``) or a .model path."""
-    from limace.potentials.batched import BatchedMACE
-
-    try:
-        from limace.potentials import load
-    except ImportError:  # pragma: no cover - registry not available: a path only
-        load = None
-    if load is not None:
-        model = load(spec, device=device, dtype=dtype, batched=True)
-    else:
-        model = BatchedMACE.from_file(spec, device=device, dtype=dtype)
-    model.neighbors.skin = float(skin)
-    if max_atoms_per_call != "auto":
-        model.max_atoms_per_call = max_atoms_per_call
-    model.compute_stress = compute_stress
-    if compile:
-        model.compile_model()
-    return model
-
-
-def run_config(cfg: MDConfig, restart: bool = True) -> MDResult:
+def run_config(cfg: MDConfig, restart: bool = True, *, model=None,
+               load_model: Callable[..., object] | None = None) -> MDResult:
     """Run what an :class:`MDConfig` describes (what ``limace md CONFIG.yaml`` does; sets torch's CPU threads when
-    ``threads`` is given)."""
+    ``threads`` is given).
+
+    The potential: ``model`` (a :class:`limace.core.model.BatchedModel`), or ``load_model(cfg.potential,
+    device=, dtype=, skin=, max_atoms_per_call=, compile=)`` to load it, e.g. :func:`limace.potentials.load_batched`
+    (the ``limace md`` command passes that one; the MD engine itself does not import the potentials)."""
+    if model is None and load_model is None:
+        raise LimaceInputError("run_config needs the potential: model= (a batched model) or load_model= (e.g. "
+                               "limace.potentials.load_batched)")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     structures = load_structures(cfg.structures)
-    model = load_potential(cfg.potential, cfg.device, cfg.dtype, cfg.skin_A, cfg.max_atoms_per_call,
-                           compile=cfg.compile)
+    if model is None:
+        model = load_model(cfg.potential, device=cfg.device, dtype=cfg.dtype, skin=cfg.skin_A,
+                           max_atoms_per_call=cfg.max_atoms_per_call, compile=cfg.compile)
     return run_md(structures, model, cfg, restart=restart)

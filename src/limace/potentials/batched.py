@@ -1,6 +1,7 @@
 """A MACE model as a batched potential: one forward call for many systems, neighbour lists on the device.
 
-:class:`BatchedMACE` maps a :class:`limace.core.state.BatchedState` to the fixed output contract of our engines:
+:class:`BatchedMACE` maps a :class:`limace.core.state.BatchedState` to the fixed output contract of our engines
+(:class:`limace.core.model.BatchedModel`):
 ``energy [S]`` (eV), ``forces [N, 3]`` (eV/A) and, when asked, ``stress [S, 3, 3]`` (eV/A^3, ASE sign: positive
 under tension). It builds mace-torch's input graph for all systems at once from a :class:`VerletList` (skin, rebuilt
 only when needed), computes forces by autograd and skips the virial/stress graph unless stress is asked for.
@@ -12,16 +13,14 @@ Results equal mace-torch's :class:`~mace.calculators.MACECalculator` on the same
 
 from __future__ import annotations
 
-import os
+import copy as _copy
 from pathlib import Path
 
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 + torch >= 2.6 (see helper notes)
+import torch
 
-import torch  # noqa: E402
-
-from limace.core.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
-from limace.core.state import as_device, BatchedState, as_dtype  # noqa: E402
-from limace.core.neighbors import VerletList  # noqa: E402
+from limace.core.errors import LimaceInputError, ModelFileError, UnsupportedElementError
+from limace.core.neighbors import VerletList
+from limace.core.state import BatchedState, as_device, as_dtype
 
 
 CPU_ATOMS_PER_CALL = 128
@@ -44,18 +43,24 @@ class BatchedMACE:
             models for it. The first call takes minutes (and again when the number of systems changes); later
             calls run faster, most of all on CPUs where it fuses the many small element-wise operations (1.8x here,
             bench/RESULTS.md). Sets mace-torch's dynamo option that keeps autograd.grad out of compiled graphs.
+        copy: work on a copy of ``model`` (default), so that the caller's module keeps its device, dtype, training
+            mode and ``requires_grad`` flags; ``False`` converts ``model`` itself (no second copy of the weights in
+            memory; :func:`limace.potentials.load_batched` does that with the model it has just read).
     """
 
     implemented_properties = ("energy", "forces", "stress")
 
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str = torch.float64, compute_stress: bool = False, skin: float = 0.5,
-                 head: str | None = None, max_atoms_per_call: int | str | None = "auto", compile: bool = False):
+                 head: str | None = None, max_atoms_per_call: int | str | None = "auto", compile: bool = False,
+                 copy: bool = True):
         if not (isinstance(model, torch.nn.Module) and hasattr(model, "atomic_numbers") and hasattr(model, "r_max")):
             raise ModelFileError(f"BatchedMACE needs a mace-torch model (atomic_numbers, r_max), got "
                                  f"{type(model).__name__}")
         self.device = as_device(device)
         self.dtype = as_dtype(dtype)
+        if copy:  # Module.to/eval/requires_grad_ act in place: leave the caller's module as it was
+            model = _copy.deepcopy(model)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -91,6 +96,7 @@ class BatchedMACE:
         """Load a mace-torch ``.model`` file (``torch.save`` of the model; a pickle: only load files you trust)."""
         from limace.potentials.calculator import read_model
 
+        kwargs.setdefault("copy", False)  # read here: nobody else holds it
         return cls(read_model(path, device=str(torch.device(device))), device=device, dtype=dtype, **kwargs)
 
     def compile_model(self) -> None:

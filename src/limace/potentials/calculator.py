@@ -12,36 +12,31 @@ spread: ``results["energy_std"]`` (eV), ``results["forces_std"]`` ([n_atoms, 3],
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence, Union
 
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 + torch >= 2.6 (see helper notes)
+import numpy as np
+import torch
+from ase.calculators.calculator import all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from ase.calculators.calculator import all_changes  # noqa: E402
-from ase.data import chemical_symbols  # noqa: E402
-from ase.stress import full_3x3_to_voigt_6_stress  # noqa: E402
-from mace.calculators import MACECalculator  # noqa: E402
-
-from limace.core.errors import LimaceInputError, ModelFileError, UnsupportedElementError  # noqa: E402
-from limace.potentials.registry import (  # noqa: E402
+from limace.core.compat import import_mace, weights_only_fallback
+from limace.core.errors import LimaceInputError, ModelFileError, UnsupportedElementError
+from limace.core.state import as_dtype, dtype_name
+from limace.potentials.registry import (
     PotentialEntry, check_model_archive, fetch, get_potential, looks_like_path, sha256_file,
 )
 
+import_mace("mace.calculators")  # e3nn's import-time torch.load under torch >= 2.6, the environment restored
+from mace.calculators import MACECalculator  # noqa: E402
+
 PathOrName = Union[str, Path]
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def _check_dtype(dtype) -> str:
-    if isinstance(dtype, torch.dtype):
-        for name, dt in _DTYPES.items():
-            if dt == dtype:
-                return name
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return dtype
-    raise LimaceInputError(f"dtype {dtype!r} is not supported; use 'float64' or 'float32'")
+    """``"float32"``/``"float64"`` (:func:`limace.core.state.dtype_name`, the one dtype check)."""
+    return dtype_name(dtype)
 
 
 def _check_device(device) -> str:
@@ -88,7 +83,8 @@ def read_model(path: str | Path, device: str = "cpu") -> torch.nn.Module:
     path = Path(path)
     check_model_archive(path)  # missing, not a file, or damaged (zip members' CRC): one line, before unpickling
     try:
-        model = torch.load(path, map_location=device, weights_only=False)
+        with weights_only_fallback():  # e3nn, if unpickling imports it first, loads its constants with torch.load
+            model = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # truncated, not a pickle, or written by an incompatible version
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise ModelFileError(f"{path}: not a readable MACE model ({type(exc).__name__}: {reason}); download it again "
@@ -114,7 +110,7 @@ class LimaceCalculator(MACECalculator):
     def __init__(self, models: list[torch.nn.Module], *, device: str = "cpu", dtype: str = "float64",
                  names: Sequence[str] = (), entries: Sequence[PotentialEntry | None] = (), **kwargs):
         dtype = _check_dtype(dtype)
-        models = [m.to(dtype=_DTYPES[dtype]) for m in models]
+        models = [m.to(dtype=as_dtype(dtype)) for m in models]
         super().__init__(models=models, device=device, default_dtype=dtype, **kwargs)
         self.implemented_properties = list(self.implemented_properties)  # mace extends the class-level list
         if self.num_models > 1:
@@ -155,7 +151,7 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         dtype: ``"float64"`` or ``"float32"`` (the weights are converted).
         batched: return our batched model (:class:`limace.potentials.batched.BatchedMACE`) for the MD/NEB engines
-            instead of an ASE calculator; one potential only.
+            instead of an ASE calculator; one potential only (:func:`load_batched`, which takes more options).
         offline: never touch the network (default: ``LIMACE_OFFLINE``); registry weights must be cached.
         progress: show a progress bar while downloading.
 
@@ -170,9 +166,38 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
     if batched and len(specs) > 1:
         raise LimaceInputError(f"batched=True takes one potential, got {len(specs)}; load committee members "
                                "one by one")
+    if batched:
+        return load_batched(specs[0], device=device, dtype=dtype, offline=offline, progress=progress)
+    models, entries = _read_models(specs, device, offline, progress)
+    return LimaceCalculator(models, device=device, dtype=dtype, names=[str(s) for s in specs], entries=entries)
+
+
+def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "float64", *, skin: float = 0.5,
+                 max_atoms_per_call: int | str | None = "auto", compute_stress: bool = False, compile: bool = False,
+                 offline: bool | None = None, progress: bool = True):
+    """The one loader of batched models: a registry name or ``.model`` path -> a
+    :class:`~limace.potentials.batched.BatchedMACE` (the :class:`limace.core.model.BatchedModel` contract), for
+    MD, relaxation, NEB and screening. ``skin``, ``max_atoms_per_call``, ``compute_stress`` and ``compile`` are
+    BatchedMACE's options; the rest as :func:`load`."""
+    from limace.potentials.batched import BatchedMACE
+
+    dtype = _check_dtype(dtype)
+    device = _check_device(device)
+    if isinstance(name_or_path, (list, tuple)):
+        raise LimaceInputError(f"a batched model is one potential, got a list of {len(name_or_path)}; load committee "
+                               "members one by one")
+    (model,), _ = _read_models([name_or_path], device, offline, progress)
+    # the model was read here, so BatchedMACE may convert it in place (copy=False) instead of copying it
+    return BatchedMACE(model, device=device, dtype=dtype, compute_stress=compute_stress, skin=skin,
+                       max_atoms_per_call=max_atoms_per_call, compile=compile, copy=False)
+
+
+def _read_models(specs: Sequence[PathOrName], device: str, offline: bool | None, progress: bool):
+    """The models of ``specs`` (checked against their registry entries and, for several, against each other) and
+    the registry entries (``None`` for plain files)."""
     resolved = [resolve(s, offline=offline, progress=progress) for s in specs]
     models = []
-    for (path, entry), spec in zip(resolved, specs):
+    for path, entry in resolved:
         model = read_model(path, device=device)
         if entry is not None and set(model_elements(model)) != set(entry.elements):
             raise ModelFileError(f"{path}: weights of {entry.name} know {', '.join(model_elements(model))} but its "
@@ -187,8 +212,4 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
         if float(model.r_max) != float(models[0].r_max):
             raise LimaceInputError(f"committee members differ in cutoff: {names[0]} has r_max "
                                    f"{float(models[0].r_max):g} A, {name} has {float(model.r_max):g} A")
-    if batched:
-        from limace.potentials.batched import BatchedMACE
-
-        return BatchedMACE(models[0], device=device, dtype=dtype)
-    return LimaceCalculator(models, device=device, dtype=dtype, names=names, entries=[e for _, e in resolved])
+    return models, [e for _, e in resolved]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from limace.core.state import as_device, BatchedState, as_dtype
 from limace.core.neighbors import VerletList
+from limace.core.state import BatchedState, as_device, as_dtype
 
 
 def _fcut(r: torch.Tensor, r1: float, r2: float) -> torch.Tensor:
@@ -36,7 +36,10 @@ class BatchedMorse:
         self.compute_stress = bool(compute_stress)
         self.neighbors = VerletList(self.r2, skin)
 
-    def __call__(self, state: BatchedState, compute_stress: bool | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, state: BatchedState, compute_stress: bool | None = None,
+                 compute_forces: bool = True) -> dict[str, torch.Tensor]:
+        """The :class:`limace.core.model.BatchedModel` contract (forces are always computed: they cost no more
+        than the energy here)."""
         stress = self.compute_stress if compute_stress is None else bool(compute_stress)
         pos = state.positions.detach().to(self.dtype)
         cell = state.cell.detach().to(self.dtype)

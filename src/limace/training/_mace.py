@@ -1,28 +1,17 @@
-"""Import mace-torch the way that works with torch >= 2.6 (mace first, then e3nn), quietly.
-
-mace's package ``__init__`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` so that e3nn 0.4.4 can load its constants;
-importing e3nn before mace fails. Every limace module that needs mace imports it through :func:`import_mace`.
+"""Import mace-torch the way that works with torch >= 2.6 (see :mod:`limace.core.compat`), quietly and without
+leaving ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` set for the rest of the process. Every limace module that needs mace
+imports it through :func:`import_mace`.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
+from limace.core.compat import import_mace
 
-
-def import_mace():
-    """Return the ``mace`` package (importing it first if needed)."""
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
-        import mace
-        import mace.data  # noqa: F401
-        import mace.modules  # noqa: F401
-        import mace.tools  # noqa: F401
-    return mace
+__all__ = ["dtype_of", "import_mace"]
 
 
 def dtype_of(precision: str):
-    import torch
+    """``torch.float32``/``torch.float64`` from ``"float32"``/``"float64"`` (:func:`limace.core.state.as_dtype`)."""
+    from limace.core.state import as_dtype
 
-    return {"float32": torch.float32, "float64": torch.float64}[precision]
+    return as_dtype(precision)

@@ -469,12 +469,8 @@ def load_config(path: str | Path, check_files: bool = True) -> TrainConfig:
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config (absolute paths) as YAML, atomically."""
-    import os
-
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    from limace.core.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.as_dict(), sort_keys=False))

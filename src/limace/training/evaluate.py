@@ -15,8 +15,6 @@ which removes the dependence on the reference energy zero of a different DFT cod
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,9 @@ import numpy as np
 
 from limace.data.io import VOIGT_COLS, VOIGT_ROWS, to_voigt
 from limace.core.errors import ValidationError
-from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY, EV_PER_A3_TO_GPA, FORCES_KEY, STRESS_KEY
+from limace.core.fileio import atomic_write_json
+from limace.core.units import EV_PER_A3_TO_GPA
+from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
 
 @dataclass
@@ -225,9 +225,7 @@ class EvaluationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"summary": out / "summary.json"}
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps({"summary": self.summary(), "data": self.as_dict()}, indent=1))
-        os.replace(tmp, paths["summary"])
+        atomic_write_json(paths["summary"], {"summary": self.summary(), "data": self.as_dict()})
         if plots:
             from matplotlib.figure import Figure  # no pyplot: no global backend state
 

@@ -8,12 +8,12 @@ was on), on CPU, in eval mode. ``mace.calculators.MACECalculator(model_paths=PAT
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from pathlib import Path
 from typing import Optional, Union
 
 from limace.core.errors import ValidationError
+from limace.core.fileio import atomic_write
 from limace.training._mace import import_mace
 
 import_mace()
@@ -47,12 +47,7 @@ def export_model(source, path: Union[str, Path], ema: bool = True) -> Path:
     for p in model.parameters():
         p.requires_grad_(False)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(model, tmp))
     return path
 
 

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from limace.data.io import VOIGT_COLS, VOIGT_ROWS
 from limace.core.errors import ValidationError
-from limace.keys import EV_PER_A3_TO_GPA
+from limace.core.units import EV_PER_A3_TO_GPA
 from limace.training._mace import dtype_of, import_mace
 from limace.training.config import TrainConfig
 from limace.training.data import DataStatistics

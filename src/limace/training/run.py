@@ -16,7 +16,6 @@ loses only the steps since the last checkpoint and the resumed run follows the u
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from limace.core.errors import ValidationError
+from limace.core.fileio import atomic_write, atomic_write_json
 from limace.training._mace import import_mace
 from limace.training.config import TrainConfig, dump_config
 
@@ -47,14 +47,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file in the same directory, fsynced, then renamed into place."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
         return super().load_checkpoint(path, map_location=map_location, weights_only=False)
@@ -296,11 +289,9 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
                                      or cfg.trainer.batch_size, device=str(module.device))
                 res.save(run_dir / split)
                 setattr(result, split, res.summary()["all"])
-        tmp = run_dir / ".result.json.tmp"
-        tmp.write_text(json.dumps({"seed": seed, "global_step": result.global_step, "model": str(result.model_path),
-                                   "train_seconds_this_start": seconds, "valid": result.valid, "test": result.test},
-                                  indent=1))
-        os.replace(tmp, run_dir / "result.json")
+        atomic_write_json(run_dir / "result.json", {
+            "seed": seed, "global_step": result.global_step, "model": str(result.model_path),
+            "train_seconds_this_start": seconds, "valid": result.valid, "test": result.test})
     return result
 
 
