@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     from mace.calculators import MACECalculator
 
     from limace.md import integrators as md
-    from limace.md.state import BatchedState
+    from limace.core.state import BatchedState
     from limace.potentials.batched import BatchedMACE
 
     torch.set_num_threads(args.threads)
