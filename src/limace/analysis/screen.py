@@ -74,6 +74,30 @@ def _model(potential: str, device: str, dtype: str):
     return load_batched(potential, device=device, dtype=dtype)
 
 
+def _domain_filter(model, entries: list) -> tuple[list, list[dict], list[str]]:
+    """Drop hull entries that lie outside the potential's training domain (limace.potentials.domain): their
+    energies are extrapolation, never a result. Pure elements stay (they are the references) with a warning. Every
+    kept entry gets ``info["domain_score"]``. Without a domain check beside the weights nothing is dropped."""
+    dom = getattr(model, "domain", None)
+    if dom is None or not entries:
+        return entries, [], []
+    scores = dom.scores(model, entries)
+    kept, rejected, warnings = [], [], []
+    for a, sc in zip(entries, scores):
+        a.info["domain_score"] = round(float(sc), 2)
+        if sc <= dom.threshold:
+            kept.append(a)
+        elif len(set(a.get_chemical_symbols())) == 1:
+            kept.append(a)
+            warnings.append(f"{a.info.get('name')}: outside the potential's training domain (descriptor distance "
+                            f"{sc:.1f} > {dom.threshold:.1f}); its energy is an extrapolation")
+        else:
+            rejected.append({"name": a.info.get("name"), "formula": a.get_chemical_formula(),
+                             "reason": f"outside the potential's training domain (descriptor distance {sc:.1f} > "
+                                       f"{dom.threshold:.1f})"})
+    return kept, rejected, warnings
+
+
 def _set_threads(workers: int) -> None:
     import torch
 
@@ -109,6 +133,9 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     cand_rel = [a for a in relaxed[len(library):] if id(a) in kept_ids]
     best = lowest_per_composition(cand_rel)
     entries = [a for a in lib_rel if a.info.get("converged", False)] + best
+    entries, outside, dwarn = _domain_filter(model, entries)
+    rejected += outside
+    warnings += dwarn
     hull = HullAnalysis.from_structures(system, entries, sn_reference=s.sn_reference, potential=potential)
     voltage = hull.voltage()
     work.mkdir(parents=True, exist_ok=True)
@@ -193,7 +220,29 @@ def barrier_task(system: str, structure_file: str, potential: str, potential_sha
     entry = rep["phases"][0]
     entry["hops"] = [{k: v for k, v in h.items() if k != "profile"} for h in entry["hops"]]
     entry["phase"] = name
+    _domain_check_hops(model, entry, Path(out) / "barriers" / system)
     return entry
+
+
+def _domain_check_hops(model, entry: dict, base: Path) -> None:
+    """Score the climbing image (the saddle) of every computed hop with the potential's domain check: a hop whose
+    saddle lies outside the training domain gets ``outside_domain: true`` and the phase lists it in
+    ``outside_domain_hops`` (its barrier is an extrapolation)."""
+    from ase.io import read
+
+    dom = getattr(model, "domain", None)
+    if dom is None:
+        return
+    hops = [h for h in entry["hops"] if (h.get("files") or {}).get("climbing_image")
+            and (base / h["files"]["climbing_image"]).is_file()]
+    if not hops:
+        return
+    scores = dom.scores(model, [read(base / h["files"]["climbing_image"]) for h in hops])
+    for h, sc in zip(hops, scores):
+        h["domain_score"] = round(float(sc), 2)
+        h["outside_domain"] = bool(sc > dom.threshold)
+    entry["domain_threshold"] = round(float(dom.threshold), 2)
+    entry["outside_domain_hops"] = [h["hop"] for h in hops if h["outside_domain"]]
 
 
 def _no_hop_reason(structure_file: Path, cutoff: float) -> str | None:
@@ -465,6 +514,11 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
             lines.append(markdown_table(r["barriers"]))
             for p in r["barriers"]["phases"]:
                 lines.append(f"![NEB {p['phase']}](barriers/{s}/{p['phase']}/neb_profiles.png)")
+                if p.get("outside_domain_hops"):
+                    lines.append(f"> **Warning:** {p['phase']}: the saddles of hops "
+                                 f"{', '.join(str(h) for h in p['outside_domain_hops'])} lie outside the potential's "
+                                 f"training domain (descriptor distance > {p['domain_threshold']}): those barriers "
+                                 "are extrapolations; label them (`--verify-dft`) before trusting them")
         for sk in r["barriers"]["skipped"]:
             lines.append(f"- {sk['phase']}: skipped ({sk['reason']})")
         lines.append("")

@@ -65,6 +65,8 @@ class BatchedMACE:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.compute_stress = bool(compute_stress)
+        self.domain = None  # a limace.potentials.domain.DomainCheck (load_batched attaches the shipped one)
+        self._inv_index = None  # l = 0 channels of the node features (descriptors), built at first use
         self.r_max = float(self.model.r_max)
         self.atomic_numbers = [int(z) for z in self.model.atomic_numbers]
         z_to_index = torch.full((119,), -1, dtype=torch.long)
@@ -138,9 +140,11 @@ class BatchedMACE:
         return self._node_attrs
 
     def __call__(self, state: BatchedState, compute_stress: bool | None = None,
-                 compute_forces: bool = True) -> dict[str, torch.Tensor]:
+                 compute_forces: bool = True, compute_descriptors: bool = False) -> dict[str, torch.Tensor]:
         """``{"energy": [S], "forces": [N, 3]}`` plus ``"stress": [S, 3, 3]`` when asked (here or at construction).
-        ``compute_forces=False``: energies only (no backward pass, about half the cost; no stress either)."""
+        ``compute_forces=False``: energies only (no backward pass, about half the cost; no stress either).
+        ``compute_descriptors=True`` adds ``"descriptors": [N, D]``, the invariant (l = 0) node features of every
+        interaction layer (what :mod:`limace.potentials.domain` compares with the training data)."""
         stress = (self.compute_stress if compute_stress is None else bool(compute_stress)) and compute_forces
         if state.device != self.device:
             raise LimaceInputError(f"state on {state.device}, model on {self.device}; move one of them (state.to())")
@@ -159,14 +163,15 @@ class BatchedMACE:
         chunks = self._chunks(state)
         if len(chunks) == 1:
             res = self._forward(pos, cell, node_attrs, state.system_idx, edge_index, unit_shifts, stress,
-                                compute_forces)
+                                compute_forces, compute_descriptors)
         else:
             parts = []
             edge_sys = state.system_idx[edge_index[0]]
             for (s0, s1), (a0, a1) in chunks:
                 e = (edge_sys >= s0) & (edge_sys < s1)
                 parts.append(self._forward(pos[a0:a1], cell[s0:s1], node_attrs[a0:a1], state.system_idx[a0:a1] - s0,
-                                           edge_index[:, e] - a0, unit_shifts[e], stress, compute_forces))
+                                           edge_index[:, e] - a0, unit_shifts[e], stress, compute_forces,
+                                           compute_descriptors))
             res = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         return {k: v.to(out_dtype) for k, v in res.items()}
 
@@ -183,7 +188,7 @@ class BatchedMACE:
         return chunks
 
     def _forward(self, pos, cell, node_attrs, batch, edge_index, unit_shifts, stress: bool,
-                 forces: bool = True) -> dict:
+                 forces: bool = True, descriptors: bool = False) -> dict:
         n_sys = cell.shape[0]
         counts = torch.bincount(batch, minlength=n_sys)
         ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
@@ -205,7 +210,26 @@ class BatchedMACE:
             res["forces"] = out["forces"].detach()
         if stress:
             res["stress"] = out["stress"].detach()
+        if descriptors:
+            res["descriptors"] = self._invariants(out["node_feats"].detach())
         return res
+
+    def _invariants(self, node_feats: torch.Tensor) -> torch.Tensor:
+        """The l = 0 channels of each layer's block of MACE's concatenated node features."""
+        if getattr(self, "_inv_index", None) is None or self._inv_index.device != node_feats.device:
+            from e3nn import o3
+
+            idx, start = [], 0
+            for prod in self.model.products:
+                irreps = o3.Irreps(str(prod.linear.irreps_out))
+                off = start
+                for mul, ir in irreps:
+                    if ir.l == 0:
+                        idx.extend(range(off, off + mul))
+                    off += mul * ir.dim
+                start = off
+            self._inv_index = torch.as_tensor(idx, dtype=torch.long, device=node_feats.device)
+        return node_feats[:, self._inv_index]
 
     def __repr__(self) -> str:
         return (f"BatchedMACE({type(self.model).__name__}, elements={self.atomic_numbers}, r_max={self.r_max:g}, "

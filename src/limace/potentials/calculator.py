@@ -188,8 +188,15 @@ def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "fl
                                "members one by one")
     (model,), _ = _read_models([name_or_path], device, offline, progress)
     # the model was read here, so BatchedMACE may convert it in place (copy=False) instead of copying it
-    return BatchedMACE(model, device=device, dtype=dtype, compute_stress=compute_stress, skin=skin,
-                       max_atoms_per_call=max_atoms_per_call, compile=compile, copy=False)
+    batched = BatchedMACE(model, device=device, dtype=dtype, compute_stress=compute_stress, skin=skin,
+                          max_atoms_per_call=max_atoms_per_call, compile=compile, copy=False)
+    # its domain check (limace.potentials.domain), when one lies beside the weights
+    from limace.potentials.domain import DomainCheck, domain_path
+
+    path, _ = resolve(name_or_path, offline=offline, progress=False)
+    dom = domain_path(path)
+    batched.domain = DomainCheck.load(dom) if dom.is_file() else None
+    return batched
 
 
 def _read_models(specs: Sequence[PathOrName], device: str, offline: bool | None, progress: bool):

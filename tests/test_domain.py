@@ -1,0 +1,81 @@
+"""The domain check shipped with the potential (limace.potentials.domain): flags what the training data never saw."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from limace.core.errors import ModelFileError
+from limace.data import load_dataset
+from limace.potentials import load_batched
+from limace.potentials.domain import DomainCheck, domain_path
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_batched("limace-lisnin-small", dtype="float64")
+
+
+def _li_interstitial():
+    a = bulk("Li", "bcc", a=3.44, cubic=True).repeat(3)
+    a.append("Li")
+    a.positions[-1] = [3.44 * 1.5, 3.44 * 1.5, 3.44 * 1.0]  # an octahedral hole: 1.72 A from two neighbours
+    return a
+
+
+def test_the_shipped_potential_comes_with_its_domain_check(model):
+    assert model.domain is not None
+    assert np.isfinite(model.domain.threshold) and model.domain.threshold > 0
+    assert model.domain.meta["n_configs"] == len(load_dataset("li-in-sn-v1", "train"))
+
+
+def test_an_interstitial_is_outside_and_held_out_crystals_are_inside(model):
+    test = load_dataset("li-in-sn-v1", "test")
+    frames = [bulk("Li", "bcc", a=3.44, cubic=True).repeat(2), _li_interstitial(), *test[:20]]
+    scores = model.domain.scores(model, frames)
+    outside = scores > model.domain.threshold
+    assert outside.tolist() == [False, True] + [False] * 20
+    assert scores[1] > 3 * model.domain.threshold  # far outside, not a borderline call
+
+
+def test_build_save_load_gives_the_same_scores(model, tmp_path):
+    frames = load_dataset("li-in-sn-v1", "train")[:40]
+    check = DomainCheck.build(model, frames, seed=1)
+    assert check.meta["holdout_configs"] == 4 and np.isfinite(check.threshold)
+    path = check.save(tmp_path / "x.domain.npz")
+    again = DomainCheck.load(path)
+    probe = [_li_interstitial(), frames[0]]
+    np.testing.assert_allclose(again.scores(model, probe), check.scores(model, probe), rtol=1e-5)
+    assert again.threshold == check.threshold
+    # a training configuration is at distance zero from itself
+    assert check.scores(model, [frames[3]])[0] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_a_damaged_domain_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "y.domain.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelFileError, match="not a readable domain check"):
+        DomainCheck.load(bad)
+    assert domain_path("a/b/m-1.4.model").name == "m-1.4.domain.npz"
+
+
+def test_the_screen_keeps_outside_compounds_off_the_hull(model):
+    from limace.analysis.screen import _domain_filter
+
+    li = bulk("Li", "bcc", a=3.44, cubic=True).repeat(2)
+    li.info["name"] = "Li_bcc"
+    inter = _li_interstitial()
+    inter.info["name"] = "Li_interstitial"
+    lisn = bulk("LiSn", "cesiumchloride", a=3.3)  # an in-domain compound
+    lisn.info["name"] = "B2-LiSn"
+    squashed = lisn.copy()
+    squashed.set_cell(squashed.cell * 0.72, scale_atoms=True)  # 63 % of the volume: nothing like it in training
+    squashed.info["name"] = "B2-LiSn-squashed"
+    scores = model.domain.scores(model, [li, inter, lisn, squashed])
+    kept, rejected, warnings = _domain_filter(model, [li, inter, lisn, squashed])
+    names = [a.info["name"] for a in kept]
+    assert "Li_bcc" in names and "B2-LiSn" in names
+    assert "Li_interstitial" in names and any("Li_interstitial" in w for w in warnings)  # an element: warned, kept
+    assert scores[3] > model.domain.threshold, f"a 28 % compressed B2 LiSn scores {scores[3]:.1f}"
+    assert [r["name"] for r in rejected] == ["B2-LiSn-squashed"]
+    assert "training domain" in rejected[0]["reason"]
