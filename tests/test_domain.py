@@ -79,3 +79,21 @@ def test_the_screen_keeps_outside_compounds_off_the_hull(model):
     assert scores[3] > model.domain.threshold, f"a 28 % compressed B2 LiSn scores {scores[3]:.1f}"
     assert [r["name"] for r in rejected] == ["B2-LiSn-squashed"]
     assert "training domain" in rejected[0]["reason"]
+
+
+def test_md_stops_a_system_that_leaves_the_training_domain_and_runs_the_others(model, tmp_path):
+    import dataclasses
+
+    from limace.md.config import GuardConfig, MDConfig
+    from limace.md.runner import run_md
+
+    li = bulk("Li", "bcc", a=3.44, cubic=True).repeat(2)
+    cfg = MDConfig(ensemble="nvt_langevin", temperature_K=300.0, steps=4, timestep_fs=1.0, log_every=2,
+                   guard=GuardConfig(domain_every=2))
+    res = run_md([li, _li_interstitial()], model, cfg, output_dir=tmp_path / "on")
+    stopped = {s.system: s.reason for s in res.stopped}
+    assert list(stopped) == [1] and "training domain" in stopped[1]
+    assert (tmp_path / "on" / "stopped_0001.extxyz").is_file()
+    off = run_md([li, _li_interstitial()], model, dataclasses.replace(cfg, guard=GuardConfig(domain=False)),
+                 output_dir=tmp_path / "off")
+    assert off.stopped == []

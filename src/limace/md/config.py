@@ -31,11 +31,16 @@ Numbers = Union[float, list[float]]
 @dataclass(frozen=True)
 class GuardConfig:
     """Blow-up guard: a system is stopped (and reported) when a check finds non-finite numbers, a temperature above
-    ``max_temperature_K`` or two atoms closer than ``min_distance_A``; the others go on."""
+    ``max_temperature_K``, two atoms closer than ``min_distance_A`` or (``domain``) a structure outside the
+    potential's training domain; the others go on."""
 
     max_temperature_K: float = 5000.0
     min_distance_A: float = 0.5
     check_every: int = 10
+    # stop a system whose structure leaves the potential's training domain (limace.potentials.domain: the model's
+    # domain check, when it has one), checked every domain_every steps (one energy-only forward, no backward)
+    domain: bool = True
+    domain_every: int = 100
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,9 @@ class MDConfig:
                     raise ValidationError(f"{where}: {name} must be >= 0, got {v}")
         g = self.guard
         _check_finite(g, f"{where}: guard")
-        if g.check_every < 1 or not g.max_temperature_K > 0 or g.min_distance_A < 0:
-            raise ValidationError(f"{where}: guard needs check_every >= 1, max_temperature_K > 0, min_distance_A >= 0")
+        if g.check_every < 1 or not g.max_temperature_K > 0 or g.min_distance_A < 0 or g.domain_every < 1:
+            raise ValidationError(f"{where}: guard needs check_every >= 1, max_temperature_K > 0, min_distance_A >= 0, "
+                                  "domain_every >= 1")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "md config", base_dir: str | Path | None = None) -> "MDConfig":

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from ase import Atoms
 
@@ -135,8 +136,9 @@ def _min_distances(state: BatchedState, model, limit: float) -> torch.Tensor:
     return out.scatter_reduce_(0, sys_e, torch.linalg.norm(vec, dim=1), "amin", include_self=True)
 
 
-def check_systems(state: MDState, model, guard: GuardConfig) -> list[tuple[int, str]]:
-    """``[(system, reason), ...]`` for the systems of ``state`` that blew up (see the module docstring)."""
+def check_systems(state: MDState, model, guard: GuardConfig, step: int | None = None) -> list[tuple[int, str]]:
+    """``[(system, reason), ...]`` for the systems of ``state`` that blew up (see the module docstring); the
+    domain check runs when ``step`` is None or a multiple of ``guard.domain_every``."""
     bad: dict[int, str] = {}
 
     def flag(mask: torch.Tensor, reason: Callable[[int], str]):
@@ -162,6 +164,15 @@ def check_systems(state: MDState, model, guard: GuardConfig) -> list[tuple[int, 
             dmin[ok] = _min_distances(state.select(ok), model, guard.min_distance_A)
         flag(dmin < guard.min_distance_A,
              lambda k: f"atoms {float(dmin[k]):.3f} A apart < min_distance_A {guard.min_distance_A:g}")
+    dom = getattr(model, "domain", None)
+    if (guard.domain and dom is not None and (step is None or step % guard.domain_every == 0)
+            and len(bad) < state.n_systems):
+        ok = torch.tensor([k not in bad for k in range(state.n_systems)], device=state.device)
+        scores = np.full(state.n_systems, -np.inf)
+        scores[ok.cpu().numpy()] = dom.state_scores(model, state if bool(ok.all()) else state.select(ok))
+        flag(torch.as_tensor(scores > dom.threshold, device=state.device),
+             lambda k: f"outside the potential's training domain (descriptor distance {scores[k]:.1f} > "
+                       f"{dom.threshold:.1f}): an extrapolation, not a result")
     return sorted(bad.items())
 
 
@@ -267,7 +278,7 @@ class _Live:
     final: dict[int, Atoms] = field(default_factory=dict)
 
     def stop_bad(self, step: int, model, cfg: MDConfig, out: Path | None, say: Callable[[str], None]) -> None:
-        bad = check_systems(self.state, model, cfg.guard)
+        bad = check_systems(self.state, model, cfg.guard, step)
         if not bad:
             return
         local = [k for k, _ in bad]

@@ -123,6 +123,15 @@ class DomainCheck:
         """Per structure, the largest atom score."""
         return np.array([s.max() if len(s) else 0.0 for s in self.atom_scores(model, frames)])
 
+    def state_scores(self, model, state) -> np.ndarray:
+        """Per system of a :class:`~limace.core.state.BatchedState` on ``model``'s device, the largest atom score
+        (what the MD guard checks without leaving the device for anything but the descriptors)."""
+        d = model(state, compute_forces=False, compute_descriptors=True)["descriptors"].double().cpu().numpy()
+        atom = self._atom_scores(d, state.numbers.cpu().numpy())
+        out = np.zeros(state.n_systems)
+        np.maximum.at(out, state.system_idx.cpu().numpy(), atom)
+        return out
+
     def outside(self, model, frames: Sequence) -> np.ndarray:
         """Per structure, whether it lies outside the training domain (score > threshold)."""
         return self.scores(model, frames) > self.threshold
