@@ -97,3 +97,17 @@ def test_md_stops_a_system_that_leaves_the_training_domain_and_runs_the_others(m
     off = run_md([li, _li_interstitial()], model, dataclasses.replace(cfg, guard=GuardConfig(domain=False)),
                  output_dir=tmp_path / "off")
     assert off.stopped == []
+
+
+def test_barriers_score_every_saddle_against_the_domain(model, tmp_path):
+    from limace.analysis.barriers import BarrierSettings, run_barriers
+
+    li = bulk("Li", "bcc", a=3.44)
+    li.write(tmp_path / "Li.extxyz")
+    rep = run_barriers([str(tmp_path / "Li.extxyz")], model, out=tmp_path / "b",
+                       settings=BarrierSettings(min_image_distance=7.0, n_images=3, max_steps=60))
+    p = rep["phases"][0]
+    scored = [h for h in p["hops"] if "domain_score" in h]
+    assert scored and p["domain_threshold"] == pytest.approx(model.domain.threshold, abs=0.01)
+    assert all(h["outside_domain"] == (h["domain_score"] > model.domain.threshold) for h in scored)
+    assert p["outside_domain_hops"] == [h["hop"] for h in scored if h["outside_domain"]]

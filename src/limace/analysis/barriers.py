@@ -502,6 +502,27 @@ def _write_phase_files(out: Path, entry: dict, results, files: dict) -> None:
     _plot_profiles(entry, results, out / entry["phase"] / "neb_profiles.png")
 
 
+def domain_check_hops(model, entry: dict, base: Path) -> None:
+    """Score the climbing image (the saddle) of every computed hop with the potential's domain check: a hop whose
+    saddle lies outside the training domain gets ``outside_domain: true`` and the phase lists it in
+    ``outside_domain_hops`` (its barrier is an extrapolation)."""
+    from ase.io import read
+
+    dom = getattr(model, "domain", None)
+    if dom is None:
+        return
+    hops = [h for h in entry["hops"] if (h.get("files") or {}).get("climbing_image")
+            and (base / h["files"]["climbing_image"]).is_file()]
+    if not hops:
+        return
+    scores = dom.scores(model, [read(base / h["files"]["climbing_image"]) for h in hops])
+    for h, sc in zip(hops, scores):
+        h["domain_score"] = round(float(sc), 2)
+        h["outside_domain"] = bool(sc > dom.threshold)
+    entry["domain_threshold"] = round(float(dom.threshold), 2)
+    entry["outside_domain_hops"] = [h["hop"] for h in hops if h["outside_domain"]]
+
+
 def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, potential_name: str = "",
                  settings: BarrierSettings = BarrierSettings(), progress: bool = True,
                  potential_sha256: str | None = None) -> dict:
@@ -527,6 +548,7 @@ def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, pot
         entry["wall_s"] = round(time.perf_counter() - t0, 2)
         if out is not None:
             _write_phase_files(out, entry, results, files)
+            domain_check_hops(model, entry, out)
             atomic_write_json(cache, {"settings": asdict(settings), "potential": potential_name,
                                       "potential_sha256": potential_sha256, "entry": entry})
         phases.append(entry)
@@ -554,6 +576,8 @@ def markdown_table(report: dict) -> str:
                             for s in (c["initial_site"], c["final_site"]))
             status = h.get("status", "converged" if h["converged"] else "not_converged")
             status = status if status in ("converged", "skipped") else f"**{status}**"
+            if h.get("outside_domain"):  # its saddle is outside the training domain (limace.potentials.domain)
+                status += " **outside the training domain**"
             if status == "skipped" and h.get("bounds_eV"):
                 status = f"skipped (saddle ≥ {fmt(h['bounds_eV'][0])})"
             sites = f"{h['i']} → {h['j']}" if "i" in h else "—"

@@ -220,29 +220,7 @@ def barrier_task(system: str, structure_file: str, potential: str, potential_sha
     entry = rep["phases"][0]
     entry["hops"] = [{k: v for k, v in h.items() if k != "profile"} for h in entry["hops"]]
     entry["phase"] = name
-    _domain_check_hops(model, entry, Path(out) / "barriers" / system)
     return entry
-
-
-def _domain_check_hops(model, entry: dict, base: Path) -> None:
-    """Score the climbing image (the saddle) of every computed hop with the potential's domain check: a hop whose
-    saddle lies outside the training domain gets ``outside_domain: true`` and the phase lists it in
-    ``outside_domain_hops`` (its barrier is an extrapolation)."""
-    from ase.io import read
-
-    dom = getattr(model, "domain", None)
-    if dom is None:
-        return
-    hops = [h for h in entry["hops"] if (h.get("files") or {}).get("climbing_image")
-            and (base / h["files"]["climbing_image"]).is_file()]
-    if not hops:
-        return
-    scores = dom.scores(model, [read(base / h["files"]["climbing_image"]) for h in hops])
-    for h, sc in zip(hops, scores):
-        h["domain_score"] = round(float(sc), 2)
-        h["outside_domain"] = bool(sc > dom.threshold)
-    entry["domain_threshold"] = round(float(dom.threshold), 2)
-    entry["outside_domain_hops"] = [h["hop"] for h in hops if h["outside_domain"]]
 
 
 def _no_hop_reason(structure_file: Path, cutoff: float) -> str | None:
@@ -514,11 +492,6 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
             lines.append(markdown_table(r["barriers"]))
             for p in r["barriers"]["phases"]:
                 lines.append(f"![NEB {p['phase']}](barriers/{s}/{p['phase']}/neb_profiles.png)")
-                if p.get("outside_domain_hops"):
-                    lines.append(f"> **Warning:** {p['phase']}: the saddles of hops "
-                                 f"{', '.join(str(h) for h in p['outside_domain_hops'])} lie outside the potential's "
-                                 f"training domain (descriptor distance > {p['domain_threshold']}): those barriers "
-                                 "are extrapolations; label them (`--verify-dft`) before trusting them")
         for sk in r["barriers"]["skipped"]:
             lines.append(f"- {sk['phase']}: skipped ({sk['reason']})")
         lines.append("")
