@@ -111,3 +111,15 @@ def test_barriers_score_every_saddle_against_the_domain(model, tmp_path):
     assert scored and p["domain_threshold"] == pytest.approx(model.domain.threshold, abs=0.01)
     assert all(h["outside_domain"] == (h["domain_score"] > model.domain.threshold) for h in scored)
     assert p["outside_domain_hops"] == [h["hop"] for h in scored if h["outside_domain"]]
+
+
+def test_the_ase_calculator_reports_the_same_domain_score(model):
+    from limace.potentials import load
+
+    calc = load("limace-lisnin-small")
+    for atoms in (bulk("Li", "bcc", a=3.44, cubic=True).repeat(2), _li_interstitial()):
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        want = model.domain.scores(model, [atoms])[0]
+        assert calc.results["domain_score"] == pytest.approx(want, rel=1e-4, abs=1e-4)
+        assert calc.results["outside_domain"] == bool(want > model.domain.threshold)

@@ -108,13 +108,18 @@ class LimaceCalculator(MACECalculator):
     """
 
     def __init__(self, models: list[torch.nn.Module], *, device: str = "cpu", dtype: str = "float64",
-                 names: Sequence[str] = (), entries: Sequence[PotentialEntry | None] = (), **kwargs):
+                 names: Sequence[str] = (), entries: Sequence[PotentialEntry | None] = (), domain=None, **kwargs):
         dtype = _check_dtype(dtype)
         models = [m.to(dtype=as_dtype(dtype)) for m in models]
         super().__init__(models=models, device=device, default_dtype=dtype, **kwargs)
         self.implemented_properties = list(self.implemented_properties)  # mace extends the class-level list
         if self.num_models > 1:
             self.implemented_properties += ["energy_std", "forces_std", "stress_std"]
+        # the domain check of the (first) potential (limace.potentials.domain): results["domain_score"], the largest
+        # distance of an atom's descriptor to the training atoms, and results["outside_domain"]
+        self.domain = domain
+        if domain is not None:
+            self.implemented_properties += ["domain_score", "outside_domain"]
         self.names = tuple(names) or tuple(f"model {i}" for i in range(len(models)))
         self.entries = tuple(entries) or (None,) * len(models)
         self.elements = model_elements(self.models[0])
@@ -139,6 +144,12 @@ class LimaceCalculator(MACECalculator):
             self.results["forces_std"] = np.std(self.results["forces_comm"], axis=0)
             if "stress_comm" in self.results:
                 self.results["stress_std"] = full_3x3_to_voigt_6_stress(np.std(self.results["stress_comm"], axis=0))
+        if self.domain is not None and target is not None:
+            desc = np.asarray(self.get_descriptors(target, invariants_only=True, num_layers=-1))
+            desc = desc[0] if desc.ndim == 3 else desc  # a committee gives one block per member: the first's
+            score = float(self.domain._atom_scores(desc, np.asarray(target.numbers)).max())
+            self.results["domain_score"] = score
+            self.results["outside_domain"] = bool(score > self.domain.threshold)
 
 
 def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", dtype: str = "float64",
@@ -169,7 +180,17 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
     if batched:
         return load_batched(specs[0], device=device, dtype=dtype, offline=offline, progress=progress)
     models, entries = _read_models(specs, device, offline, progress)
-    return LimaceCalculator(models, device=device, dtype=dtype, names=[str(s) for s in specs], entries=entries)
+    return LimaceCalculator(models, device=device, dtype=dtype, names=[str(s) for s in specs], entries=entries,
+                            domain=_domain_of(specs[0], offline))
+
+
+def _domain_of(spec: PathOrName, offline: bool | None):
+    """The domain check beside the weights of ``spec``, or None."""
+    from limace.potentials.domain import DomainCheck, domain_path
+
+    path, _ = resolve(spec, offline=offline, progress=False)
+    dom = domain_path(path)
+    return DomainCheck.load(dom) if dom.is_file() else None
 
 
 def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "float64", *, skin: float = 0.5,
@@ -190,12 +211,7 @@ def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "fl
     # the model was read here, so BatchedMACE may convert it in place (copy=False) instead of copying it
     batched = BatchedMACE(model, device=device, dtype=dtype, compute_stress=compute_stress, skin=skin,
                           max_atoms_per_call=max_atoms_per_call, compile=compile, copy=False)
-    # its domain check (limace.potentials.domain), when one lies beside the weights
-    from limace.potentials.domain import DomainCheck, domain_path
-
-    path, _ = resolve(name_or_path, offline=offline, progress=False)
-    dom = domain_path(path)
-    batched.domain = DomainCheck.load(dom) if dom.is_file() else None
+    batched.domain = _domain_of(name_or_path, offline)  # its domain check (limace.potentials.domain), or None
     return batched
 
 
