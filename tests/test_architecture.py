@@ -205,6 +205,20 @@ def test_batched_mace_does_not_change_the_callers_model():
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
 
 
+def test_the_ase_calculator_does_not_change_the_callers_model():
+    import torch
+
+    from conftest import build_tiny_mace
+    from limace.potentials.calculator import LimaceCalculator
+
+    model = build_tiny_mace(0)
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    calc = LimaceCalculator([model], dtype="float32")
+    assert next(calc.models[0].parameters()).dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.float64
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+
+
 def test_batched_models_follow_the_protocol(tiny_mace_model_path):
     from limace.core.model import BatchedModel
     from limace.potentials.batched import BatchedMACE

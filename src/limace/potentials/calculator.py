@@ -108,8 +108,13 @@ class LimaceCalculator(MACECalculator):
     """
 
     def __init__(self, models: list[torch.nn.Module], *, device: str = "cpu", dtype: str = "float64",
-                 names: Sequence[str] = (), entries: Sequence[PotentialEntry | None] = (), domain=None, **kwargs):
+                 names: Sequence[str] = (), entries: Sequence[PotentialEntry | None] = (), domain=None,
+                 copy: bool = True, **kwargs):
         dtype = _check_dtype(dtype)
+        if copy:  # the caller's modules stay as they were (dtype, device); load() passes copy=False for its own
+            import copy as _copy
+
+            models = [_copy.deepcopy(m) for m in models]
         models = [m.to(dtype=as_dtype(dtype)) for m in models]
         super().__init__(models=models, device=device, default_dtype=dtype, **kwargs)
         self.implemented_properties = list(self.implemented_properties)  # mace extends the class-level list
@@ -181,7 +186,7 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
         return load_batched(specs[0], device=device, dtype=dtype, offline=offline, progress=progress)
     models, entries = _read_models(specs, device, offline, progress)
     return LimaceCalculator(models, device=device, dtype=dtype, names=[str(s) for s in specs], entries=entries,
-                            domain=_domain_of(specs[0], offline))
+                            domain=_domain_of(specs[0], offline), copy=False)
 
 
 def _domain_of(spec: PathOrName, offline: bool | None):
