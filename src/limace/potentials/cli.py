@@ -29,8 +29,17 @@ def _metrics_short(metrics: dict) -> str:
     where = ", ".join(str(metrics[k]) for k in ("split", "n_configs") if k in metrics)
     text = ", ".join(parts) + (" MAE" if parts else "") + (f" ({where})" if where else "")
     skip = set(_METRICS) | {"split", "n_configs"} | {k.replace("_mae_", "_rmse_") for k in _METRICS}
+    extra = []
+    if "extrapolation_energy_mae_mev_per_atom" in metrics:  # the extrapolation set, compactly
+        ext = f"extrapolation E {_num(metrics['extrapolation_energy_mae_mev_per_atom'])} meV/atom"
+        if "extrapolation_energy_max_mev_per_atom" in metrics:
+            ext += f" (max {_num(metrics['extrapolation_energy_max_mev_per_atom'])})"
+        if "extrapolation_n_configs" in metrics:
+            ext += f" on {metrics['extrapolation_n_configs']}"
+        extra.append(ext)
+    skip |= {k for k in metrics if k.startswith("extrapolation_")} | {"domain_threshold"}
     rest = [f"{k}={_num(v)}" for k, v in metrics.items() if k not in skip]
-    return "; ".join(p for p in (text.strip(), *rest) if p) or "-"
+    return "; ".join(p for p in (text.strip(), *extra, *rest) if p) or "-"
 
 
 def _where(entry) -> str:
