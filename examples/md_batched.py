@@ -5,7 +5,7 @@ Same run from the command line: write the cells (below) and `limace md examples/
 """
 import limace.potentials
 from limace.data import get_structure
-from limace.md.diffusion import ArrheniusFit, analyze_run, save_plots
+from limace.analysis.diffusion import ArrheniusFit, analyze_run, save_plots
 from limace.md.runner import run_md
 
 cells = [get_structure(p).repeat((2, 2, 1)) for p in ("Li13Sn5", "Li13Sn5", "Li13Sn5")]

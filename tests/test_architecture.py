@@ -90,6 +90,13 @@ def test_md_does_not_import_potentials():
     assert _violations("limace.md", ("limace.potentials",)) == []
 
 
+def test_md_does_not_import_analysis():
+    """Post-processing (diffusion, hull, barriers) sits above the engines; md/diffusion.py is the one deprecated
+    alias of limace.analysis.diffusion kept for old scripts."""
+    bad = [v for v in _violations("limace.md", ("limace.analysis",)) if not v.startswith("limace/md/diffusion.py:")]
+    assert bad == []
+
+
 def test_potentials_do_not_import_md():
     assert _violations("limace.potentials", ("limace.md",)) == []
 
@@ -114,6 +121,10 @@ def test_old_module_paths_still_work():
     from limace.keys import EV_PER_A3_TO_GPA
     from limace.md.state import BatchedState, MDState
     from limace.potentials.neighbors import VerletList
+    from limace.analysis.diffusion import ArrheniusFit
+    from limace.md.diffusion import ArrheniusFit as OldArrheniusFit
+
+    assert OldArrheniusFit is ArrheniusFit
 
     assert BatchedState is state.BatchedState and MDState is state.MDState
     assert OPTIMIZERS is optimize.OPTIMIZERS and fire_init is optimize.fire_init
@@ -226,3 +237,16 @@ def test_batched_models_follow_the_protocol(tiny_mace_model_path):
 
     assert isinstance(BatchedMorse(), BatchedModel)
     assert isinstance(BatchedMACE.from_file(tiny_mace_model_path), BatchedModel)
+
+
+def test_one_list_of_dtypes():
+    """Options, configs and tensors check the precision against one list (limace.core.errors.FLOAT_DTYPES)."""
+    from limace.core.errors import FLOAT_DTYPES, ValidationError, check_dtype_name
+
+    literal = [str(p.relative_to(SRC.parent)) for p in SRC.rglob("*.py")
+               if p.name != "errors.py" and ('("float32", "float64")' in p.read_text()
+                                            or '("float64", "float32")' in p.read_text())]
+    assert literal == []
+    assert check_dtype_name("float32") == "float32" and FLOAT_DTYPES == ("float32", "float64")
+    with pytest.raises(ValidationError, match="--dtype must be float32 or float64, not 'float16'"):
+        check_dtype_name("float16")

@@ -452,7 +452,7 @@ def test_cli_md_runs_a_config_and_reports_bad_keys(tmp_path, tiny_mace_model_pat
 
 
 def test_msd_fft_equals_direct_average_over_time_origins():
-    from limace.md.diffusion import msd_per_atom
+    from limace.analysis.diffusion import msd_per_atom
 
     r = np.cumsum(np.random.default_rng(0).normal(size=(60, 4, 3)), axis=0)
     fast = msd_per_atom(r, max_lag=30)
@@ -463,7 +463,7 @@ def test_msd_fft_equals_direct_average_over_time_origins():
 def test_diffusion_recovers_known_D_from_a_random_walk():
     """Gaussian random walks with D = 1e-4 cm^2/s (Li) and a slower species: the fit recovers D within its error
     estimate, and the error is a sensible fraction of D; wrapping then unwrapping changes nothing."""
-    from limace.md.diffusion import DiffusionAnalysis, unwrap
+    from limace.analysis.diffusion import DiffusionAnalysis, unwrap
 
     rng = np.random.default_rng(42)
     dt_fs, n_frames = 10.0, 3000
@@ -484,7 +484,7 @@ def test_diffusion_recovers_known_D_from_a_random_walk():
 
 
 def test_arrhenius_fit_recovers_activation_energy():
-    from limace.md.diffusion import KB_EV, ArrheniusFit
+    from limace.analysis.diffusion import KB_EV, ArrheniusFit
 
     rng = np.random.default_rng(3)
     temps = np.array([500.0, 600.0, 700.0, 800.0, 900.0])
@@ -503,7 +503,7 @@ def test_arrhenius_confidence_interval_covers_the_true_activation_energy():
     """Synthetic D(T) with a known Ea = 0.35 eV and 10 % log-normal scatter, 600 draws: the unweighted fit's 95 %
     interval holds the true Ea in 92-98 % of them, and the estimate is unbiased (mean within 3 standard errors) with
     the scatter of least squares; with the errors given the interval holds it at least 95 % of the time."""
-    from limace.md.diffusion import KB_EV, ArrheniusFit
+    from limace.analysis.diffusion import KB_EV, ArrheniusFit
 
     rng = np.random.default_rng(11)
     temps = np.array([500.0, 600.0, 700.0, 800.0, 900.0])
@@ -529,7 +529,7 @@ def test_arrhenius_confidence_interval_covers_the_true_activation_energy():
 def test_diffusion_from_an_md_run_with_plots(model64, tmp_path):
     from matplotlib.axes import Axes
 
-    from limace.md.diffusion import ArrheniusFit, analyze_run, save_plots
+    from limace.analysis.diffusion import ArrheniusFit, analyze_run, save_plots
     from limace.md.runner import run_md
 
     cells = [liin8(k) for k in range(3)]

@@ -146,7 +146,9 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
     for r in cfg.explore.rattle_A:
         if not np.isfinite(r) or r <= 0:
             bad("explore.rattle_A", f"must be finite amplitudes > 0 A, got {r}")
-    if cfg.dtype not in ("float32", "float64"):
+    from limace.core.errors import FLOAT_DTYPES
+
+    if cfg.dtype not in FLOAT_DTYPES:
         bad("dtype", f"must be 'float32' or 'float64', got {cfg.dtype!r}")
     from limace.data.label import get_protocol
 

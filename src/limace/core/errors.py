@@ -67,3 +67,15 @@ def check_number(name: str, value, *, at_least: float | None = None, above: floa
     if at_most is not None and value > at_most:
         raise LimaceInputError(f"{name} must be <= {at_most:g}, got {value:g}")
     return value
+
+
+FLOAT_DTYPES = ("float32", "float64")  # the floating-point precisions limace runs in
+
+
+def check_dtype_name(value, what: str = "--dtype") -> str:
+    """``value`` when it names a supported precision (:data:`FLOAT_DTYPES`), else a one-line
+    :class:`ValidationError` naming ``what``; the one dtype check of options and configs (it needs no torch, so a
+    bad option fails before anything heavy is imported; :func:`limace.core.state.as_dtype` uses the same list)."""
+    if not isinstance(value, str) or value not in FLOAT_DTYPES:
+        raise ValidationError(f"{what} must be float32 or float64, not {value!r}")
+    return value

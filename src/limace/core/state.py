@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from limace.core.errors import ValidationError
+from limace.core.errors import FLOAT_DTYPES, ValidationError
 from limace.core.units import KB_EV
 
 ATOM = {"per": "atom"}  # field metadata: one row per atom
@@ -37,7 +37,7 @@ def as_dtype(dtype) -> torch.dtype:
     """``torch.float32``/``torch.float64`` from a torch dtype or its name (``"float32"``, ``"float64"``)."""
     if isinstance(dtype, torch.dtype) and dtype in _FLOATS:
         return dtype
-    if isinstance(dtype, str) and dtype in ("float32", "float64"):
+    if isinstance(dtype, str) and dtype in FLOAT_DTYPES:
         return getattr(torch, dtype)
     raise ValidationError(f"dtype {dtype!r} is not supported; use float32 or float64")
 

@@ -1,10 +1,10 @@
-"""limace.md: batched molecular dynamics of many systems at once, and diffusion analysis.
+"""limace.md: batched molecular dynamics of many systems at once.
 
 - :mod:`limace.core.state`: :class:`~limace.core.state.BatchedState` / :class:`~limace.core.state.MDState`.
 - :mod:`limace.md.integrators`: NVE, Langevin (BAOAB), Nose-Hoover chain, CSVR, NPT (stochastic cell rescaling).
 - :mod:`limace.md.runner`: :func:`~limace.md.runner.run_md` (logs, trajectories, checkpoints, blow-up guard).
 - :mod:`limace.md.config`: :class:`~limace.md.config.MDConfig`, the typed config of ``limace md CONFIG.yaml``.
-- :mod:`limace.md.diffusion`: MSD, diffusion coefficients, Arrhenius fits.
+- diffusion analysis of the runs (MSD, D, Arrhenius): :mod:`limace.analysis.diffusion`.
 
 Importing this package is light; the names below are imported on first use.
 """
@@ -16,8 +16,6 @@ _LAZY = {
     "run_md": "limace.md.runner",
     "run_config": "limace.md.runner",
     "MDResult": "limace.md.runner",
-    "DiffusionAnalysis": "limace.md.diffusion",
-    "ArrheniusFit": "limace.md.diffusion",
 }
 
 __all__ = list(_LAZY)

@@ -65,54 +65,7 @@ def _md(config, fresh, steps, device, progress, load_model, check_potential_spec
         raise typer.Exit(1)
 
 
-def diffusion(runs: list[Path] = typer.Argument(..., help="output_dir(s) of limace md runs"),
-              species: str = typer.Option("Li", help="species whose D and Arrhenius fit to report"),
-              window: Optional[tuple[float, float]] = typer.Option(None, help="fit window of lag times, fs (2 numbers)"),
-              out: Optional[Path] = typer.Option(None, help="where to write diffusion.json and PNGs (default: the "
-                                                                 "first run's directory)")):
-    """MSD and diffusion coefficients of every system of the runs; Arrhenius fit (Ea with 95 % CI) when there are
-    two or more temperatures. Writes diffusion.json, msd.png and arrhenius.png."""
-    import json
-    import math
-
-    from limace.core.errors import LimaceInputError
-    from limace.core.fileio import check_output_path
-
-    if window is not None:
-        lo, hi = window
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or not hi > lo:
-            raise LimaceInputError(f"--window needs 0 <= start < end (fs, finite), got {lo:g} {hi:g}")
-    for run in runs:
-        if not run.is_dir():
-            raise LimaceInputError(f"{run}: no such run directory" if not run.exists() else
-                                   f"{run}: is a file; give the output_dir of a limace md run")
-    check_output_path(out or runs[0], "--out", directory=True)
-    from limace.md.diffusion import ArrheniusFit, analyze_run, save_plots
-
-    analyses = []
-    for run in runs:
-        analyses += analyze_run(run, species=[species], window_fs=window)
-    if not analyses:
-        from limace.core.errors import ValidationError
-
-        raise ValidationError(f"no trajectory with {species} in {', '.join(map(str, runs))}")
-    fit = None
-    temps = {a.temperature for a in analyses if a.temperature is not None}
-    if len(temps) >= 2 and all(a.D[species] > 0 for a in analyses):
-        fit = ArrheniusFit.from_analyses(analyses, species=species)
-    dest = out or runs[0]
-    save_plots(analyses, dest, species=species, arrhenius=fit)
-    report = {"systems": [a.summary() for a in analyses], "arrhenius": fit.summary() if fit else None}
-    (dest / "diffusion.json").write_text(json.dumps(report, indent=1) + "\n")
-    for a in analyses:
-        typer.echo(f"{a.label:12s} T={a.temperature} K  D_{species} = {a.D[species]:.3e} +- {a.D_err[species]:.1e} cm2/s")
-    if fit:
-        lo, hi = fit.Ea_ci
-        typer.echo(f"Ea({species}) = {fit.Ea:.3f} eV, 95 % CI [{lo:.3f}, {hi:.3f}]")
-
-
 def register(app: typer.Typer, *, load_model: Callable[..., object], check_potential: Callable[[str], object]) -> None:
-    """Add ``limace md`` (with the potential loader and checker given, see :func:`make_md_command`) and
-    ``limace diffusion`` to the main app."""
+    """Add ``limace md`` (with the potential loader and checker given, see :func:`make_md_command`) to the main
+    app (``limace diffusion``, the analysis of its runs, lives in :mod:`limace.analysis.cli`)."""
     app.command("md")(make_md_command(load_model, check_potential))
-    app.command("diffusion")(diffusion)

@@ -53,12 +53,12 @@ def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace o
                  fit_offsets: bool = typer.Option(False, "--fit-offsets", help="fit one energy per element first (other DFT code or potential)"),
                  plots: bool = typer.Option(True, help="write parity plots (PNG)")):
     """Errors of MODEL on DATA: E (meV/atom), F (meV/A), stress (GPa) MAE/RMSE per config_type; JSON and plots."""
-    from limace.core.errors import ValidationError
+    from limace.core.errors import ValidationError, check_dtype_name
     from limace.core.fileio import check_output_path
     from limace.potentials.registry import check_model_archive
 
-    if dtype not in (None, "float32", "float64"):
-        raise ValidationError(f"--dtype must be float32 or float64, not {dtype!r}")
+    if dtype is not None:
+        check_dtype_name(dtype, "--dtype")
     if batch_size < 1:
         raise ValidationError(f"--batch-size must be >= 1, not {batch_size}")
     _check_device(device)
