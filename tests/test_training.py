@@ -277,6 +277,32 @@ def test_stage_two_and_validation_metrics_equal_evaluation_of_exported_model(tmp
         assert (m.run_dir / "valid" / png).stat().st_size > 1000
 
 
+def test_a_wall_clock_budget_ends_training_and_starts_stage_two_at_three_quarters(tmp_path):
+    """trainer.max_time_s (a lent GPU's minutes): training stops at the budget, stage two begins with the first
+    epoch that starts after 3/4 of it, and a resumed run keeps that epoch (it is in the checkpoint)."""
+    import torch
+
+    from limace.training.run import train
+
+    cfg = tiny(tmp_path, trainer={"max_epochs": None, "max_time_s": 6}, stage_two={"enabled": True, "lr": 0.002})
+    t0 = time.perf_counter()
+    (m,) = train(load(cfg), log=lambda msg: None).members
+    assert time.perf_counter() - t0 < 60 and m.model_path.is_file()
+    rows = list(csv.DictReader(open(m.run_dir / "logs" / "version_0" / "metrics.csv")))
+    stages = [(int(r["epoch"]), float(r["train/stage"])) for r in rows if r.get("train/stage")]
+    epochs = {e for e, _ in stages}
+    assert len(epochs) >= 4, "tiny epochs take well under a second: several fit in 6 s"
+    assert stages[0][1] == 1.0 and stages[-1][1] == 2.0
+    first = min(e for e, st in stages if st == 2.0)  # from there on stage two, never back
+    assert all(st == (2.0 if e >= first else 1.0) for e, st in stages) and first >= 1
+    ckpt = torch.load(m.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["limace"]["stage_two_start"] == first
+    from limace.core.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="max_time_s"):
+        load(tiny(tmp_path, trainer={"max_epochs": None, "max_time_s": -1}))
+
+
 def test_resume_from_mid_epoch_and_epoch_end_checkpoints_is_exact(tmp_path):
     """Restarting from a step checkpoint (inside an epoch or at its end) ends in the uninterrupted run's state."""
     from limace.training.run import train
