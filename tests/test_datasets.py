@@ -48,6 +48,19 @@ def test_pack_splits_by_config_type_and_counts_match_files(tmp_path):
     assert not set(man["split"]["train"]) & set(man["split"]["test"])
 
 
+def test_pack_into_a_new_directory_keeps_the_shipped_split_and_frozen_test(tmp_path):
+    """A repack of li-in-sn-v1 somewhere else (--dest) starts from the shipped manifest: the same test split, test-v1
+    carried forward, never a fresh draw that would move frozen test configurations into training."""
+    shipped = manifest("li-in-sn-v1")
+    labels = tmp_path / "labels.extxyz"
+    write(labels, load_dataset("li-in-sn-v1", "all"), format="extxyz")
+    man = pack(labels, name="li-in-sn-v1", dest=tmp_path / "copy")
+    for split in ("train", "test"):
+        assert man["split"][split] == shipped["split"][split]
+    assert man["frozen"]["test-v1"]["config_ids"] == shipped["frozen"]["test-v1"]["config_ids"]
+    assert set(man["frozen"]["test-v1"]["config_ids"]) <= set(man["split"]["test"])
+
+
 def test_split_is_kept_when_the_dataset_grows(tmp_path):
     frames = fake_labelled()
     labels = tmp_path / "labels.extxyz"

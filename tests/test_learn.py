@@ -131,10 +131,36 @@ def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
                          ({"select": {"budget": -1}}, "select.budget"),
                          ({"explore": {"structures": [], "phases": []}}, "seed structures"),
                          ({"bogus": 1}, "unknown key 'bogus'"),
-                         ({"protocol": "pbe-pw4000"}, "pbe-pw4000")):
+                         ({"protocol": "pbe-pw4000"}, "pbe-pw4000"),
+                         ({"evaluate_splits": ["test-v1"]}, "needs base_dataset"),
+                         ({"base_dataset": "li-in-sn-v9"}, "not a shipped dataset"),
+                         ({"base_dataset": "li-in-sn-v1", "evaluate_splits": ["train"]}, "evaluate_splits"),
+                         ({"base_data": []}, "base_data")):
         p = learn_config(setup, tmp_path / "x", **over)
         with pytest.raises(SystemExit) as exc:
             main(["learn", str(p)])
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("limace: error:") and expect in err[0], err
         assert not (tmp_path / "x").exists()
+
+
+def test_base_dataset_splits_become_the_base_and_evaluation_files(setup, tmp_path):
+    """``base_dataset``: its train split is what every fine-tune starts from; the frozen test split is evaluated
+    (reporting only) and never trained on."""
+    from ase.io import read
+
+    from limace.data.datasets import manifest
+    from limace.learn import ActiveLearning, load_learn_config
+
+    cfg = load_learn_config(learn_config(setup, tmp_path / "ds", base_dataset="li-in-sn-v1",
+                                         evaluate_splits=["test-v1"]))
+    al = ActiveLearning(cfg, log=lambda m: None)
+    al.materialize_dataset()
+    man = manifest("li-in-sn-v1")
+    train_file, = [f for f in al.base_files if f.endswith("li-in-sn-v1_train.extxyz")]
+    test_file, = [f for f in al.eval_files if f.endswith("li-in-sn-v1_test-v1.extxyz")]
+    train_ids = {a.info["config_id"] for a in read(train_file, ":")}
+    test_ids = {a.info["config_id"] for a in read(test_file, ":")}
+    assert len(train_ids) == man["files"]["train"]["n"]
+    assert test_ids == set(man["frozen"]["test-v1"]["config_ids"]) and not train_ids & test_ids
+    assert str(setup["base"]) in al.base_files and str(setup["held"]) in al.eval_files

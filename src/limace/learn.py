@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ class LearnConfig:
     committee: list[str] = field(default_factory=list)  # the starting committee: >= 2 .model files or registry names
     base_data: list[str] = field(default_factory=list)  # labelled files every fine-tune trains on
     evaluate: list[str] = field(default_factory=list)  # labelled files to evaluate on after each round
+    base_dataset: Optional[str] = None  # a shipped dataset (e.g. li-in-sn-v1): its train split is base data too
+    evaluate_splits: list[str] = field(default_factory=list)  # splits of base_dataset to evaluate on (test-v1, ...)
     rounds: int = 2
     protocol: str = "pbe-pw400"
     workers: int = 1
@@ -123,6 +126,19 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
         for f in files:
             if not Path(f).is_file():
                 bad(key, f"names {f}, which does not exist")
+    if cfg.base_dataset is not None:
+        from limace.data.datasets import available, splits
+
+        if cfg.base_dataset not in available():
+            bad("base_dataset", f"names {cfg.base_dataset!r}, not a shipped dataset (have: {', '.join(available())})")
+        for sp in cfg.evaluate_splits:
+            if sp not in splits(cfg.base_dataset) or sp == "train":
+                bad("evaluate_splits", f"names {sp!r}; {cfg.base_dataset} has "
+                    f"{', '.join(x for x in splits(cfg.base_dataset) if x != 'train')}")
+    elif cfg.evaluate_splits:
+        bad("evaluate_splits", "needs base_dataset (the dataset whose splits they are)")
+    if not cfg.base_data and cfg.base_dataset is None:
+        bad("base_data", "needs labelled files (or base_dataset) for the fine-tunes")
     if not cfg.explore.structures and not cfg.explore.phases:
         bad("explore", "needs seed structures (explore.structures or explore.phases)")
     for key, val, kw in (("rounds", cfg.rounds, {"at_least": 1}), ("workers", cfg.workers, {"at_least": 1}),
@@ -271,6 +287,24 @@ class ActiveLearning:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.log = log
+        self.base_files = list(cfg.base_data)
+        self.eval_files = list(cfg.evaluate)
+
+    def materialize_dataset(self) -> None:
+        """Write the base dataset's train split and the evaluation splits once into ``RUN_DIR/data`` (extxyz, as the
+        trainer and the evaluation read them) and add them to the base and evaluation files."""
+        if self.cfg.base_dataset is None:
+            return
+        from limace.data.datasets import load_dataset
+
+        d = self.run_dir / "data"
+        d.mkdir(parents=True, exist_ok=True)
+        for split, into in [("train", self.base_files)] + [(sp, self.eval_files) for sp in self.cfg.evaluate_splits]:
+            path = d / f"{self.cfg.base_dataset}_{split}.extxyz"
+            if not path.exists():
+                _write(path, load_dataset(self.cfg.base_dataset, split))
+            if str(path) not in into:
+                into.insert(0, str(path)) if split == "train" else into.append(str(path))
 
     def round_dir(self, k: int) -> Path:
         return self.run_dir / f"round_{k}"
@@ -316,7 +350,7 @@ class ActiveLearning:
             run_md([seeds[i] for i, _ in runs], model, output_dir=md_dir, ensemble="nvt_langevin", steps=e.md_steps,
                    timestep_fs=e.md_timestep_fs, temperature_K=[t for _, t in runs], seed=self.cfg.seed + 1000 * k,
                    trajectory_every=e.md_snapshot_every, log_every=e.md_snapshot_every,
-                   checkpoint_every=e.md_snapshot_every)
+                   checkpoint_every=e.md_snapshot_every, progress=sys.stderr.isatty())  # bar only on a terminal
             from ase.io import read
 
             for s, (i, t) in enumerate(runs):
@@ -355,7 +389,7 @@ class ActiveLearning:
             return out
         cands = _read(self.round_dir(k) / "candidates.extxyz")
         labelled = set()
-        for f in self.cfg.base_data + [str(self.round_dir(j) / "labels.extxyz") for j in range(k)]:
+        for f in self.base_files + [str(self.round_dir(j) / "labels.extxyz") for j in range(k)]:
             labelled |= {a.info.get("config_id") for a in _read(Path(f))}
         cands = [a for a in cands if a.info["config_id"] not in labelled]
         s = self.cfg.select
@@ -409,7 +443,7 @@ class ActiveLearning:
         from limace.training.config import load_config
         from limace.training.run import train
 
-        data = list(self.cfg.base_data) + [str(self.round_dir(j) / "labels.extxyz") for j in range(k + 1)
+        data = list(self.base_files) + [str(self.round_dir(j) / "labels.extxyz") for j in range(k + 1)
                                            if _read(self.round_dir(j) / "labels.extxyz")]
         members = []
         for i, init in enumerate(self.committee_of(k)):
@@ -435,7 +469,7 @@ class ActiveLearning:
 
         models = _load_models(members, self.cfg.dtype)
         rep = {}
-        for f in self.cfg.evaluate:
+        for f in self.eval_files:
             frames = read_configurations(f, allowed_elements=None, require_periodic=False)
             res = evaluate_model(models[0], frames, name=Path(f).name)
             pred = committee_predict(models, frames)
@@ -481,6 +515,7 @@ class ActiveLearning:
     def run(self, stop_after: tuple[int, str] | None = None) -> dict:
         """All rounds; ``stop_after=(k, stage)`` returns right after that stage (tests use it as a kill)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.materialize_dataset()
         t0 = time.perf_counter()
         for k in range(self.cfg.rounds):
             self.round_dir(k).mkdir(parents=True, exist_ok=True)

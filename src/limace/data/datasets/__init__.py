@@ -220,9 +220,13 @@ def pack(labels: str | Path | Sequence[str | Path], name: str = "li-in-sn-v1", v
     d = Path(dest) if dest else datasets_root() / name
     d.mkdir(parents=True, exist_ok=True)
     prev_path = d / "manifest.json"
+    # the split to keep: the destination's own manifest, or (a first pack into a new --dest) the shipped dataset of
+    # the same name, so that a repack elsewhere never re-draws the test split or drops a frozen one
+    shipped = datasets_root() / name / "manifest.json"
+    source = prev_path if prev_path.exists() else shipped if shipped.exists() else None
     previous, frozen = {}, {}
-    if prev_path.exists():
-        old = json.loads(prev_path.read_text())
+    if source is not None:
+        old = json.loads(source.read_text())
         previous = {c: s for s in SPLITS for c in old["split"][s]}
         frozen = old.get("frozen", {})
     extrap = [a for a in frames if str(a.info.get(CONFIG_TYPE_KEY, "")).startswith(EXTRAPOLATION_PREFIX)]
