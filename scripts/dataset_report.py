@@ -23,6 +23,11 @@ def main(name: str = "li-in-sn-v1") -> None:
              f"({man['protocol']['description']}); code versions {man['code_versions']}. "
              f"Train {man['counts']['train']['n']}, held-out test {man['counts']['test']['n']} "
              f"({man['split_rule']}). {sum(len(a) >= 12 for a in frames)} configurations have >= 12 atoms.", "",
+             *[f"Frozen test split `{tag}` ({fz['n']} configurations, {fz['frozen']}): {fz['rule']}.\n" for tag, fz
+               in man.get("frozen", {}).items()],
+             *([f"Extrapolation split ({man['files']['extrapolation']['n']} configurations, `{name}:extrapolation`): "
+                "drawn by rules fixed before labelling (limace.data.extrapolation), never trained on; "
+                "not counted above."] if "extrapolation" in man["files"] else []), "",
              "## Counts by config_type", "", "| config_type | train | test |", "| --- | --- | --- |"]
     for t, n in man["counts"]["all"]["config_type"].items():
         lines.append(f"| {t} | {man['counts']['train']['config_type'].get(t, 0)} | "
