@@ -144,6 +144,25 @@ def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
         assert not (tmp_path / "x").exists()
 
 
+def test_a_train_config_without_data_is_filled_in_by_the_loop(setup, tmp_path):
+    """The members' fine-tune file needs no data section (the loop sets the data and init_from); one that cannot
+    build fails when the config is read, before any DFT."""
+    from limace.core.errors import ValidationError
+    from limace.learn import load_learn_config, member_train_config
+
+    raw = yaml.safe_load(setup["train"].read_text())
+    raw.pop("data")
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(raw))
+    cfg = load_learn_config(learn_config(setup, tmp_path / "bare_run", train_config=str(bare)))
+    t = member_train_config(cfg.train_config, [str(setup["base"])], setup["committee"][0])
+    assert t.data.train_file == [str(setup["base"])] and t.model.init_from == setup["committee"][0]
+    raw["trainer"] = {"max_epochs": -3}
+    bare.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValidationError, match="max_epochs"):
+        load_learn_config(learn_config(setup, tmp_path / "bare_run2", train_config=str(bare)))
+
+
 def test_base_dataset_splits_become_the_base_and_evaluation_files(setup, tmp_path):
     """``base_dataset``: its train split is what every fine-tune starts from; the frozen test split is evaluated
     (reporting only) and never trained on."""

@@ -169,9 +169,30 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
     from limace.data.label import get_protocol
 
     get_protocol(cfg.protocol)
+    # the members' fine-tune config must build now, not after the first round's DFT
+    member_train_config(cfg.train_config, cfg.base_data or ["base.extxyz"], "committee member", check_files=False)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
+
+
+def member_train_config(path: str, train_files: list[str], init_from: str, check_files: bool = True):
+    """The ``limace train`` config of one member's fine-tune: the file's sections with its data source replaced by
+    ``train_files`` and ``model.init_from`` by ``init_from`` (the file needs neither)."""
+    import yaml
+
+    from limace.training.config import TrainConfig
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{path}: expected a mapping of sections at the top level")
+    data = dict(raw.get("data") or {})
+    data.pop("dataset", None)
+    data["train_file"] = list(train_files)
+    model = dict(raw.get("model") or {})
+    model["init_from"] = init_from
+    return TrainConfig.from_dict({**raw, "data": data, "model": model}, source=str(path),
+                                 base_dir=Path(path).parent, check_files=check_files)
 
 
 def _read(path: Path) -> list:
@@ -440,19 +461,15 @@ class ActiveLearning:
         done = self.round_dir(k) / "train.json"
         if done.exists():
             return [Path(p) for p in json.loads(done.read_text())["members"]]
-        from limace.training.config import load_config
         from limace.training.run import train
 
         data = list(self.base_files) + [str(self.round_dir(j) / "labels.extxyz") for j in range(k + 1)
                                            if _read(self.round_dir(j) / "labels.extxyz")]
         members = []
         for i, init in enumerate(self.committee_of(k)):
-            cfg = load_config(self.cfg.train_config, check_files=False)
+            cfg = member_train_config(self.cfg.train_config, data, str(init))
             cfg = dataclasses.replace(cfg, name=f"{self.cfg.name}-r{k}-m{i}", seed=self.cfg.seed + 101 * i + k,
                                       committee_size=1, run_dir=str(self.round_dir(k) / "train" / f"member_{i}"))
-            cfg.data.dataset = None
-            cfg.data.train_file = data
-            cfg.model.init_from = str(init)
             res = train(cfg, log=lambda m: None)
             members.append(str(res.members[0].model_path))
         atomic_write_json(done, {"members": members, "train_files": data})
