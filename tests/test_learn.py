@@ -88,6 +88,7 @@ def test_two_rounds_with_a_stop_and_resume(setup):
     for r in summary["rounds"]:
         ev = r["evaluate"]["held.extxyz"]
         assert ev["n"] == 6 and np.isfinite(ev["energy_mae_mev_per_atom"])
+        assert ev["energy_max_mev_per_atom"] >= ev["energy_mae_mev_per_atom"]
         # selected by committee disagreement: the picks are among the most uncertain candidates
         sel = r["select"]
         assert sel["n_pool"] == 6 < sel["n_candidates"]

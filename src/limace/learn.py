@@ -497,6 +497,7 @@ class ActiveLearning:
             summ = res.summary()
             rep[Path(f).name] = {"n": len(frames), "metrics": summ["all"], "by_config_type": summ["by_config_type"],
                                  "energy_mae_mev_per_atom": float(err.mean() * 1000),
+                                 "energy_max_mev_per_atom": float(err.max() * 1000),
                                  "spearman_energy_spread_vs_error": _spearman(spread, err),
                                  "spearman_force_spread_vs_energy_error": _spearman(fspread, err)}
         atomic_write_json(out, rep)
@@ -570,13 +571,17 @@ class ActiveLearning:
 
     def write_report(self, summary: dict) -> None:
         lines = [f"# limace learn: {self.cfg.name}", "",
-                 "| round | candidates | labelled | evaluation set | E MAE (meV/atom) | Spearman(spread, error) |",
-                 "|---|---|---|---|---|---|"]
+                 "| round | candidates | labelled | evaluation set | E MAE (meV/atom) | E max | F MAE (meV/A) "
+                 "| Spearman(spread, error) |",
+                 "|---|---|---|---|---|---|---|---|"]
         for r in summary["rounds"]:
             for name, ev in r["evaluate"].items():
                 sp = ev["spearman_energy_spread_vs_error"]
+                emax = ev.get("energy_max_mev_per_atom")
+                fmae = ev["metrics"].get("forces_mae")
                 lines.append(f"| {r['round']} | {r['select']['n_candidates']} | {r['labels']} | {name} | "
-                             f"{ev['energy_mae_mev_per_atom']:.2f} | {'-' if sp is None else f'{sp:.2f}'} |")
+                             f"{ev['energy_mae_mev_per_atom']:.2f} | {'-' if emax is None else f'{emax:.1f}'} | "
+                             f"{'-' if fmae is None else f'{fmae:.1f}'} | {'-' if sp is None else f'{sp:.2f}'} |")
         atomic_write_text(self.run_dir / "report.md", "\n".join(lines) + "\n")
 
 
