@@ -26,7 +26,9 @@ def _li_interstitial():
 def test_the_shipped_potential_comes_with_its_domain_check(model):
     assert model.domain is not None
     assert np.isfinite(model.domain.threshold) and model.domain.threshold > 0
-    assert model.domain.meta["n_configs"] == len(load_dataset("li-in-sn-v1", "train"))
+    # built on 1.4's own training set: the train split of the pack of 917 (792 configurations); later packs only add
+    n_train_of_1_4 = 792
+    assert model.domain.meta["n_configs"] == n_train_of_1_4 <= len(load_dataset("li-in-sn-v1", "train"))
 
 
 def test_an_interstitial_is_outside_and_held_out_crystals_are_inside(model):

@@ -55,7 +55,9 @@ def test_formation_energies_of_test_split_phases_within_10_mev():
         b = a.copy()
         b.calc = calc
         mu_model[el] = b.get_potential_energy() / len(b)
-    test = [a for a in load_dataset("li-in-sn-v1", "test") if _undistorted(a) and len(set(a.get_chemical_symbols())) > 1]
+    # test-v1: the held-out split the shipped potential's numbers refer to (later packs add test configurations that
+    # 1.4 was never measured on; bench/RESULTS.md reports them)
+    test = [a for a in load_dataset("li-in-sn-v1", "test-v1") if _undistorted(a) and len(set(a.get_chemical_symbols())) > 1]
     assert len(test) >= 5
     errors = []
     for a in test:
