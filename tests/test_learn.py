@@ -110,6 +110,18 @@ def test_two_rounds_with_a_stop_and_resume(setup):
         del os.environ["LIMACE_REGISTRY"]
     assert {"toy-al-r0-m0", "toy-al-r0-m1", "toy-al-r1-m0", "toy-al-r1-m1"} <= names
     assert "| 1 |" in (run / "report.md").read_text()
+    # scripts/learn_control.py: round 1's fine-tune of member 0 without round 1's labels, evaluated the same way
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learn_control", Path(__file__).parents[1] / "scripts" / "learn_control.py")
+    control = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(control)
+    control.main(str(cfg), 1)
+    c = json.loads((r1 / "control.json").read_text())
+    assert str(run / "round_0/labels.extxyz") in c["train_files"] and str(r1 / "labels.extxyz") not in c["train_files"]
+    assert c["init_from"] == json.loads((run / "round_0/register.json").read_text())["members"][0]
+    ev = json.loads((r1 / "evaluate.json").read_text())["held.extxyz"]
+    assert c["sets"]["held.extxyz"]["n"] == ev["n"] and np.isfinite(c["sets"]["held.extxyz"]["energy_mae_mev_per_atom"])
 
 
 def test_committee_spread_is_larger_far_from_training(setup):

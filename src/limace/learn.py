@@ -296,6 +296,27 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if not np.isfinite(r) else float(r)
 
 
+def evaluate_committee(models, files: list[str]) -> dict:
+    """Per labelled file: member 0's errors (all and per config_type, mean and largest energy error per atom) and the
+    committee's spread against them (Spearman per structure; None for a committee of one)."""
+    from limace.data.io import read_configurations
+    from limace.training.evaluate import evaluate_model
+
+    rep = {}
+    for f in files:
+        frames = read_configurations(f, allowed_elements=None, require_periodic=False)
+        summ = evaluate_model(models[0], frames, name=Path(f).name).summary()
+        pred = committee_predict(models, frames)
+        n = np.array([len(a) for a in frames])
+        err = np.abs(pred.energy[0] - np.array([a.info["REF_energy"] for a in frames])) / n
+        rep[Path(f).name] = {"n": len(frames), "metrics": summ["all"], "by_config_type": summ["by_config_type"],
+                             "energy_mae_mev_per_atom": float(err.mean() * 1000),
+                             "energy_max_mev_per_atom": float(err.max() * 1000),
+                             "spearman_energy_spread_vs_error": _spearman(pred.energy_spread_per_atom(n), err),
+                             "spearman_force_spread_vs_energy_error": _spearman(pred.force_spread(), err)}
+    return rep
+
+
 # -- the stages ----------------------------------------------------------------------------------------------------
 
 
@@ -325,10 +346,25 @@ class ActiveLearning:
             if not path.exists():
                 _write(path, load_dataset(self.cfg.base_dataset, split))
             if str(path) not in into:
-                into.insert(0, str(path)) if split == "train" else into.append(str(path))
+                into.insert(0 if split == "train" else len(into), str(path))
 
     def round_dir(self, k: int) -> Path:
         return self.run_dir / f"round_{k}"
+
+    def training_files(self, k: int, with_round_k: bool = True) -> list[str]:
+        """What round ``k``'s fine-tunes train on: the base data and the labels of rounds up to ``k`` (or before it)."""
+        last = k + 1 if with_round_k else k
+        return list(self.base_files) + [str(self.round_dir(j) / "labels.extxyz") for j in range(last)
+                                        if _read(self.round_dir(j) / "labels.extxyz")]
+
+    def fine_tune(self, k: int, i: int, init: Path, data: list[str], name: str, run_dir: Path) -> Path:
+        """Fine-tune committee member ``i`` of round ``k`` from ``init`` on ``data`` (its seed depends on k and i)."""
+        from limace.training.run import train
+
+        cfg = member_train_config(self.cfg.train_config, data, str(init))
+        cfg = dataclasses.replace(cfg, name=name, seed=self.cfg.seed + 101 * i + k, committee_size=1,
+                                  run_dir=str(run_dir))
+        return Path(train(cfg, log=lambda m: None).members[0].model_path)
 
     def committee_of(self, k: int) -> list[Path]:
         """The committee going into round ``k`` (0: the configured one)."""
@@ -461,17 +497,10 @@ class ActiveLearning:
         done = self.round_dir(k) / "train.json"
         if done.exists():
             return [Path(p) for p in json.loads(done.read_text())["members"]]
-        from limace.training.run import train
-
-        data = list(self.base_files) + [str(self.round_dir(j) / "labels.extxyz") for j in range(k + 1)
-                                           if _read(self.round_dir(j) / "labels.extxyz")]
-        members = []
-        for i, init in enumerate(self.committee_of(k)):
-            cfg = member_train_config(self.cfg.train_config, data, str(init))
-            cfg = dataclasses.replace(cfg, name=f"{self.cfg.name}-r{k}-m{i}", seed=self.cfg.seed + 101 * i + k,
-                                      committee_size=1, run_dir=str(self.round_dir(k) / "train" / f"member_{i}"))
-            res = train(cfg, log=lambda m: None)
-            members.append(str(res.members[0].model_path))
+        data = self.training_files(k)
+        members = [str(self.fine_tune(k, i, init, data, name=f"{self.cfg.name}-r{k}-m{i}",
+                                      run_dir=self.round_dir(k) / "train" / f"member_{i}"))
+                   for i, init in enumerate(self.committee_of(k))]
         atomic_write_json(done, {"members": members, "train_files": data})
         self.log(f"round {k}: train: {len(members)} members fine-tuned on {len(data)} file(s)")
         return [Path(p) for p in members]
@@ -481,25 +510,7 @@ class ActiveLearning:
         out = self.round_dir(k) / "evaluate.json"
         if out.exists():
             return json.loads(out.read_text())
-        from limace.data.io import read_configurations
-        from limace.training.evaluate import evaluate_model
-
-        models = _load_models(members, self.cfg.dtype)
-        rep = {}
-        for f in self.eval_files:
-            frames = read_configurations(f, allowed_elements=None, require_periodic=False)
-            res = evaluate_model(models[0], frames, name=Path(f).name)
-            pred = committee_predict(models, frames)
-            n = np.array([len(a) for a in frames])
-            err = np.abs(pred.energy[0] - np.array([a.info["REF_energy"] for a in frames])) / n
-            spread = pred.energy_spread_per_atom(n)
-            fspread = pred.force_spread()
-            summ = res.summary()
-            rep[Path(f).name] = {"n": len(frames), "metrics": summ["all"], "by_config_type": summ["by_config_type"],
-                                 "energy_mae_mev_per_atom": float(err.mean() * 1000),
-                                 "energy_max_mev_per_atom": float(err.max() * 1000),
-                                 "spearman_energy_spread_vs_error": _spearman(spread, err),
-                                 "spearman_force_spread_vs_energy_error": _spearman(fspread, err)}
+        rep = evaluate_committee(_load_models(members, self.cfg.dtype), self.eval_files)
         atomic_write_json(out, rep)
         self.log(f"round {k}: evaluate: " + ", ".join(f"{n} E MAE {r['energy_mae_mev_per_atom']:.2f} meV/atom"
                                                      for n, r in rep.items()))
