@@ -21,8 +21,9 @@ Integrators (all keep the centre-of-mass momentum of each system at zero; temper
 Conserved quantities (:func:`conserved_energy`): NVE conserves E_pot + E_kin, the Nose-Hoover chain its extended
 energy (:func:`nhc_conserved`); Langevin and CSVR count the energy their thermostat exchanges with the particles in
 ``state.heat`` (eV per system), so that E_pot + E_kin - heat is conserved up to the integration error (its drift
-measures the time step's quality as NVE's drift does). NPT has no such quantity here (the barostat's work is not
-counted): :func:`conserved_energy` gives None for it.
+measures the time step's quality as NVE's drift does). NPT conserves E_pot + E_kin + P0 V - heat, where heat also
+counts the work of each cell rescaling: its kinetic part and P0 dV exactly, its potential part by the trapezoidal
+rule over the stresses before and after the move (an error of the order of the integration error).
 
 >>> state = init_md(BatchedState.from_atoms(structures), model, temperature=300, generator=gen)  # doctest: +SKIP
 >>> for _ in range(1000):                                                                          # doctest: +SKIP
@@ -268,16 +269,20 @@ def nhc_conserved(state: NHCState, temperature) -> torch.Tensor:
     return state.energy + state.kinetic_energy() + chain
 
 
-def conserved_energy(ensemble: str, state: MDState, temperature=None) -> torch.Tensor | None:
-    """``[S]`` the energy the integrator of ``ensemble`` conserves (eV), or None where there is none here (``"npt"``;
-    see the module docstring): E_pot + E_kin for ``"nve"``, the extended energy for ``"nvt_nhc"``, E_pot + E_kin -
-    heat for ``"nvt_langevin"`` and ``"nvt_csvr"``."""
+def conserved_energy(ensemble: str, state: MDState, temperature=None, pressure=None) -> torch.Tensor | None:
+    """``[S]`` the energy the integrator of ``ensemble`` conserves (eV; see the module docstring): E_pot + E_kin for
+    ``"nve"``, the extended energy for ``"nvt_nhc"``, E_pot + E_kin - heat for ``"nvt_langevin"`` and ``"nvt_csvr"``,
+    E_pot + E_kin + P0 V - heat for ``"npt"`` (``pressure`` P0 in eV/A^3); None for an unknown ensemble."""
     if ensemble == "nve":
         return state.energy + state.kinetic_energy()
     if ensemble == "nvt_nhc":
         return nhc_conserved(state, temperature)
-    if ensemble in ("nvt_langevin", "nvt_csvr"):
+    if ensemble in ("nvt_langevin", "nvt_csvr", "npt"):
         total = state.energy + state.kinetic_energy()
+        if ensemble == "npt":
+            if pressure is None:
+                raise ValidationError("conserved_energy('npt', ...) needs the target pressure")
+            total = total + per_system(pressure, state.n_systems, state.positions, "pressure") * state.volume()
         return total if state.heat is None else total - state.heat
     return None
 
@@ -348,15 +353,24 @@ def npt_step(state: MDState, model: Model, *, dt: float, temperature, pressure, 
     m = state.masses[:, None]
     p = state.momenta + 0.5 * dt * state.forces
     r = state.positions + 0.5 * dt * p / m
+    k_before = state.replace(momenta=p).kinetic_energy()
     p = _ou(state, p, kT, friction, dt, generator)
+    heat = _add_heat(state, k_before, state.replace(momenta=p))
     r = r + 0.5 * dt * p / m
     moved = state.replace(positions=r, momenta=p)
     vol = moved.volume()
-    p_int = 2 * moved.kinetic_energy() / (3 * vol) - torch.diagonal(state.stress, dim1=-2, dim2=-1).sum(-1) / 3
+    trace0 = torch.diagonal(state.stress, dim1=-2, dim2=-1).sum(-1)
+    k_moved = moved.kinetic_energy()
+    p_int = 2 * k_moved / (3 * vol) - trace0 / 3
     noise = randn_systems(moved, generator)[:, 0]
     d_eps = -(beta / tau) * (p0 - p_int - kT / vol) * dt + torch.sqrt(2 * kT * beta * dt / (vol * tau)) * noise
     mu = torch.exp(d_eps / 3)
     mu_atom = mu[state.system_idx, None]
     moved = moved.replace(positions=r * mu_atom, momenta=p / mu_atom, cell=state.cell * mu[:, None, None])
     new = evaluate(moved, model, compute_stress=True)
-    return new.replace(momenta=new.momenta + 0.5 * dt * new.forces)
+    # the rescaling's work on E_pot + E_kin + P0 V: dU = V tr(stress) d_eps / 3 (ASE's sign), trapezoidal in d_eps
+    vol1 = new.volume()
+    trace1 = torch.diagonal(new.stress, dim1=-2, dim2=-1).sum(-1)
+    d_pot = 0.5 * (vol * trace0 + vol1 * trace1) * d_eps / 3
+    heat = heat + (moved.kinetic_energy() - k_moved) + p0 * (vol1 - vol) + d_pot
+    return new.replace(momenta=new.momenta + 0.5 * dt * new.forces, heat=heat)

@@ -5,8 +5,8 @@
 - ``thermo.csv``: one row per system every ``log_every`` steps: step, time_fs, system, T_K, E_pot_eV, E_kin_eV,
   E_cons_eV, P_GPa (with the kinetic term), volume_A3. E_cons_eV is the quantity the integrator conserves, so that
   its drift measures the integration error: E_pot + E_kin for NVE, the Nose-Hoover chain's extended energy for NHC,
-  E_pot + E_kin minus the heat the thermostat gave the particles for Langevin and CSVR. NPT has none here (the
-  barostat's work is not counted): its E_cons_eV column is empty.
+  E_pot + E_kin minus the heat the thermostat gave the particles for Langevin and CSVR, E_pot + E_kin + P0 V minus
+  the heat and the barostat's work for NPT.
 - ``traj_0000.extxyz`` ...: one file per system, a frame every ``trajectory_every`` steps (unwrapped positions,
   momenta, energy, forces; ``info`` has step and time_fs).
 - ``checkpoint.pt``: everything needed to continue (state, thermostat, random generators, stopped systems, the sizes
@@ -109,8 +109,8 @@ def _step(cfg: MDConfig, state, model, t: _Targets, gens, stress: bool):
 
 
 def _conserved(cfg: MDConfig, state, t: _Targets) -> torch.Tensor | None:
-    """``[S]`` the conserved energy of the run's ensemble, None for NPT (:func:`limace.md.integrators.conserved_energy`)."""
-    return integ.conserved_energy(cfg.ensemble, state, t.temperature)
+    """``[S]`` the conserved energy of the run's ensemble (:func:`limace.md.integrators.conserved_energy`)."""
+    return integ.conserved_energy(cfg.ensemble, state, t.temperature, t.pressure)
 
 
 # -- guard -----------------------------------------------------------------------------------------------------------
