@@ -250,3 +250,18 @@ def test_one_list_of_dtypes():
     assert check_dtype_name("float32") == "float32" and FLOAT_DTYPES == ("float32", "float64")
     with pytest.raises(ValidationError, match="--dtype must be float32 or float64, not 'float16'"):
         check_dtype_name("float16")
+
+
+def test_mace_is_imported_only_when_a_model_is_used():
+    """Importing the library (the CLI, the loaders, the engines) does not import mace or e3nn (seconds, and
+    mace's import-time messages); the ASE calculator class imports it when first asked for."""
+    probe = ("import sys\n"
+             "import limace.cli, limace.potentials, limace.potentials.calculator, limace.potentials.batched\n"
+             "import limace.md.runner, limace.analysis.barriers, limace.analysis.screen, limace.training, limace.learn\n"
+             "before = sorted(m for m in ('mace', 'e3nn') if m in sys.modules)\n"
+             "from limace.potentials.calculator import LimaceCalculator\n"
+             "print(before, LimaceCalculator.__mro__[1].__module__)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[] mace.calculators.mace"

@@ -136,6 +136,22 @@ def test_committee_spread_is_larger_far_from_training(setup):
     assert spread[4:].min() > spread[:4].max()
 
 
+def test_committee_evaluation_predicts_each_member_once(setup, monkeypatch):
+    """evaluate_committee reports member 0's errors as evaluate_model does, from one prediction per member."""
+    import limace.training.evaluate as ev
+    from limace.learn import _load_models, evaluate_committee
+
+    models = _load_models([Path(p) for p in setup["committee"]], "float64")
+    alone = ev.evaluate_model(models[0], str(setup["held"])).summary()["all"]
+    calls = []
+    real = ev.predict_mace
+    monkeypatch.setattr(ev, "predict_mace", lambda m, frames, **kw: calls.append(id(m)) or real(m, frames, **kw))
+    rep = evaluate_committee(models, [str(setup["held"])])["held.extxyz"]
+    assert sorted(calls) == sorted(id(m) for m in models)
+    assert rep["metrics"] == pytest.approx(alone)
+    assert rep["spearman_force_spread_vs_energy_error"] is not None
+
+
 def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
     from limace.cli import main
 

@@ -266,7 +266,11 @@ class CommitteePrediction:
 def committee_predict(models, frames) -> CommitteePrediction:
     from limace.training.evaluate import predict_mace
 
-    preds = [predict_mace(m, frames) for m in models]
+    return _stack_predictions([predict_mace(m, frames) for m in models], frames)
+
+
+def _stack_predictions(preds, frames) -> CommitteePrediction:
+    """Members' predictions (:func:`limace.training.evaluate.predict_mace`) as one committee prediction."""
     counts = np.cumsum([0] + [len(a) for a in frames])
     energy = np.stack([p.energy for p in preds])
     forces = [np.stack([p.forces[counts[i]:counts[i + 1]] for p in preds]) for i in range(len(frames))]
@@ -300,13 +304,14 @@ def evaluate_committee(models, files: list[str]) -> dict:
     """Per labelled file: member 0's errors (all and per config_type, mean and largest energy error per atom) and the
     committee's spread against them (Spearman per structure; None for a committee of one)."""
     from limace.data.io import read_configurations
-    from limace.training.evaluate import evaluate_model
+    from limace.training.evaluate import evaluate_predictions, predict_mace
 
     rep = {}
     for f in files:
         frames = read_configurations(f, allowed_elements=None, require_periodic=False)
-        summ = evaluate_model(models[0], frames, name=Path(f).name).summary()
-        pred = committee_predict(models, frames)
+        preds = [predict_mace(m, frames) for m in models]  # each member once; member 0's errors from its prediction
+        summ = evaluate_predictions(frames, preds[0], name=Path(f).name).summary()
+        pred = _stack_predictions(preds, frames)
         n = np.array([len(a) for a in frames])
         err = np.abs(pred.energy[0] - np.array([a.info["REF_energy"] for a in frames])) / n
         rep[Path(f).name] = {"n": len(frames), "metrics": summ["all"], "by_config_type": summ["by_config_type"],
