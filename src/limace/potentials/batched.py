@@ -41,8 +41,9 @@ class BatchedMACE:
             than over ~100 (the working set leaves the caches; bench/RESULTS.md), all at once on a GPU).
         compile: compile the model with ``torch.compile`` (inductor, dynamic shapes), the way mace-torch prepares
             models for it. The first call takes minutes (and again when the number of systems changes); later
-            calls run faster, most of all on CPUs where it fuses the many small element-wise operations (1.8x here,
-            bench/RESULTS.md). Sets mace-torch's dynamo option that keeps autograd.grad out of compiled graphs.
+            calls run faster, most of all on CPUs where it fuses the many small element-wise operations (1.29x at
+            M=1 here, bench/RESULTS.md). Sets mace-torch's dynamo option that keeps autograd.grad out of compiled
+            graphs.
         copy: work on a copy of ``model`` (default), so that the caller's module keeps its device, dtype, training
             mode and ``requires_grad`` flags; ``False`` converts ``model`` itself (no second copy of the weights in
             memory; :func:`limace.potentials.load_batched` does that with the model it has just read).
