@@ -208,3 +208,43 @@ def test_check_size_recomputes_the_percolating_hops_in_a_larger_cell(fcc_file, t
     assert abs(check["percolation"]["3d"]["change_eV"]) < 0.02
     assert check["percolation"]["3d"]["barrier_eV"] == pytest.approx(check["hops"][0]["forward_eV"], abs=1e-9)
     assert "size check" in (tmp_path / "s" / "barriers.md").read_text()
+
+
+def test_committee_spread_of_each_barrier(fcc_file, tmp_path, limace_exe):
+    """A committee's spread of each computed barrier, at the bands of the potential that ran the NEBs: a Morse member
+    with 1.2x the well depth has exactly 1.2x every energy difference, so the std of the two barriers is 0.1x the
+    barrier; the Markdown table shows it, and a hop above the threshold is listed as uncertain."""
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3)
+    out = tmp_path / "out"
+    main, deeper = BatchedMorse(**MORSE), BatchedMorse(**{**MORSE, "epsilon": MORSE["epsilon"] * 1.2})
+    rep = run_barriers([str(fcc_file)], main, out=out, potential_name="morse", settings=settings, progress=False,
+                       committee=[main, deeper])
+    [phase] = rep["phases"]
+    [hop] = phase["hops"]
+    assert hop["barrier_std_eV"] == pytest.approx(0.1 * hop["forward_eV"], abs=2e-4)
+    assert phase["committee_size"] == 2
+    assert phase["uncertain_hops"] == ([0] if hop["barrier_std_eV"] > 0.05 else [])
+    assert "committee" in (out / "barriers.md").read_text()
+    assert json.loads((out / "barriers.json").read_text())["phases"][0]["hops"][0]["barrier_std_eV"] == \
+        hop["barrier_std_eV"]
+    # without a committee: no spread keys
+    rep1 = run_barriers([str(fcc_file)], main, out=tmp_path / "one", potential_name="morse", settings=settings,
+                        progress=False)
+    assert "barrier_std_eV" not in rep1["phases"][0]["hops"][0] and "committee_size" not in rep1["phases"][0]
+    res = subprocess.run([limace_exe, "barriers", "Li", "-p", "limace-lisnin-small", "--committee", " , "],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == \
+        "limace: error: --committee: give one or more potentials, comma-separated"
+
+
+def test_cli_committee_reports_the_spread(tiny_mace_model_factory, tmp_path, limace_exe):
+    out = tmp_path / "b"
+    a, b = (str(tiny_mace_model_factory(s)) for s in (0, 1))
+    res = subprocess.run([limace_exe, "barriers", "Li", "-p", a, "--committee", b, "--out", str(out),
+                          "--min-image-distance", "6", "--n-images", "3", "--max-steps", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    [phase] = json.loads((out / "barriers.json").read_text())["phases"]
+    assert phase["committee_size"] == 2
+    hops = [h for h in phase["hops"] if (h.get("files") or {}).get("climbing_image")]
+    assert hops and all(h["barrier_std_eV"] > 0 for h in hops)

@@ -436,8 +436,37 @@ def test_bad_dtype_device_and_batched_committee(tiny_mace_model_path):
         lp.load(tiny_mace_model_path, dtype="float16")
     with pytest.raises(LimaceInputError, match="not a torch device"):
         lp.load(tiny_mace_model_path, device="gpu0")
-    with pytest.raises(LimaceInputError, match="batched=True takes one potential"):
-        lp.load([tiny_mace_model_path, tiny_mace_model_path], batched=True)
+    with pytest.raises(LimaceInputError, match="empty list"):
+        lp.load_batched([])
+
+
+def test_batched_committee_mean_and_spread(tiny_mace_model_factory):
+    """load_batched([a, b]) is a committee: the members' mean as the result, their spread beside it (energy std per
+    system, per-atom norm of the force std), the same numbers as the members called one by one."""
+    import torch
+
+    from limace.core.model import BatchedModel
+    from limace.core.state import BatchedState
+    from limace.data import get_structure
+    from limace.potentials.committee import BatchedCommittee, spread_summary
+
+    paths = [tiny_mace_model_factory(0), tiny_mace_model_factory(1)]
+    com = lp.load([str(p) for p in paths], batched=True)
+    assert isinstance(com, BatchedCommittee) and isinstance(com, BatchedModel) and len(com) == 2
+    cells = [get_structure("LiSn"), get_structure("Li")]
+    cells[0].rattle(0.05, seed=2)
+    state = BatchedState.from_atoms(cells)
+    out = com(state)
+    a, b = (lp.load_batched(str(p))(state) for p in paths)
+    assert torch.allclose(out["energy"], (a["energy"] + b["energy"]) / 2)
+    assert torch.allclose(out["forces"], (a["forces"] + b["forces"]) / 2)
+    assert torch.allclose(out["energy_std"], (a["energy"] - b["energy"]).abs() / 2)
+    assert torch.allclose(out["forces_std"], torch.linalg.vector_norm(a["forces"] - b["forces"], dim=1) / 2)
+    assert float(out["energy_std"].min()) > 0
+    summ = spread_summary(out, state)
+    assert len(summ["energy_std_meV_per_atom"]) == 2 and len(summ["forces_std_max_eV_A"]) == 2
+    assert spread_summary(a, state) is None
+    assert "forces_std" not in com(state, compute_forces=False)
 
 
 def test_batched_model_gives_the_calculator_numbers(tiny_mace_model_path):

@@ -523,10 +523,43 @@ def domain_check_hops(model, entry: dict, base: Path) -> None:
     entry["outside_domain_hops"] = [h["hop"] for h in hops if h["outside_domain"]]
 
 
+def committee_check_hops(members, entry: dict, base: Path, threshold_eV: float = 0.05) -> None:
+    """Each computed hop's ``barrier_std_eV``: the standard deviation over a committee's ``members`` (batched models;
+    a :class:`~limace.potentials.committee.BatchedCommittee`'s members, or the potential that ran the NEBs plus
+    others) of their forward barriers at the bands' geometries (climbing image minus initial endpoint, each member's
+    own energies). Hops above ``threshold_eV`` are listed in the phase's ``uncertain_hops``; the phase gets
+    ``committee_size``. Fewer than two members: nothing."""
+    from ase.io import read
+
+    from limace.core.state import BatchedState
+
+    members = getattr(members, "members", members)  # a BatchedCommittee, or a list of batched models
+    if not isinstance(members, (list, tuple)) or len(members) < 2:  # a single potential: no spread
+        return
+    model = members[0]
+    hops = [h for h in entry["hops"] if all((base / ((h.get("files") or {}).get(k) or "")).is_file()
+                                            for k in ("initial", "climbing_image"))]
+    entry["committee_size"] = len(members)
+    entry["committee_threshold_eV"] = threshold_eV
+    entry["uncertain_hops"] = []
+    if not hops:
+        return
+    frames = [read(base / h["files"][k]) for h in hops for k in ("initial", "climbing_image")]
+    state = BatchedState.from_atoms(frames, dtype=model.dtype, device=model.device)
+    e = np.stack([m(state, compute_forces=False)["energy"].detach().cpu().numpy() for m in members])  # [M, 2H]
+    barriers = e[:, 1::2] - e[:, 0::2]  # [M, H]
+    for h, sd in zip(hops, barriers.std(0)):
+        h["barrier_std_eV"] = round(float(sd), 4)
+    entry["uncertain_hops"] = [h["hop"] for h in hops if h["barrier_std_eV"] > threshold_eV]
+
+
 def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, potential_name: str = "",
                  settings: BarrierSettings = BarrierSettings(), progress: bool = True,
-                 potential_sha256: str | None = None) -> dict:
+                 potential_sha256: str | None = None, committee=None) -> dict:
     """Barriers for several phases; with ``out`` writes barriers.json, barriers.md, bands and PNG profiles, resumably.
+
+    ``committee``: batched models whose spread of each computed barrier is reported (:func:`committee_check_hops`;
+    the NEBs run on ``model`` alone); a ``model`` that is a committee reports its own members' spread.
 
     A phase finished earlier in ``out`` is reused only when its settings, ``potential_name`` and
     ``potential_sha256`` (the model file's checksum: a retrained potential keeps its name) all match."""
@@ -541,6 +574,8 @@ def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, pot
             saved = json.loads(cache.read_text())
             if (saved.get("settings") == asdict(settings) and saved.get("potential") == potential_name
                     and saved.get("potential_sha256") == potential_sha256):
+                if committee is not None and out is not None:  # cheap: one energy call per member
+                    committee_check_hops(committee, saved["entry"], out)
                 phases.append(saved["entry"])
                 continue
         t0 = time.perf_counter()
@@ -549,6 +584,7 @@ def run_barriers(specs: Sequence[str], model, out: str | Path | None = None, pot
         if out is not None:
             _write_phase_files(out, entry, results, files)
             domain_check_hops(model, entry, out)
+            committee_check_hops(committee if committee is not None else model, entry, out)
             atomic_write_json(cache, {"settings": asdict(settings), "potential": potential_name,
                                       "potential_sha256": potential_sha256, "entry": entry})
         phases.append(entry)
@@ -578,6 +614,9 @@ def markdown_table(report: dict) -> str:
             status = status if status in ("converged", "skipped") else f"**{status}**"
             if h.get("outside_domain"):  # its saddle is outside the training domain (limace.potentials.domain)
                 status += " **outside the training domain**"
+            if h.get("barrier_std_eV") is not None:  # a committee's spread of this barrier
+                flag = h["hop"] in p.get("uncertain_hops", [])
+                status += f" ({'**' if flag else ''}± {h['barrier_std_eV']:.3f} eV committee{'**' if flag else ''})"
             if status == "skipped" and h.get("bounds_eV"):
                 status = f"skipped (saddle ≥ {fmt(h['bounds_eV'][0])})"
             sites = f"{h['i']} → {h['j']}" if "i" in h else "—"

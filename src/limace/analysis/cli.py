@@ -144,7 +144,10 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
              dft_labels: Optional[Path] = typer.Option(None, help="--verify-dft labels file (resumable; default "
                                                        "OUT/dft_verify.extxyz)"),
              workers: int = typer.Option(1, help="--verify-dft: local worker processes"),
-             scheduler: Optional[str] = typer.Option(None, help="--verify-dft: Dask scheduler address")):
+             scheduler: Optional[str] = typer.Option(None, help="--verify-dft: Dask scheduler address"),
+             committee: Optional[str] = typer.Option(None, help="more potentials (comma-separated names or .model "
+                                                     "paths): with -p, a committee whose spread of each barrier is "
+                                                     "reported (the NEBs run on -p alone; needs --out)")):
     """Li vacancy-hop barriers: distinct hops -> batched CI-NEB -> percolation; table, JSON and NEB plots.
 
     Resumable: with --out, phases already computed with the same settings and model file are not recomputed.
@@ -170,6 +173,13 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
         check_output_path(out, "--out", directory=True)
     check_structure_specs(phases)
     check_potential_spec(potential)
+    members = [c.strip() for c in committee.split(",") if c.strip()] if committee is not None else []
+    if committee is not None and not members:
+        raise LimaceInputError("--committee: give one or more potentials, comma-separated")
+    if members and out is None:
+        raise LimaceInputError("--committee needs --out (the bands it checks are read from there)")
+    for m in members:
+        check_potential_spec(m)
     from limace.core.optimize import OPTIMIZERS
 
     if optimizer not in OPTIMIZERS:
@@ -178,12 +188,15 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     from limace.potentials import load_batched
     from limace.potentials.calculator import potential_sha256
 
-    model = load_batched(potential, device=device, dtype=dtype)
+    # with --committee the members are read together (checked against -p: elements, cutoff); the NEBs run on -p
+    loaded = load_batched([potential, *members] if members else potential, device=device, dtype=dtype)
+    model = loaded.members[0] if members else loaded
     settings = BarrierSettings(cutoff=cutoff, min_image_distance=min_image_distance, n_images=n_images, fmax=fmax,
                                optimizer=optimizer, max_steps=max_steps, tight_fmax=tight_fmax, all_hops=all_hops,
                                check_size=check_size, max_band_atoms=max_band_atoms)
     report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings,
-                          potential_sha256=potential_sha256(potential), progress=sys.stderr.isatty())
+                          potential_sha256=potential_sha256(potential), progress=sys.stderr.isatty(),
+                          committee=loaded if members else None)
     if verify_dft:
         from limace.analysis.barriers import run_verify_dft
 

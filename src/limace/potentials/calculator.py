@@ -114,23 +114,22 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         dtype: ``"float64"`` or ``"float32"`` (the weights are converted).
         batched: return our batched model (:class:`limace.potentials.batched.BatchedMACE`) for the MD/NEB engines
-            instead of an ASE calculator; one potential only (:func:`load_batched`, which takes more options).
+            instead of an ASE calculator (:func:`load_batched`, which takes more options).
         offline: never touch the network (default: ``LIMACE_OFFLINE``); registry weights must be cached.
         progress: show a progress bar while downloading.
 
     Returns:
-        a :class:`LimaceCalculator` (an ASE calculator), or a ``BatchedMACE`` when ``batched=True``.
+        a :class:`LimaceCalculator` (an ASE calculator), or a ``BatchedMACE`` when ``batched=True`` (a
+        :class:`~limace.potentials.committee.BatchedCommittee` for several potentials).
     """
     dtype = _check_dtype(dtype)
     device = _check_device(device)
     specs = list(name_or_path) if isinstance(name_or_path, (list, tuple)) else [name_or_path]
     if not specs:
         raise LimaceInputError("load() got an empty list of potentials")
-    if batched and len(specs) > 1:
-        raise LimaceInputError(f"batched=True takes one potential, got {len(specs)}; load committee members "
-                               "one by one")
-    if batched:
-        return load_batched(specs[0], device=device, dtype=dtype, offline=offline, progress=progress)
+    if batched:  # one potential: BatchedMACE; several: a BatchedCommittee
+        return load_batched(specs if len(specs) > 1 else specs[0], device=device, dtype=dtype, offline=offline,
+                            progress=progress)
     from limace.potentials.ase_calculator import LimaceCalculator
 
     models, entries = _read_models(specs, device, offline, progress)
@@ -153,20 +152,32 @@ def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "fl
     """The one loader of batched models: a registry name or ``.model`` path -> a
     :class:`~limace.potentials.batched.BatchedMACE` (the :class:`limace.core.model.BatchedModel` contract), for
     MD, relaxation, NEB and screening. ``skin``, ``max_atoms_per_call``, ``compute_stress`` and ``compile`` are
-    BatchedMACE's options; the rest as :func:`load`."""
+    BatchedMACE's options; the rest as :func:`load`. A list of several potentials gives a
+    :class:`~limace.potentials.committee.BatchedCommittee` of them (mean results, plus ``energy_std`` and
+    ``forces_std``); its members must share elements and cutoff."""
     from limace.potentials.batched import BatchedMACE
 
     dtype = _check_dtype(dtype)
     device = _check_device(device)
     if isinstance(name_or_path, (list, tuple)):
-        raise LimaceInputError(f"a batched model is one potential, got a list of {len(name_or_path)}; load committee "
-                               "members one by one")
-    (model,), _ = _read_models([name_or_path], device, offline, progress)
-    # the model was read here, so BatchedMACE may convert it in place (copy=False) instead of copying it
-    batched = BatchedMACE(model, device=device, dtype=dtype, compute_stress=compute_stress, skin=skin,
-                          max_atoms_per_call=max_atoms_per_call, compile=compile, copy=False)
-    batched.domain = _domain_of(name_or_path, offline)  # its domain check (limace.potentials.domain), or None
-    return batched
+        specs = list(name_or_path)
+        if not specs:
+            raise LimaceInputError("load_batched() got an empty list of potentials")
+    else:
+        specs = [name_or_path]
+    models, _ = _read_models(specs, device, offline, progress)  # several: checked against each other (elements, r_max)
+    members = []
+    for spec, model in zip(specs, models):
+        # the model was read here, so BatchedMACE may convert it in place (copy=False) instead of copying it
+        batched = BatchedMACE(model, device=device, dtype=dtype, compute_stress=compute_stress, skin=skin,
+                              max_atoms_per_call=max_atoms_per_call, compile=compile, copy=False)
+        batched.domain = _domain_of(spec, offline)  # its domain check (limace.potentials.domain), or None
+        members.append(batched)
+    if len(members) == 1:
+        return members[0]
+    from limace.potentials.committee import BatchedCommittee
+
+    return BatchedCommittee(members, names=[str(s) for s in specs])
 
 
 def _read_models(specs: Sequence[PathOrName], device: str, offline: bool | None, progress: bool):
