@@ -457,6 +457,37 @@ def test_cli_md_runs_a_config_and_reports_bad_keys(tmp_path, tiny_mace_model_pat
     assert "all 2 systems were stopped" in stopped.stderr and "Traceback" not in stopped.stderr
 
 
+def test_md_logs_a_committees_spread(tmp_path, tiny_mace_model_factory):
+    """`committee:` in an md config: the dynamics run on `potential` alone (the same trajectory as without), and
+    thermo.csv gets each logged frame's committee spread (energy std per atom, largest atom force spread) — the
+    members' spread computed directly at the final frame; without a committee the columns are empty."""
+    from ase.io import write
+
+    from limace.core.model import committee_spread
+    from limace.md.config import MDConfig
+    from limace.md.runner import run_config
+    from limace.potentials import load_batched
+
+    write(tmp_path / "cells.extxyz", [lisn16(1), liin8(2)])
+    a, b = (str(tiny_mace_model_factory(s)) for s in (0, 1))
+    base = dict(structures=[str(tmp_path / "cells.extxyz")], potential=a, ensemble="nvt_langevin", steps=4,
+                temperature_K=500, log_every=2, trajectory_every=0, checkpoint_every=0, progress=False)
+    one = run_config(MDConfig(**base, output_dir=str(tmp_path / "one")), load_model=load_batched)
+    com = run_config(MDConfig(**base, committee=[b], output_dir=str(tmp_path / "com")), load_model=load_batched)
+    assert [r["E_pot_eV"] for r in com.thermo] == [r["E_pot_eV"] for r in one.thermo]
+    assert all(r["E_std_meV_per_atom"] is None and r["F_std_max_eV_A"] is None for r in one.thermo)
+    last = [r for r in com.thermo if r["step"] == 4]
+    state = BatchedState.from_atoms(com.final)
+    es, fs = committee_spread([load_batched(a), load_batched(b)], state)
+    n = np.array([len(x) for x in com.final])
+    assert [r["E_std_meV_per_atom"] for r in last] == pytest.approx((es.numpy() / n * 1000).tolist(), rel=1e-6)
+    assert [r["F_std_max_eV_A"] for r in last] == pytest.approx(fs.tolist(), rel=1e-6)
+    assert all(r["E_std_meV_per_atom"] > 0 for r in com.thermo)
+    rows = (tmp_path / "com" / "thermo.csv").read_text().splitlines()
+    assert rows[0].endswith(",E_std_meV_per_atom,F_std_max_eV_A") and rows[1].split(",")[-1] != ""
+    assert (tmp_path / "one" / "thermo.csv").read_text().splitlines()[1].endswith(",,")
+
+
 # -- diffusion -------------------------------------------------------------------------------------------------------
 
 

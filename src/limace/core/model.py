@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from limace.core.state import BatchedState
 
-__all__ = ["BatchedModel"]
+__all__ = ["BatchedModel", "committee_spread"]
 
 
 @runtime_checkable
@@ -35,3 +35,15 @@ class BatchedModel(Protocol):
     def __call__(self, state: "BatchedState", compute_stress: bool | None = None,
                  compute_forces: bool = True) -> dict[str, "torch.Tensor"]:
         ...
+
+
+def committee_spread(members, state: "BatchedState") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Per system of ``state``: the standard deviation of the ``members``' energies (eV) and the largest atom's
+    force spread (the norm of the standard deviation of its force vector over the members, eV/A)."""
+    import torch
+
+    outs = [m(state) for m in members]
+    e_std = torch.stack([o["energy"].detach() for o in outs]).std(0, unbiased=False)
+    f_atom = torch.linalg.vector_norm(torch.stack([o["forces"].detach() for o in outs]).std(0, unbiased=False), dim=-1)
+    f_max = torch.zeros_like(e_std).scatter_reduce(0, state.system_idx, f_atom, reduce="amax", include_self=True)
+    return e_std, f_max

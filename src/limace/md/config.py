@@ -5,6 +5,7 @@ file's directory. Example (``examples/md.yaml``)::
 
     structures: [cells.extxyz]      # every frame of every file is one system
     potential: my.model             # a MACE .model file, or a registry name (limace potentials list)
+    committee: [b.model, c.model]   # optional: more potentials; thermo.csv logs their spread with `potential`
     ensemble: nvt_langevin          # nve | nvt_langevin | nvt_nhc | nvt_csvr | npt
     steps: 20000
     timestep_fs: 2.0
@@ -49,6 +50,7 @@ class MDConfig:
 
     structures: list[str] = field(default_factory=list)
     potential: str = ""
+    committee: list[str] = field(default_factory=list)  # more potentials: their spread with `potential` is logged
     ensemble: Literal["nve", "nvt_langevin", "nvt_nhc", "nvt_csvr", "npt"] = "nvt_langevin"
     steps: int = 1000
     timestep_fs: float = 1.0
@@ -127,6 +129,7 @@ class MDConfig:
             pot = values.get("potential")
             if pot and (base / pot).exists():
                 values["potential"] = str(base / pot)
+            values["committee"] = [str(base / c) if (base / c).exists() else c for c in values.get("committee", [])]
         try:
             return cls(**values)
         except ValidationError as exc:

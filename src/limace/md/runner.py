@@ -43,7 +43,8 @@ from limace.md.config import GuardConfig, MDConfig
 
 CHECKPOINT = "checkpoint.pt"
 THERMO = "thermo.csv"
-THERMO_COLUMNS = ("step", "time_fs", "system", "T_K", "E_pot_eV", "E_kin_eV", "E_cons_eV", "P_GPa", "volume_A3")
+THERMO_COLUMNS = ("step", "time_fs", "system", "T_K", "E_pot_eV", "E_kin_eV", "E_cons_eV", "P_GPa", "volume_A3",
+                  "E_std_meV_per_atom", "F_std_max_eV_A")
 
 
 @dataclass
@@ -249,7 +250,8 @@ def _frames(state: MDState, step: int, dt_fs: float, systems: list[int]) -> list
     return atoms
 
 
-def _thermo_rows(state: MDState, step: int, cfg: MDConfig, t: _Targets, systems: list[int]) -> list[dict]:
+def _thermo_rows(state: MDState, step: int, cfg: MDConfig, t: _Targets, systems: list[int],
+                 committee=None) -> list[dict]:
     temp = state.temperature().tolist()
     epot = state.energy.tolist()
     ekin = state.kinetic_energy().tolist()
@@ -258,8 +260,16 @@ def _thermo_rows(state: MDState, step: int, cfg: MDConfig, t: _Targets, systems:
     vol = state.volume().tolist()
     pres = (state.pressure() / GPA).tolist() if state.stress is not None else \
         [float("nan")] * len(systems)
+    e_std = f_std = [None] * len(systems)
+    if committee:  # the committee's spread at this frame (its members evaluated here, every log_every steps)
+        from limace.core.model import committee_spread
+
+        es, fs = committee_spread(committee, state)
+        n = torch.bincount(state.system_idx, minlength=state.n_systems).to(es.dtype)
+        e_std, f_std = (es / n * 1000).tolist(), fs.tolist()
     return [dict(step=step, time_fs=step * cfg.timestep_fs, system=k, T_K=temp[i], E_pot_eV=epot[i], E_kin_eV=ekin[i],
-                 E_cons_eV=econs[i], P_GPa=pres[i], volume_A3=vol[i]) for i, k in enumerate(systems)]
+                 E_cons_eV=econs[i], P_GPa=pres[i], volume_A3=vol[i], E_std_meV_per_atom=e_std[i],
+                 F_std_max_eV_A=f_std[i]) for i, k in enumerate(systems)]
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
@@ -312,6 +322,7 @@ class _Run:
     live: _Live
     n_systems: int
     thermo: list[dict] = field(default_factory=list)
+    committee: list | None = None  # batched models whose spread is logged (the first is usually `model`)
 
 
 class Observer:
@@ -365,7 +376,7 @@ class ThermoLog(Observer):
 
     def _log(self, step, run):
         live = run.live
-        rows = _thermo_rows(live.state, step, run.cfg, live.targets, live.active)
+        rows = _thermo_rows(live.state, step, run.cfg, live.targets, live.active, run.committee)
         run.outputs.thermo(rows)
         if self.keep:
             run.thermo.extend(rows)
@@ -462,7 +473,8 @@ def _start(run: _Run, state0: BatchedState, targets: _Targets, gens: list) -> No
 
 def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig | None = None, *,
            output_dir: str | Path | None = None, generators: Sequence[torch.Generator] | None = None,
-           restart: bool = True, keep_thermo: bool = True, **overrides) -> MDResult:
+           restart: bool = True, keep_thermo: bool = True, committee: Sequence | None = None,
+           **overrides) -> MDResult:
     """Run MD of many systems at once.
 
     Args:
@@ -476,6 +488,9 @@ def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig |
         generators: one torch.Generator per system (default: seeded ``config.seed + k``).
         restart: continue from ``output_dir/checkpoint.pt`` when it exists (else start afresh, deleting old outputs).
         keep_thermo: also keep the thermo rows in memory (``MDResult.thermo``).
+        committee: batched models (usually ``model`` and others trained like it): at every logged frame their
+            spread goes into the thermo columns ``E_std_meV_per_atom`` (energy std per atom) and ``F_std_max_eV_A``
+            (the largest atom's force spread); the dynamics run on ``model`` alone. Without it the columns are empty.
     """
     import dataclasses
 
@@ -502,7 +517,10 @@ def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig |
     gens = list(generators) if generators is not None else make_generators(n_sys, cfg.seed, state0.device)
     if len(gens) != n_sys:
         raise ValidationError(f"generators: got {len(gens)} for {n_sys} systems")
-    run = _Run(cfg=cfg, model=model, out=out, outputs=_Outputs(out, n_sys), n_systems=n_sys,
+    committee = list(committee) if committee is not None else None
+    if committee is not None and len(committee) < 2:
+        raise ValidationError(f"committee: needs at least 2 models, got {len(committee)}")
+    run = _Run(cfg=cfg, model=model, out=out, outputs=_Outputs(out, n_sys), n_systems=n_sys, committee=committee,
                live=_Live(state=None, targets=targets, gens=gens, active=list(range(n_sys))))
     from tqdm.auto import tqdm
 
@@ -590,7 +608,17 @@ def run_config(cfg: MDConfig, restart: bool = True, *, model=None,
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     structures = load_structures(cfg.structures)
+    committee = None
+    if cfg.committee:
+        if load_model is None:
+            raise LimaceInputError("committee: run_config needs load_model= to load the committee's potentials")
+        # the potential and the committee read together (checked against each other); the dynamics use the first
+        opts = dict(device=cfg.device, dtype=cfg.dtype, skin=cfg.skin_A, max_atoms_per_call=cfg.max_atoms_per_call)
+        loaded = load_model([cfg.potential, *cfg.committee], **opts)
+        committee = list(loaded.members)
+        if model is None:
+            model = load_model(cfg.potential, **opts, compile=cfg.compile) if cfg.compile else committee[0]
     if model is None:
         model = load_model(cfg.potential, device=cfg.device, dtype=cfg.dtype, skin=cfg.skin_A,
                            max_atoms_per_call=cfg.max_atoms_per_call, compile=cfg.compile)
-    return run_md(structures, model, cfg, restart=restart)
+    return run_md(structures, model, cfg, restart=restart, committee=committee)
