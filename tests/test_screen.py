@@ -144,3 +144,21 @@ def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path):
                 if xa < x0 < xb:
                     lowest = min(lowest, ea + (eb - ea) * (x0 - xa) / (xb - xa))
         assert r["dft_e_above_hull_eV_per_atom"] == pytest.approx(e0 - lowest, abs=1e-6)
+
+
+def test_committee_spread_in_the_screen(tiny_mace_model_factory, tmp_path, limace_exe):
+    """--committee: every hull entry carries the committee's energy spread (entries above the threshold are warned
+    about in results.json and the report), and every computed barrier its spread."""
+    a, b = (str(tiny_mace_model_factory(s)) for s in (0, 1))
+    out = tmp_path / "report"
+    args = ARGS[:ARGS.index("--barrier-phase")] + ["--barrier-phase", "LiSn"]
+    res = subprocess.run([limace_exe, "screen", "Li-Sn", "-p", a, "--committee", b, "--out", str(out), *args],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads((out / "results.json").read_text())["systems"]["Li-Sn"]
+    assert all(row["committee_std_meV_per_atom"] >= 0 for row in r["hull"])
+    flagged = [row["name"] for row in r["hull"] if row["committee_std_meV_per_atom"] > 10.0]
+    assert all(any(w.startswith(f"{n}: committee spread") for w in r["warnings"]) for n in flagged)
+    [phase] = r["barriers"]["phases"]
+    assert phase["committee_size"] == 2
+    assert all(h["barrier_std_eV"] >= 0 for h in phase["hops"] if (h.get("files") or {}).get("climbing_image"))

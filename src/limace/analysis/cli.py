@@ -230,7 +230,10 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            workers: int = typer.Option(1, help="local worker processes for independent tasks"),
            scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (instead of local workers)"),
            device: str = typer.Option("cpu", help="cpu or cuda"),
-           dtype: str = typer.Option("float64", help="float64 or float32")):
+           dtype: str = typer.Option("float64", help="float64 or float32"),
+           committee: Optional[str] = typer.Option(None, help="more potentials (comma-separated names or .model "
+                                                   "paths): with -p, a committee whose spread of each hull entry and "
+                                                   "barrier is reported and flagged (the work runs on -p)")):
     """Hull, voltage, structure search and Li barriers in one report (resumable: finished tasks are kept)."""
     from limace.analysis.hull import SN_REFERENCES, SYSTEMS
     from limace.core.errors import LimaceInputError, check_number
@@ -257,6 +260,11 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
         _check_barrier_phase(name, max_atoms)
     check_output_path(out, "--out", directory=True)
     check_potential_spec(potential)
+    members = [c.strip() for c in committee.split(",") if c.strip()] if committee is not None else []
+    if committee is not None and not members:
+        raise LimaceInputError("--committee: give one or more potentials, comma-separated")
+    for m in members:
+        check_potential_spec(m)
     from limace.analysis.barriers import BarrierSettings
     from limace.analysis.screen import ScreenSettings, run_screen
     from limace.analysis.search import SearchSettings
@@ -266,7 +274,8 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
                               min_formation_energy=min_formation_energy),
         barriers=BarrierSettings(min_image_distance=min_image_distance, n_images=n_images, max_steps=neb_steps),
         barrier_phases=tuple(barrier_phases) if barrier_phases else None, max_barrier_phases=max_barrier_phases,
-        max_barrier_atoms=max_barrier_atoms, sn_reference=sn_reference, verify_dft=verify_dft)
+        max_barrier_atoms=max_barrier_atoms, sn_reference=sn_reference, verify_dft=verify_dft,
+        committee=tuple(members))
     results = run_screen(systems, potential, out, settings, workers=workers, scheduler=scheduler, device=device,
                          dtype=dtype, progress=sys.stderr.isatty())  # progress bars only on a terminal
     for s, r in results["systems"].items():

@@ -18,7 +18,7 @@ settings, so a killed screen resumes without recomputing finished work. Tasks ru
     {"potential": str, "settings": {...},
      "systems": {"Li-Sn": {
         "hull": [{"formula", "name", "x_Li", "formation_energy_eV_per_atom", "e_above_hull_eV_per_atom", "stable",
-                  "source": "library" | "search" | "ce"}],
+                  "source": "library" | "search" | "ce", "committee_std_meV_per_atom"? (with --committee)}],
         "stable": [formula, ...], "references": {...}, "sn_reference": "Sn_alpha" | "Sn_beta",
         "voltage": {"average_V", "average_kind", "max_li_per_host", "plateaus": [{"y_start", "y_end", "voltage_V",
                     "phases"}]},
@@ -55,6 +55,10 @@ class ScreenSettings:
     sn_reference: str = "lowest"
     near_hull: float = 0.025  # eV/atom: candidates listed for DFT verification
     verify_dft: bool = False
+    # more potentials: with the screen's potential a committee whose spread is reported (hull entries: energy std per
+    # atom, flagged above committee_threshold_meV; barriers: each barrier's std, flagged above 0.05 eV)
+    committee: tuple[str, ...] = ()
+    committee_threshold_meV: float = 10.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,10 +72,38 @@ def _cached(path: Path, key: dict):
     return None
 
 
-def _model(potential: str, device: str, dtype: str):
+def _model(potential: str, device: str, dtype: str, committee: Sequence[str] = ()):
+    """The batched model of ``potential``; with ``committee``, ``(model, members)`` (``potential`` first, all read
+    together and checked against each other)."""
     from limace.potentials import load_batched
 
-    return load_batched(potential, device=device, dtype=dtype)
+    if not committee:
+        return load_batched(potential, device=device, dtype=dtype)
+    members = load_batched([potential, *committee], device=device, dtype=dtype).members
+    return members[0], members
+
+
+def _committee_flags(members, entries: list, threshold_meV: float) -> tuple[dict, list[str]]:
+    """Each hull entry's committee spread (std of the members' energies per atom, meV/atom) and warnings for those
+    above ``threshold_meV``: their place on the hull is uncertain."""
+    from limace.core.state import BatchedState
+
+    if not entries:
+        return {}, []
+    state = BatchedState.from_atoms(entries, dtype=members[0].dtype, device=members[0].device)
+    import numpy as np
+
+    e = np.stack([m(state, compute_forces=False)["energy"].detach().cpu().numpy() for m in members])
+    n = np.array([len(a) for a in entries])
+    spread = e.std(0) / n * 1000
+    out, warn = {}, []
+    for a, sd in zip(entries, spread):
+        a.info["committee_std_meV_per_atom"] = round(float(sd), 2)
+        out[a.info.get("name")] = round(float(sd), 2)
+        if sd > threshold_meV:
+            warn.append(f"{a.info.get('name')}: committee spread {sd:.1f} meV/atom > {threshold_meV:g}; its place on "
+                        "the hull is uncertain")
+    return out, warn
 
 
 def _domain_filter(model, entries: list) -> tuple[list, list[dict], list[str]]:
@@ -118,7 +150,8 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     s = ScreenSettings(**{**settings, "search": SearchSettings(**settings["search"]),
                           "barriers": BarrierSettings(**settings["barriers"])})
     work = Path(out) / "work" / system
-    model = _model(potential, device, dtype)
+    model, members = _model(potential, device, dtype, s.committee) if s.committee else \
+        (_model(potential, device, dtype), None)
     t0 = time.perf_counter()
     library = library_structures(system, s.search.max_library_atoms)
     lib_relaxed = relax_all(library, model, s.search.fmax, s.search.max_steps, progress=progress,
@@ -136,6 +169,10 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     entries, outside, dwarn = _domain_filter(model, entries)
     rejected += outside
     warnings += dwarn
+    spreads = None
+    if members:
+        spreads, cwarn = _committee_flags(members, entries, s.committee_threshold_meV)
+        warnings += cwarn
     hull = HullAnalysis.from_structures(system, entries, sn_reference=s.sn_reference, potential=potential)
     voltage = hull.voltage()
     work.mkdir(parents=True, exist_ok=True)
@@ -153,7 +190,7 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
             "near_hull": near, "n_candidates": search.report["stages"]["single_point"]["candidates"]
             + search.report["prototypes"], "n_library": len(library), "search_report": search.report,
             "not_converged": not_converged, "rejected": rejected, "warnings": warnings,
-            "relax_wall_s": round(time.perf_counter() - t0, 1)}
+            "committee_std_meV_per_atom": spreads, "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str = "pbe-pw400") -> list[dict]:
@@ -213,10 +250,13 @@ def barrier_task(system: str, structure_file: str, potential: str, potential_sha
     from limace.analysis.barriers import run_barriers
 
     _set_threads(workers)
-    model = _model(potential, device, dtype)
+    committee = tuple(settings.pop("committee", ()) or ())
+    model, members = _model(potential, device, dtype, committee) if committee else \
+        (_model(potential, device, dtype), None)
     name = Path(structure_file).stem
     rep = run_barriers([structure_file], model, out=Path(out) / "barriers" / system, potential_name=potential,
-                       settings=BarrierSettings(**settings), progress=progress, potential_sha256=potential_sha256)
+                       settings=BarrierSettings(**settings), progress=progress, potential_sha256=potential_sha256,
+                       committee=members)
     entry = rep["phases"][0]
     entry["hops"] = [{k: v for k, v in h.items() if k != "profile"} for h in entry["hops"]]
     entry["phase"] = name
@@ -323,6 +363,8 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     psha = potential_sha256(potential)
     hull_key = {"potential": potential, "potential_sha256": psha, "search": sdict["search"],
                 "sn_reference": settings.sn_reference, "near_hull": settings.near_hull}
+    if settings.committee:  # (absent otherwise: screens computed before committees existed stay valid)
+        hull_key["committee"] = [list(settings.committee), settings.committee_threshold_meV]
     hull_tasks = {str(out / "work" / f"hull-{s}.json"): (hull_key, hull_task, (s, potential, sdict, str(out), device,
                                                                                    dtype)) for s in systems}
     hulls = {r["system"]: r for r in run_tasks(hull_tasks, "hull + search").values()}
@@ -332,7 +374,8 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
 
     # 2. barriers for the chosen phases
     barrier_tasks, skipped = {}, {s: [] for s in systems}
-    bkey = {"potential": potential, "potential_sha256": psha, "barriers": sdict["barriers"]}
+    bdict = {**sdict["barriers"], "committee": list(settings.committee)} if settings.committee else sdict["barriers"]
+    bkey = {"potential": potential, "potential_sha256": psha, "barriers": bdict}
     for s in systems:
         names = _barrier_phase_names(hulls[s], settings)
         structures = out / "work" / s / "structures"
@@ -352,7 +395,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
                                                          f"max_barrier_atoms={settings.max_barrier_atoms}"})
                 continue
             barrier_tasks[str(out / "work" / f"barriers-{s}-{n}.json")] = (
-                bkey, barrier_task, (s, str(structures / f"{n}.extxyz"), potential, psha, sdict["barriers"], str(out),
+                bkey, barrier_task, (s, str(structures / f"{n}.extxyz"), potential, psha, dict(bdict), str(out),
                                      device, dtype))
     done = run_tasks(barrier_tasks, "barriers") if barrier_tasks else {}
     barriers = {s: {"phases": [], "skipped": skipped[s]} for s in systems}
@@ -362,9 +405,12 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     results = {"potential": potential, "potential_sha256": psha, "settings": sdict, "systems": {}}
     for s in systems:
         h = hulls[s]
+        spread = h.get("committee_std_meV_per_atom") or {}
         results["systems"][s] = {
-            "hull": [{k: r[k] for k in ("formula", "name", "x_Li", "formation_energy_eV_per_atom",
-                                        "e_above_hull_eV_per_atom", "stable", "source")} for r in h["hull"]["hull"]],
+            "hull": [{**{k: r[k] for k in ("formula", "name", "x_Li", "formation_energy_eV_per_atom",
+                                           "e_above_hull_eV_per_atom", "stable", "source")},
+                      **({"committee_std_meV_per_atom": spread.get(r["name"])} if spread else {})}
+                     for r in h["hull"]["hull"]],
             "stable": h["hull"]["stable"], "references": h["hull"]["references"],
             "sn_reference": h["hull"].get("sn_reference"), "voltage": h["voltage"], "near_hull": h["near_hull"],
             "warnings": h.get("warnings", []),
