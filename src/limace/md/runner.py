@@ -6,7 +6,8 @@
   E_cons_eV, P_GPa (with the kinetic term), volume_A3. E_cons_eV is the quantity the integrator conserves, so that
   its drift measures the integration error: E_pot + E_kin for NVE, the Nose-Hoover chain's extended energy for NHC,
   E_pot + E_kin minus the heat the thermostat gave the particles for Langevin and CSVR, E_pot + E_kin + P0 V minus
-  the heat and the barostat's work for NPT.
+  the heat and the barostat's work for NPT. With a committee (``committee:``), E_std_meV_per_atom and
+  F_std_max_eV_A: its energy spread per atom and the largest atom's force spread (empty otherwise).
 - ``traj_0000.extxyz`` ...: one file per system, a frame every ``trajectory_every`` steps (unwrapped positions,
   momenta, energy, forces; ``info`` has step and time_fs).
 - ``checkpoint.pt``: everything needed to continue (state, thermostat, random generators, stopped systems, the sizes
