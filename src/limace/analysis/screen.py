@@ -73,14 +73,12 @@ def _cached(path: Path, key: dict):
 
 
 def _model(potential: str, device: str, dtype: str, committee: Sequence[str] = ()):
-    """The batched model of ``potential``; with ``committee``, ``(model, members)`` (``potential`` first, all read
-    together and checked against each other)."""
+    """``(model, members)``: the batched model of ``potential`` and, with ``committee``, the committee's members
+    (``potential`` first, all read together and checked against each other; None without)."""
     from limace.potentials import load_batched
 
-    if not committee:
-        return load_batched(potential, device=device, dtype=dtype)
-    members = load_batched([potential, *committee], device=device, dtype=dtype).members
-    return members[0], members
+    loaded = load_batched([potential, *committee], device=device, dtype=dtype)
+    return (loaded.members[0], loaded.members) if committee else (loaded, None)
 
 
 def _committee_flags(members, entries: list, threshold_meV: float) -> tuple[dict, list[str]]:
@@ -150,8 +148,7 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     s = ScreenSettings(**{**settings, "search": SearchSettings(**settings["search"]),
                           "barriers": BarrierSettings(**settings["barriers"])})
     work = Path(out) / "work" / system
-    model, members = _model(potential, device, dtype, s.committee) if s.committee else \
-        (_model(potential, device, dtype), None)
+    model, members = _model(potential, device, dtype, s.committee)
     t0 = time.perf_counter()
     library = library_structures(system, s.search.max_library_atoms)
     lib_relaxed = relax_all(library, model, s.search.fmax, s.search.max_steps, progress=progress,
@@ -251,8 +248,7 @@ def barrier_task(system: str, structure_file: str, potential: str, potential_sha
 
     _set_threads(workers)
     committee = tuple(settings.pop("committee", ()) or ())
-    model, members = _model(potential, device, dtype, committee) if committee else \
-        (_model(potential, device, dtype), None)
+    model, members = _model(potential, device, dtype, committee)
     name = Path(structure_file).stem
     rep = run_barriers([structure_file], model, out=Path(out) / "barriers" / system, potential_name=potential,
                        settings=BarrierSettings(**settings), progress=progress, potential_sha256=potential_sha256,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from limace.core.state import BatchedState
 
-__all__ = ["BatchedModel", "committee_spread"]
+__all__ = ["BatchedModel", "committee_spread", "member_spread", "system_max"]
 
 
 @runtime_checkable
@@ -37,13 +37,32 @@ class BatchedModel(Protocol):
         ...
 
 
-def committee_spread(members, state: "BatchedState") -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Per system of ``state``: the standard deviation of the ``members``' energies (eV) and the largest atom's
-    force spread (the norm of the standard deviation of its force vector over the members, eV/A)."""
+
+def member_spread(outs: list[dict]) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """From the members' results of one call: ``[S]`` the standard deviation of their energies (eV) and ``[N]`` per
+    atom the norm of the standard deviation of their force vectors (eV/A; None when forces were not computed)."""
     import torch
 
-    outs = [m(state) for m in members]
     e_std = torch.stack([o["energy"].detach() for o in outs]).std(0, unbiased=False)
-    f_atom = torch.linalg.vector_norm(torch.stack([o["forces"].detach() for o in outs]).std(0, unbiased=False), dim=-1)
-    f_max = torch.zeros_like(e_std).scatter_reduce(0, state.system_idx, f_atom, reduce="amax", include_self=True)
-    return e_std, f_max
+    if not all("forces" in o for o in outs):
+        return e_std, None
+    f = torch.stack([o["forces"].detach() for o in outs]).std(0, unbiased=False)  # [N, 3]
+    return e_std, torch.linalg.vector_norm(f, dim=-1)
+
+
+def system_max(values: "torch.Tensor", state: "BatchedState") -> "torch.Tensor":
+    """``[S]`` the largest of per-atom ``values`` ``[N]`` in each system of ``state``."""
+    import torch
+
+    out = torch.zeros(state.n_systems, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, state.system_idx, values, reduce="amax", include_self=True)
+
+
+def committee_spread(members, state: "BatchedState", first: dict | None = None
+                     ) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Per system of ``state``: the standard deviation of the ``members``' energies (eV) and the largest atom's
+    force spread (:func:`member_spread`, eV/A). ``first``: the first member's results at ``state`` when already known
+    (e.g. the MD state's own energy and forces), so that it is not evaluated again."""
+    outs = [first if (k == 0 and first is not None) else m(state) for k, m in enumerate(members)]
+    e_std, f_atom = member_spread(outs)
+    return e_std, system_max(f_atom, state)

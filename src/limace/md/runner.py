@@ -252,7 +252,7 @@ def _frames(state: MDState, step: int, dt_fs: float, systems: list[int]) -> list
 
 
 def _thermo_rows(state: MDState, step: int, cfg: MDConfig, t: _Targets, systems: list[int],
-                 committee=None) -> list[dict]:
+                 committee=None, model=None) -> list[dict]:
     temp = state.temperature().tolist()
     epot = state.energy.tolist()
     ekin = state.kinetic_energy().tolist()
@@ -265,7 +265,9 @@ def _thermo_rows(state: MDState, step: int, cfg: MDConfig, t: _Targets, systems:
     if committee:  # the committee's spread at this frame (its members evaluated here, every log_every steps)
         from limace.core.model import committee_spread
 
-        es, fs = committee_spread(committee, state)
+        # the first member is usually the dynamics' own model: its energy and forces at this frame are in the state
+        known = {"energy": state.energy, "forces": state.forces} if committee[0] is model else None
+        es, fs = committee_spread(committee, state, first=known)
         n = torch.bincount(state.system_idx, minlength=state.n_systems).to(es.dtype)
         e_std, f_std = (es / n * 1000).tolist(), fs.tolist()
     return [dict(step=step, time_fs=step * cfg.timestep_fs, system=k, T_K=temp[i], E_pot_eV=epot[i], E_kin_eV=ekin[i],
@@ -377,7 +379,7 @@ class ThermoLog(Observer):
 
     def _log(self, step, run):
         live = run.live
-        rows = _thermo_rows(live.state, step, run.cfg, live.targets, live.active, run.committee)
+        rows = _thermo_rows(live.state, step, run.cfg, live.targets, live.active, run.committee, run.model)
         run.outputs.thermo(rows)
         if self.keep:
             run.thermo.extend(rows)

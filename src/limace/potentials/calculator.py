@@ -128,8 +128,7 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
     if not specs:
         raise LimaceInputError("load() got an empty list of potentials")
     if batched:  # one potential: BatchedMACE; several: a BatchedCommittee
-        return load_batched(specs if len(specs) > 1 else specs[0], device=device, dtype=dtype, offline=offline,
-                            progress=progress)
+        return load_batched(specs, device=device, dtype=dtype, offline=offline, progress=progress)
     from limace.potentials.ase_calculator import LimaceCalculator
 
     models, entries = _read_models(specs, device, offline, progress)

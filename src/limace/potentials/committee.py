@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from limace.core.errors import LimaceInputError
+from limace.core.model import member_spread, system_max
 
 __all__ = ["BatchedCommittee", "spread_summary"]
 
@@ -55,19 +56,16 @@ class BatchedCommittee:
                  compute_descriptors: bool = False) -> dict:
         """The mean of the members' results plus ``energy_std`` and ``forces_std``; ``compute_descriptors``: the
         first member's descriptors (those its domain check, ``self.domain``, was built on)."""
-        outs = [m(state, compute_stress=compute_stress, compute_forces=compute_forces) for m in self.members[1:]]
         kw = {"compute_descriptors": True} if compute_descriptors else {}
-        first = self.members[0](state, compute_stress=compute_stress, compute_forces=compute_forces, **kw)
-        outs.insert(0, first)
-        res = {"descriptors": first["descriptors"]} if compute_descriptors else {}
-        for key in outs[0]:
-            if key in ("energy", "forces", "stress") and all(key in o for o in outs):
+        outs = [m(state, compute_stress=compute_stress, compute_forces=compute_forces, **(kw if k == 0 else {}))
+                for k, m in enumerate(self.members)]
+        res = {"descriptors": outs[0]["descriptors"]} if compute_descriptors else {}
+        for key in ("energy", "forces", "stress"):
+            if all(key in o for o in outs):
                 res[key] = torch.stack([o[key] for o in outs]).mean(0)
-        e = torch.stack([o["energy"] for o in outs])
-        res["energy_std"] = e.std(0, unbiased=False)
-        if compute_forces and "forces" in res:
-            f = torch.stack([o["forces"] for o in outs])  # [M, N, 3]
-            res["forces_std"] = torch.linalg.vector_norm(f.std(0, unbiased=False), dim=-1)
+        res["energy_std"], forces_std = member_spread(outs)
+        if forces_std is not None:
+            res["forces_std"] = forces_std
         return res
 
 
@@ -79,7 +77,5 @@ def spread_summary(out: dict, state) -> dict[str, list[float]] | None:
     n = torch.bincount(state.system_idx, minlength=state.n_systems).to(out["energy_std"].dtype)
     res = {"energy_std_meV_per_atom": (out["energy_std"] / n * 1000).tolist()}
     if "forces_std" in out:
-        fmax = torch.zeros(state.n_systems, dtype=out["forces_std"].dtype, device=out["forces_std"].device)
-        fmax = fmax.scatter_reduce(0, state.system_idx, out["forces_std"], reduce="amax", include_self=True)
-        res["forces_std_max_eV_A"] = fmax.tolist()
+        res["forces_std_max_eV_A"] = system_max(out["forces_std"], state).tolist()
     return res
