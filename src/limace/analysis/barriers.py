@@ -531,12 +531,11 @@ def committee_check_hops(members, entry: dict, base: Path, threshold_eV: float =
     ``committee_size``. Fewer than two members: nothing."""
     from ase.io import read
 
-    from limace.core.state import BatchedState
+    from limace.core.model import member_energies
 
     members = getattr(members, "members", members)  # a BatchedCommittee, or a list of batched models
     if not isinstance(members, (list, tuple)) or len(members) < 2:  # a single potential: no spread
         return
-    model = members[0]
     hops = [h for h in entry["hops"] if all((base / ((h.get("files") or {}).get(k) or "")).is_file()
                                             for k in ("initial", "climbing_image"))]
     entry["committee_size"] = len(members)
@@ -544,9 +543,8 @@ def committee_check_hops(members, entry: dict, base: Path, threshold_eV: float =
     entry["uncertain_hops"] = []
     if not hops:
         return
-    frames = [read(base / h["files"][k]) for h in hops for k in ("initial", "climbing_image")]
-    state = BatchedState.from_atoms(frames, dtype=model.dtype, device=model.device)
-    e = np.stack([m(state, compute_forces=False)["energy"].detach().cpu().numpy() for m in members])  # [M, 2H]
+    e = member_energies(members, [read(base / h["files"][k]) for h in hops
+                                  for k in ("initial", "climbing_image")])  # [M, 2H]
     barriers = e[:, 1::2] - e[:, 0::2]  # [M, H]
     for h, sd in zip(hops, barriers.std(0)):
         h["barrier_std_eV"] = round(float(sd), 4)

@@ -84,14 +84,13 @@ def _model(potential: str, device: str, dtype: str, committee: Sequence[str] = (
 def _committee_flags(members, entries: list, threshold_meV: float) -> tuple[dict, list[str]]:
     """Each hull entry's committee spread (std of the members' energies per atom, meV/atom) and warnings for those
     above ``threshold_meV``: their place on the hull is uncertain."""
-    from limace.core.state import BatchedState
+    import numpy as np
+
+    from limace.core.model import member_energies
 
     if not entries:
         return {}, []
-    state = BatchedState.from_atoms(entries, dtype=members[0].dtype, device=members[0].device)
-    import numpy as np
-
-    e = np.stack([m(state, compute_forces=False)["energy"].detach().cpu().numpy() for m in members])
+    e = member_energies(members, entries)
     n = np.array([len(a) for a in entries])
     spread = e.std(0) / n * 1000
     out, warn = {}, []

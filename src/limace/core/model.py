@@ -17,11 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
     from limace.core.state import BatchedState
 
-__all__ = ["BatchedModel", "committee_spread", "member_spread", "system_max"]
+__all__ = ["BatchedModel", "committee_spread", "member_energies", "member_spread", "system_max"]
 
 
 @runtime_checkable
@@ -66,3 +67,14 @@ def committee_spread(members, state: "BatchedState", first: dict | None = None
     outs = [first if (k == 0 and first is not None) else m(state) for k, m in enumerate(members)]
     e_std, f_atom = member_spread(outs)
     return e_std, system_max(f_atom, state)
+
+
+def member_energies(members, frames) -> "np.ndarray":
+    """``[M, F]`` each member's energy (eV) of each of ``frames`` (ASE Atoms), from one energy-only call per member
+    on the first member's device and dtype."""
+    import numpy as np
+
+    from limace.core.state import BatchedState
+
+    state = BatchedState.from_atoms(list(frames), dtype=members[0].dtype, device=members[0].device)
+    return np.stack([m(state, compute_forces=False)["energy"].detach().cpu().numpy() for m in members])
