@@ -2,7 +2,9 @@
 
 import pytest
 
-from limace.analysis.percolation import PercolationResult, percolation, percolation_bounds
+import numpy as np
+
+from limace.analysis.percolation import PercolationResult, certify_percolation, percolation, percolation_bounds
 
 
 def chain():
@@ -68,3 +70,65 @@ def test_bounds_certify_only_when_unknown_hops_cannot_lower_the_answer():
 def test_sites_of_a_hop_need_energies():
     with pytest.raises(ValueError, match="site energy"):
         percolation(2, [[(0, 1, (1, 0, 0))]], [0.3], [0.0, None])
+
+
+def _random_network(seed):
+    """Four sites per cell, random site energies, 14 hops (some to neighbouring cells) with random saddles."""
+    rng = np.random.default_rng(seed)
+    sites = list(rng.uniform(0.0, 0.5, 4))
+    offsets = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    copies, saddles = [], []
+    for _ in range(14):
+        i, j = (int(x) for x in rng.integers(0, 4, 2))
+        off = offsets[int(rng.integers(0, 4))] if i != j else offsets[1 + int(rng.integers(0, 3))]
+        copies.append([(i, j, off)])
+        saddles.append(max(sites[i], sites[j]) + float(rng.uniform(0.02, 0.6)))
+    return copies, sites, saddles
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lazy_certification_gives_the_full_answer_with_fewer_saddles(seed):
+    copies, sites, saddles = _random_network(seed)
+    full = percolation(4, copies, saddles, sites)
+    asked = []
+
+    def compute(hops):
+        asked.extend(hops)
+        return {h: saddles[h] for h in hops}
+
+    lower = [max(sites[i], sites[j]) for [(i, j, _)] in copies]
+    res = certify_percolation(4, copies, sites, lower, compute,
+                              refine=lambda hops: {h: saddles[h] - 0.01 for h in hops})
+    assert all(res.certified.values())
+    for d in ("1d", "2d", "3d"):
+        assert res.result.barriers[d] == pytest.approx(full.barriers[d]) if full.barriers[d] is not None \
+            else res.result.barriers[d] is None
+    assert len(asked) == len(set(asked)) == len(res.computed) < len(copies)  # no saddle twice, not all needed
+
+
+def test_lazy_certification_skips_hops_that_cannot_matter():
+    """The chain (E*_1D = 0.45) with a fourth hop A -> A' whose refined bound (0.60) lies above it: never computed;
+    without the refinement its trivial bound (0.00) could make a cheaper channel, so it would be."""
+    copies, sites, saddles = chain()
+    copies, saddles = copies + [[(0, 0, (1, 0, 0))]], saddles + [0.62]
+    asked = []
+
+    def compute(hops):
+        asked.extend(hops)
+        return {h: saddles[h] for h in hops}
+
+    lower = [max(sites[i], sites[j]) for [(i, j, _)] in copies]
+    res = certify_percolation(3, copies, sites, lower, compute, refine=lambda hops: {h: saddles[h] - 0.02 for h in hops})
+    assert res.result.barriers["1d"] == pytest.approx(0.45) and all(res.certified.values())
+    assert sorted(asked) == [0, 1, 2] and 3 in res.refined
+    asked.clear()
+    res = certify_percolation(3, copies, sites, lower, compute)
+    assert 3 in asked and res.result.barriers["1d"] == pytest.approx(0.45)
+
+
+def test_lazy_certification_reports_a_needed_hop_that_did_not_converge():
+    copies, sites, saddles = chain()
+    res = certify_percolation(3, copies, sites, [0.30, 0.30, 0.30],
+                              lambda hops: {h: (None if h == 1 else saddles[h]) for h in hops})
+    assert not res.certified["1d"] and res.result.barriers["1d"] is None
+    assert res.certified["2d"] and res.certified["3d"]

@@ -9,10 +9,12 @@ Pipeline of one phase (:func:`phase_barriers`):
    (:func:`limace.analysis.hops.vacancy_sites`): the site energies E_i and every hop's relaxed endpoints;
 3. bound every hop's absolute saddle energy S_ij: below by max(E_i, E_j), and estimate it from above by the highest
    energy along the interpolated (IDPP) band between the relaxed endpoints (one batched single-point call);
-4. run climbing-image NEBs (batched) in order of these bounds, only for hops that can still change a percolation
-   barrier, and stop when the 1D, 2D and 3D percolation barriers are certified: the value from the converged hops
+4. certify lazily: the 1D, 2D and 3D percolation barriers are certified when the value from the converged hops
    equals the value with every remaining hop at its lower bound (E* only grows with a saddle,
-   :func:`limace.analysis.percolation.percolation_bounds`). ``all_hops=True`` runs every hop;
+   :func:`limace.analysis.percolation.percolation_bounds`). While a dimension is open, the unknown hops of the
+   component that makes its lower bound are the only ones that can close it: they first get the dividing-plane bound
+   (one constrained image each), and if they are still on that component their climbing-image NEBs run (batched);
+   repeat. Hops that never reach such a component are never computed. ``all_hops=True`` runs every hop;
 5. percolation from site and saddle energies (science.md); optionally (``check_size``) the percolating hops again in
    the next larger supercell, with the change reported.
 
@@ -259,7 +261,7 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
              certify: bool = True) -> _HopWork:
     """Sites, bounds and the NEBs that certify the percolation barriers (all with ``certify=False``)."""
     from limace.analysis.hops import vacancy_sites
-    from limace.analysis.percolation import percolation, percolation_bounds
+    from limace.analysis.percolation import certify_percolation
     from limace.analysis.relax import relax_structures
 
     sites = vacancy_sites(bulk, hops, reps)
@@ -286,39 +288,25 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
                     relax_steps=sum(int(a.info.get("relax_steps", 0)) for a in relaxed))
     usable = [h for h in range(len(hops)) if bands[h] is not None]
     if not certify:
+        if settings.plane_bound:  # every NEB starts the same way, whichever mode runs it (certified, all, size check)
+            _plane_bounds(work, usable, model, settings)
         _run_nebs(work, usable, model, settings, progress)
         return work
     n_sites = len(bulk)
-    site_e = _site_energy_list(sites, n_sites)
-    copies = [h.copies for h in hops]
-    e_high = max(e for e in site_e if e is not None)
-    planed: set[int] = set()
-    while True:
-        known = _saddles(work)
-        lower_for_bounds = [lo if bands[h] is not None else np.inf for h, lo in enumerate(lower)]
-        up, low, cert = percolation_bounds(n_sites, copies, site_e, known, lower_for_bounds)
-        if all(cert.values()):
-            break
-        left = [h for h in usable if h not in work.results]
-        if not left:
-            break
-        est = percolation(n_sites, copies, [s if s is not None else (upper[h] if h not in work.results else None)
-                                            for h, s in enumerate(known)], site_e)
-        open_dims = [d for d in cert if not cert[d]]
-        batch = sorted({h for d in open_dims for h in est.hops[d] if h in left}, key=lambda h: upper[h])
-        if not batch:  # the estimated paths are computed: the hops that could still lower an open dimension
-            limit = max((np.inf if up.barriers[d] is None else up.barriers[d]) for d in open_dims)
-            # S_h - E_min(C) >= lower[h] - (highest site energy): hops above the limit even so cannot matter
-            batch = sorted((h for h in left if lower[h] - e_high < limit - 1e-12), key=lambda h: upper[h])
-            unbounded = [h for h in batch if h not in planed]
-            if settings.plane_bound and unbounded:
-                # first the cheap bound (one constrained image per hop): it may show they cannot matter
-                _plane_bounds(work, unbounded, model, settings)
-                planed.update(unbounded)
-                continue
-        if not batch:
-            break
-        _run_nebs(work, batch, model, settings, progress)
+
+    def refine(todo: list[int]) -> dict[int, float]:
+        if not settings.plane_bound:
+            return {}
+        _plane_bounds(work, todo, model, settings)  # one constrained image per hop: it may show they cannot matter
+        return {h: work.lower[h] for h in todo}
+
+    def compute(todo: list[int]) -> dict[int, float | None]:
+        _run_nebs(work, todo, model, settings, progress)
+        saddles = _saddles(work)
+        return {h: saddles[h] for h in todo}
+
+    certify_percolation(n_sites, [h.copies for h in hops], _site_energy_list(sites, n_sites), lower, compute,
+                        refine, usable=usable)
     return work
 
 

@@ -23,7 +23,7 @@ lowest site it visits to the highest saddle it crosses, and these need not belon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,3 +182,65 @@ def percolation_bounds(n_sites: int, hop_copies, site_energies, known: Sequence[
         a, b = upper.barriers[d], low.barriers[d]
         cert[d] = (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= 1e-9)
     return upper, low, cert
+
+
+@dataclass
+class CertifiedPercolation:
+    """Result of :func:`certify_percolation`: the percolation from the computed saddles, whether each dimension is
+    certified, which hops were computed and which only bounded, in order."""
+
+    result: PercolationResult
+    certified: dict[str, bool]
+    computed: list[int]
+    refined: list[int]
+    rounds: int
+
+
+def certify_percolation(n_sites: int, hop_copies, site_energies, lower: Sequence[float],
+                        compute: Callable[[list[int]], dict[int, float | None]],
+                        refine: Callable[[list[int]], dict[int, float]] | None = None,
+                        usable: Sequence[int] | None = None) -> CertifiedPercolation:
+    """The 1D/2D/3D percolation barriers with as few saddles computed as the answer needs (lazy certification).
+
+    ``lower[h]``: a lower bound of hop h's absolute saddle (at least max(E_i, E_j)); ``compute(hops)`` returns each
+    hop's converged saddle (None: not converged; such a hop stays unknown and a dimension that needs it is reported
+    as not certified); ``refine(hops)`` (optional) returns better lower bounds, cheaper than a saddle; ``usable``: the
+    hops that can be computed at all (default: every hop).
+
+    A dimension is open while E*_d from the known saddles differs from E*_d with every unknown hop at its lower
+    bound. The component that makes that lower value contains unknown hops, and only they can close the
+    dimension: were they all known, the same component would exist among the known hops and the two values would be
+    equal. So each round refines the bounds of those hops (once per hop) or, when all are refined, computes them;
+    every round raises a bound or adds a saddle, and hops that never reach such a component are never computed.
+    """
+    n = len(hop_copies)
+    lower = [float(x) for x in lower]
+    usable_set = set(range(n)) if usable is None else set(usable)
+    known: list[float | None] = [None] * n
+    tried: set[int] = set()
+    refined: list[int] = []
+    computed: list[int] = []
+    rounds = 0
+    while True:
+        bounds = [lower[h] if h in usable_set else np.inf for h in range(n)]
+        up, low, cert = percolation_bounds(n_sites, hop_copies, site_energies, known, bounds)
+        if all(cert.values()):
+            break
+        need = sorted({h for d in DIMS if not cert[d] for h in low.hops[d] if h in usable_set and h not in tried},
+                      key=lambda h: lower[h])
+        if not need:  # only hops that did not converge are left: their dimensions stay open
+            break
+        fresh = [h for h in need if h not in refined]
+        if refine is not None and fresh:
+            for h, value in refine(fresh).items():
+                lower[h] = max(lower[h], float(value))
+            refined.extend(fresh)
+            continue
+        saddles = compute(need)
+        rounds += 1
+        for h in need:
+            tried.add(h)
+            computed.append(h)
+            s = saddles.get(h)
+            known[h] = None if s is None else float(s)
+    return CertifiedPercolation(result=up, certified=cert, computed=computed, refined=refined, rounds=rounds)
