@@ -51,7 +51,7 @@ class ScreenSettings:
     barriers: BarrierSettings = field(default_factory=BarrierSettings)
     barrier_phases: tuple[str, ...] | None = None  # None: every stable Li-M compound (names or formulas otherwise)
     max_barrier_phases: int | None = None  # at most this many per system (cheapest first)
-    max_barrier_atoms: int = 160  # skip phases whose vacancy supercell is larger (reported as skipped)
+    max_barrier_atoms: int = 256  # skip phases whose vacancy supercell is larger (reported as skipped)
     sn_reference: str = "lowest"
     near_hull: float = 0.025  # eV/atom: candidates listed for DFT verification
     verify_dft: bool = False
