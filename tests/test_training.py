@@ -327,6 +327,33 @@ def test_resume_from_mid_epoch_and_epoch_end_checkpoints_is_exact(tmp_path):
         assert_same_state(final, ckpt(run / "checkpoints" / "last.ckpt"))
 
 
+def test_warmup_scales_the_first_steps_and_leaves_the_schedule_alone(tmp_path):
+    """A fresh Adam's first step moves every weight by lr x (a sign), so with the same data and seed the first step
+    of a run with warm-up W moves the weights by 1/W of the run without: (A - B4) = 1.5 (A - B2) for the weights
+    after one step. After the warm-up, the optimizer's lr is the scheduled one again."""
+    import torch
+
+    from limace.training.run import train
+
+    after = {}
+    for w in (0, 2, 4):
+        cfg = tiny(tmp_path, name=f"w{w}", trainer={"max_epochs": 2}, scheduler={"name": "none", "warmup_steps": w},
+                   checkpoint={"every_n_steps": 1, "keep": -1}, ema={"enabled": False},
+                   model={"num_interactions": 1})
+        train(load(cfg), log=lambda m: None)
+        run = tmp_path / f"w{w}" / "checkpoints"
+        c1 = ckpt(run / "step=1.ckpt")
+        after[w] = torch.cat([v.flatten() for k, v in sorted(c1["state_dict"].items()) if k.startswith("model.")
+                              and v.dtype.is_floating_point])
+        last = ckpt(run / "last.ckpt")
+        assert last["global_step"] > 4
+        assert all(g["lr"] == pytest.approx(0.01) for g in last["optimizer_states"][0]["param_groups"])
+    d4, d2 = after[0] - after[4], after[0] - after[2]
+    moved = d2.abs() > 1e-9
+    assert int(moved.sum()) > 100
+    assert torch.allclose(d4[moved], 1.5 * d2[moved], rtol=1e-5, atol=1e-12)
+
+
 def test_kill9_then_restart_continues_with_same_state(tmp_path, limace_exe):
     """SIGKILL a training job after its first checkpoint; rerunning the same command finishes it in the state of
     an uninterrupted run (model, EMA, optimizer, scheduler, step counter)."""

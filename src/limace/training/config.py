@@ -116,6 +116,9 @@ class SchedulerConfig:
     factor: float = 0.8  # plateau: multiply lr by this
     patience: int = 50  # plateau: epochs without improvement of val/loss
     gamma: float = 0.9993  # exponential: per epoch
+    # linear warm-up: optimizer step s (from 0) uses lr x (s + 1) / warmup_steps while s < warmup_steps; a fresh
+    # Adam's first steps are large, which costs a fine-tune its starting accuracy (0 = none)
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -257,7 +260,7 @@ class TrainConfig:
                 bad(key, f"must be >= 1 (got {_get(self, key)})")
         if self.checkpoint.keep < -1:
             bad("checkpoint.keep", f"must be >= 0, or -1 for all (got {self.checkpoint.keep})")
-        for key in ("model.max_L", "model.max_ell", "data.num_workers", "scheduler.patience"):
+        for key in ("model.max_L", "model.max_ell", "data.num_workers", "scheduler.patience", "scheduler.warmup_steps"):
             if _get(self, key) < 0:
                 bad(key, f"must be >= 0 (got {_get(self, key)})")
         if m.max_L > 3:

@@ -217,8 +217,21 @@ class MaceModule(pl.LightningModule):
                 for g in opt.param_groups:
                     g["lr"] = self.cfg.stage_two.lr
 
+    def _warmup_factor(self) -> float:
+        w, s = self.cfg.scheduler.warmup_steps, int(self.trainer.global_step)  # steps completed before this one
+        return (s + 1) / w if w > 0 and s < w and self.stage == 1 else 1.0
+
     def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
+        f = self._warmup_factor()
+        groups = [g for opt in self.trainer.optimizers for g in opt.param_groups] if f != 1.0 else []
+        scheduled = [g["lr"] for g in groups]
+        for g in groups:  # only for this step: the epoch scheduler and checkpoints see the scheduled lr
+            g["lr"] *= f
+        try:
+            super().optimizer_step(*args, **kwargs)
+        finally:
+            for g, lr in zip(groups, scheduled):
+                g["lr"] = lr
         # here, not in on_train_batch_end: step checkpoints are saved by a callback before that hook runs
         if self.ema_model is not None:
             self.ema_model.update_parameters(self.model)
