@@ -132,3 +132,20 @@ def test_lazy_certification_reports_a_needed_hop_that_did_not_converge():
                               lambda hops: {h: (None if h == 1 else saddles[h]) for h in hops})
     assert not res.certified["1d"] and res.result.barriers["1d"] is None
     assert res.certified["2d"] and res.certified["3d"]
+
+
+def test_lazy_certification_computes_one_of_two_parallel_links():
+    """A 1D chain A -> B -> A' where A -> B has two parallel hops (0: saddle 0.30, 2: 0.35) and B -> A' one (1: 0.40):
+    E*_1D = 0.40 whatever hop 2's saddle is above 0.30, so hop 2 is never computed."""
+    copies = [[(0, 1, (0, 0, 0))], [(1, 0, (1, 0, 0))], [(0, 1, (0, 0, 0))]]
+    saddles = [0.30, 0.40, 0.35]
+    asked = []
+
+    def compute(hops):
+        asked.append(sorted(hops))
+        return {h: saddles[h] for h in hops}
+
+    res = certify_percolation(2, copies, [0.0, 0.0], [0.0, 0.0, 0.0], compute,
+                              refine=lambda hops: {h: saddles[h] - 0.01 for h in hops})
+    assert res.result.barriers["1d"] == pytest.approx(0.40) and all(res.certified.values())
+    assert asked == [[1], [0]]  # first the hop the chain cannot do without, then the lower of the parallel pair

@@ -236,6 +236,20 @@ def certify_percolation(n_sites: int, hop_copies, site_energies, lower: Sequence
                 lower[h] = max(lower[h], float(value))
             refined.extend(fresh)
             continue
+        # Of those, first the ones the lower value cannot do without (left out, it rises): a hop that only adds a
+        # redundant link to the component may never need a saddle. Without such hops (parallel links), the one with
+        # the lowest bound: once one link of a pair is known, the other is not needed.
+        at_bounds = [k if k is not None else b for k, b in zip(known, bounds)]
+        critical = set()
+        for h in need:
+            trial = list(at_bounds)
+            trial[h] = None
+            without = percolation(n_sites, hop_copies, trial, site_energies)
+            for d in DIMS:
+                if not cert[d] and h in low.hops[d] and (without.barriers[d] is None
+                                                         or without.barriers[d] > low.barriers[d] + 1e-9):
+                    critical.add(h)
+        need = [h for h in need if h in critical] or need[:1]
         saddles = compute(need)
         rounds += 1
         for h in need:
