@@ -1,8 +1,7 @@
 """Percolation barrier from site energies and absolute saddle energies (science.md, "Percolation")."""
 
-import pytest
-
 import numpy as np
+import pytest
 
 from limace.analysis.percolation import PercolationResult, certify_percolation, percolation, percolation_bounds
 
@@ -118,7 +117,8 @@ def test_lazy_certification_skips_hops_that_cannot_matter():
         return {h: saddles[h] for h in hops}
 
     lower = [max(sites[i], sites[j]) for [(i, j, _)] in copies]
-    res = certify_percolation(3, copies, sites, lower, compute, refine=lambda hops: {h: saddles[h] - 0.02 for h in hops})
+    res = certify_percolation(3, copies, sites, lower, compute,
+                              refine=lambda hops: {h: saddles[h] - 0.02 for h in hops})
     assert res.result.barriers["1d"] == pytest.approx(0.45) and all(res.certified.values())
     assert sorted(asked) == [0, 1, 2] and 3 in res.refined
     asked.clear()
