@@ -161,7 +161,7 @@ def test_gpaw_reference_label_matches_a_direct_gpaw_call(tmp_path, limace_exe):
 @pytest.mark.slow
 def test_a_cell_whose_gpaw_symmetry_analysis_fails_is_labelled_without_point_group(tmp_path):
     """GPAW 26.7 raises SymmetryAnalysisBug on this relaxed alpha-Sn cell at the reference protocol (a screen's DFT
-    check lost its Sn reference to it); the job labels it with time-reversal symmetry only and says so."""
+    check lost its Sn reference to it); the job labels it all the same."""
     from ase import Atoms
 
     from limace.data.label import get_protocol
@@ -177,6 +177,96 @@ def test_a_cell_whose_gpaw_symmetry_analysis_fails_is_labelled_without_point_gro
     rep = label_configurations([atoms], out, protocol="pbe-pw400", workers=1)
     assert rep.labelled == 1 and rep.failed == 0
     lab = read(out)
-    assert lab.info["label_symmetry"].startswith("time reversal only")
+    # the job labels it in its Minkowski-reduced cell, where GPAW's analysis succeeds; were it still to fail
+    # there, the job would fall back to time-reversal symmetry only and say so
+    assert lab.info.get("label_cell") == "minkowski" or lab.info["label_symmetry"].startswith("time reversal only")
     assert lab.info[ENERGY_KEY] / len(lab) == pytest.approx(-3.9405, abs=1e-3)  # alpha-Sn at 400 eV, PBE
     assert np.abs(lab.arrays[FORCES_KEY]).max() < 1e-3  # diamond positions: no force by symmetry
+
+
+def skewed(atoms, shear=(2, 1)):
+    """The same crystal in a sheared basis (a3 + i*a1 + j*a2): angles far from 90 degrees, like the primitive cells
+    of the rhombohedral Li13In3 (17.6 degrees) and Li8Sn3 (25 degrees)."""
+    i, j = shear
+    out = atoms.copy()
+    cell = out.cell[:].copy()
+    cell[2] = cell[2] + i * cell[0] + j * cell[1]
+    out.set_cell(cell, scale_atoms=False)
+    return out
+
+
+def test_a_skewed_cell_is_labelled_in_its_reduced_cell_with_the_labels_of_the_given_configuration(tmp_path):
+    """Labels computed in the Minkowski-reduced cell are those of the configuration as given (EMT, 1e-8), the frame
+    returned is the input's cell and positions, and the reduction is recorded."""
+    src = skewed(emt_configs(1, seed=3)[0])
+    assert min(src.cell.angles()) < 40
+    out = tmp_path / "out.extxyz"
+    label_configurations([src], out, protocol="emt", progress=False)
+    lab = read(out)
+    ref = src.copy()
+    ref.calc = EMT()
+    assert lab.info[ENERGY_KEY] == pytest.approx(ref.get_potential_energy(), abs=1e-8)
+    np.testing.assert_allclose(lab.arrays[FORCES_KEY], ref.get_forces(), atol=1e-8)
+    np.testing.assert_allclose(lab.info[STRESS_KEY], ref.get_stress(voigt=True), atol=1e-8)
+    np.testing.assert_allclose(lab.cell[:], src.cell[:], atol=1e-10)
+    np.testing.assert_allclose(lab.positions, src.positions, atol=1e-8)
+    assert lab.info["label_cell"] == "minkowski" and lab.info[CONFIG_ID_KEY] == structure_hash(src)
+    # an orthogonal cell is labelled as it is
+    label_configurations(emt_configs(1, seed=4), tmp_path / "plain.extxyz", protocol="emt", progress=False)
+    assert "label_cell" not in read(tmp_path / "plain.extxyz").info
+
+
+@needs_gpaw
+@pytest.mark.dft
+@pytest.mark.slow
+def test_gpaw_labels_a_skewed_cell_like_its_reduced_cell(tmp_path):
+    """At the reference protocol, displaced bcc Li in a cell with a 35-degree angle gets exactly the labels of the
+    same configuration in its reduced cell (1e-6), and the labels of its primitive cell within the protocol's
+    k-point convergence (the k-point density fixes a mesh on the reduced cell, not on the skewed one)."""
+    from limace.data import get_structure
+    from limace.data.label import get_protocol, reduced_cell_copy
+
+    prim = get_structure("Li_bcc", primitive=True)
+    prim.positions += [0.05, -0.03, 0.02]
+    sk = skewed(prim, (2, 1))
+    assert min(sk.cell.angles()) < 36
+    out = tmp_path / "out.extxyz"
+    label_configurations([sk], out, protocol="pbe-pw400", progress=False)
+    lab = read(out)
+    assert lab.info["label_cell"] == "minkowski"
+    reduced = reduced_cell_copy(sk)
+    reduced.calc = get_protocol("pbe-pw400").make_calculator()
+    assert lab.info[ENERGY_KEY] == pytest.approx(reduced.get_potential_energy(force_consistent=True), abs=1e-6)
+    np.testing.assert_allclose(lab.info[STRESS_KEY], reduced.get_stress(voigt=True), atol=1e-6)
+    direct = prim.copy()
+    direct.calc = get_protocol("pbe-pw400").make_calculator()
+    assert lab.info[ENERGY_KEY] == pytest.approx(direct.get_potential_energy(force_consistent=True), abs=2e-3)
+
+
+def test_a_calculator_whose_symmetry_analysis_fails_is_rerun_without_point_group(tmp_path, monkeypatch):
+    """The GPAW fallback path, with a stand-in calculator: the first call raises an exception named like GPAW's
+    SymmetryAnalysisBug, the job asks its protocol for a calculator without point-group symmetry and says so."""
+    from limace.data import label as label_mod
+    from limace.data.label import PROTOCOLS, Protocol
+
+    class SymmetryAnalysisBug(Exception):
+        pass
+
+    class Failing(EMT):
+        def calculate(self, *args, **kwargs):
+            raise SymmetryAnalysisBug("standardize_cell failed")
+
+    asked = []
+
+    def factory(**overrides):
+        asked.append(overrides)
+        return EMT() if overrides.get("symmetry") == {"point_group": False} else Failing()
+
+    monkeypatch.setitem(PROTOCOLS, "flaky", Protocol("flaky", "test", factory, retry_without_point_group=True))
+    src = emt_configs(1, seed=5)[0]
+    worker_cid, lab, err = label_mod._label_worker(src, "flaky")
+    assert err is None and asked == [{}, {"symmetry": {"point_group": False}}]
+    assert lab.info["label_symmetry"].startswith("time reversal only")
+    ref = src.copy()
+    ref.calc = EMT()
+    assert lab.info[ENERGY_KEY] == pytest.approx(ref.get_potential_energy(), abs=1e-8)

@@ -130,17 +130,44 @@ def get_protocol(name: str) -> Protocol:
 # -- one configuration -----------------------------------------------------------------------------------------------
 
 
-def label_atoms(atoms: Atoms, calculator, protocol_name: str = "custom", versions: dict | None = None) -> Atoms:
+def reduced_cell_copy(atoms: Atoms) -> Atoms | None:
+    """A copy of periodic ``atoms`` in its Minkowski-reduced cell (the same lattice and Cartesian frame, atoms
+    wrapped into the new cell, same order), or None when the cell is already reduced or not periodic in 3D.
+
+    Energy, forces and stress of the copy are those of ``atoms`` (same crystal, same frame). The primitive cells
+    of rhombohedral phases (Li13In3 hR16: 17.6 degree angles; Li8Sn3: 25 degrees) need ~3x more k-points at a fixed
+    k-point density and a larger plane-wave grid than their reduced cells; labelling them there is what makes
+    them cheap.
+    """
+    from ase.geometry import minkowski_reduce
+
+    if not atoms.pbc.all():
+        return None
+    cell = np.asarray(atoms.cell[:], dtype=float)
+    rcell, op = minkowski_reduce(cell)
+    if np.all(op == np.eye(3, dtype=op.dtype)):
+        return None
+    work = atoms.copy()
+    work.set_cell(rcell, scale_atoms=False)
+    work.wrap()
+    return work
+
+
+def label_atoms(atoms: Atoms, calculator, protocol_name: str = "custom", versions: dict | None = None,
+                reduce_cell: bool = True) -> Atoms:
     """Run ``calculator`` on a copy of ``atoms`` and return it with REF_* labels and provenance, no calculator.
 
-    Raises :class:`limace.core.errors.CalculationError` for non-finite results; the calculator's own exceptions
-    (e.g. GPAW's ``KohnShamConvergenceError``) propagate.
+    ``reduce_cell``: compute in the Minkowski-reduced cell (:func:`reduced_cell_copy`; recorded as
+    ``label_cell="minkowski"``) and return the labels on the configuration as given (same atoms, cell and
+    positions). Raises :class:`limace.core.errors.CalculationError` for non-finite results; the calculator's own
+    exceptions (e.g. GPAW's ``KohnShamConvergenceError``) propagate.
     """
     from limace.core.errors import CalculationError
 
-    work = atoms.copy()
+    reduced = reduced_cell_copy(atoms) if reduce_cell else None
+    work = atoms.copy() if reduced is None else reduced
     work.info = dict(atoms.info)
-    cid = ensure_config_id(work)
+    cid = ensure_config_id(atoms.copy())
     work.calc = calculator
     t0 = time.perf_counter()
     try:
@@ -154,9 +181,11 @@ def label_atoms(atoms: Atoms, calculator, protocol_name: str = "custom", version
     wall = time.perf_counter() - t0
     if not np.isfinite(energy) or not np.all(np.isfinite(forces)) or (stress is not None and not np.all(np.isfinite(stress))):
         raise CalculationError(f"config {cid}: non-finite energy/forces/stress")
-    out = Atoms(work.numbers, positions=work.positions, cell=work.cell, pbc=work.pbc)
+    out = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     out.info = dict(atoms.info)
     out.info[CONFIG_ID_KEY] = cid
+    if reduced is not None:
+        out.info["label_cell"] = "minkowski"
     out.info[ENERGY_KEY] = float(energy)
     out.arrays[FORCES_KEY] = np.asarray(forces, dtype=float)
     if stress is not None:
