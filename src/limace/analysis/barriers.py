@@ -117,7 +117,8 @@ def _interpolated_bands(ends, settings: BarrierSettings, name: str):
 
 
 def _single_points(structures: list[Atoms], model, atom_budget: int | None) -> np.ndarray:
-    """Energies of many structures, batched (at most ``atom_budget`` atoms per batch)."""
+    """Energies of many structures, batched (at most ``atom_budget`` atoms per batch), without forces (no backward
+    pass)."""
     import torch
 
     from limace.core.state import BatchedState
@@ -127,7 +128,7 @@ def _single_points(structures: list[Atoms], model, atom_budget: int | None) -> n
         if a is None or (batch and atom_budget is not None and n + len(a) > atom_budget):
             if batch:
                 st = BatchedState.from_atoms(batch, device=model.device, dtype=torch.float64)
-                out.extend(model(st)["energy"].detach().cpu().double().tolist())
+                out.extend(model(st, compute_forces=False)["energy"].detach().cpu().double().tolist())
             batch, n = [], 0
         if a is not None:
             batch.append(a)
