@@ -46,6 +46,14 @@ def test_results_json_has_the_documented_schema(screened):
         assert r["stable"] and all(isinstance(f, str) for f in r["stable"])
         assert {"average_V", "max_li_per_host", "plateaus"} <= set(r["voltage"])
         assert "phases" in r["barriers"]
+        # the assessed phases against the hull: each known compound's best library structure
+        known = r["known_phases"]
+        assert [c["formula"] for c in known["compounds"]][:2] == (["LiIn", "Li3In2"] if host == "In"
+                                                                  else ["Li2Sn5", "LiSn"])
+        for c in known["compounds"]:
+            if c["name"] is not None:
+                best = min(1000 * x["e_above_hull_eV_per_atom"] for x in r["hull"] if x["name"] == c["name"])
+                assert c["e_above_hull_meV_per_atom"] == pytest.approx(best, abs=0.06)
         for p in r["barriers"]["phases"]:
             assert set(p["percolation"]) == {"1d", "2d", "3d"}
             for hop in p["hops"]:
@@ -64,6 +72,7 @@ def test_report_files_exist(screened):
         assert (out / name).stat().st_size > 500, name
     text = (out / "report.md").read_text()
     assert "## Li-In" in text and "## Li-Sn" in text and "![hull](hull_Li-Sn.png)" in text
+    assert text.count("Known phases (experimental entries of the structure library)") == 2
 
 
 def test_a_second_run_reuses_every_finished_task(screened):

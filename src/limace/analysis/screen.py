@@ -27,7 +27,8 @@ settings, so a killed screen resumes without recomputing finished work. Tasks ru
         "search": {"n_candidates", "n_library", "not_converged", "rejected",
                    "funnel": {"enumerated": {parent: n}, "prototypes", "stages": {"single_point", "short_relax",
                               "full_relax": {"candidates", "kept"|"relaxed", ...}}, "ce": {...}, "timings_s"}},
-        "barriers": {"phases": [... as in barriers.json of `limace barriers` ...]}}}}
+        "barriers": {"phases": [... as in barriers.json of `limace barriers` ...]},
+        "known_phases": {... limace.analysis.known.known_phase_check: the assessed phases against the hull ...}}}}
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from limace.analysis.barriers import BarrierSettings
+from limace.analysis.known import known_phase_check
+from limace.analysis.known import markdown_lines as known_markdown
 from limace.analysis.search import SearchSettings
 from limace.core.errors import LimaceInputError
 from limace.core.fileio import atomic_write_json
@@ -414,6 +417,8 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
                        **({"funnel": h["search_report"]} if "search_report" in h else {})},
             "barriers": barriers[s],
         }
+        r = results["systems"][s]
+        r["known_phases"] = known_phase_check(s, r["hull"], r["voltage"]["plateaus"], r["near_hull"])
     results["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
     results["resumed_tasks"] = resumed
     _write_report(results, hulls, out)
@@ -516,6 +521,8 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
                   "| Li per host from | to | V | phases |", "| --- | --- | --- | --- |"]
         for p in v["plateaus"]:
             lines.append(f"| {p['y_start']:.3f} | {p['y_end']:.3f} | {p['voltage_V']:.3f} | {' → '.join(p['phases'])} |")
+        if r.get("known_phases"):
+            lines += ["", *known_markdown(r["known_phases"])]
         if r["near_hull"]:
             lines += ["", "Near the hull (for DFT verification; `--verify-dft`: single points at the reference "
                       "protocol, DFT formation energy and energy above the hull built from these DFT energies "

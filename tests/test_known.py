@@ -1,0 +1,56 @@
+"""The screen's comparison with the assessed phase diagram (limace.analysis.known)."""
+
+import pytest
+
+from limace.analysis.known import known_compounds, known_phase_check, markdown_lines
+
+
+def row(name, formula, e_meV, stable=None, source="library"):
+    return {"name": name, "formula": formula, "e_above_hull_eV_per_atom": e_meV / 1000,
+            "stable": (e_meV == 0) if stable is None else stable, "source": source}
+
+
+def plateau(a, b, y0, y1):
+    return {"phases": [a, b], "y_start": y0, "y_end": y1, "voltage_V": 0.1}
+
+
+def test_the_known_compounds_are_the_assessed_phases_in_order_of_li_content():
+    assert [k.formula for k in known_compounds("Li-In")] == ["LiIn", "Li3In2", "Li2In", "Li13In3"]
+    assert [k.formula for k in known_compounds("Li-Sn")] == ["Li2Sn5", "LiSn", "Li7Sn3", "Li5Sn2", "Li13Sn5",
+                                                             "Li7Sn2", "Li17Sn4"]
+    li13 = next(k for k in known_compounds("Li-In") if k.formula == "Li13In3")
+    assert li13.ids == ("Li13In3", "Li13In3_hR16")  # the model alternative counts for the same compound
+
+
+def test_a_hull_that_misses_known_phases_and_adds_others_is_reported_so():
+    hull = [row("In_tI2", "In", 0), row("Li_bcc", "Li", 0), row("LiIn", "LiIn", 12.3), row("Li3In2", "Li3In2", 4.0),
+            row("Li2In", "Li2In", 0), row("Li13In3", "Li13In3", 13.6), row("Li13In3_hR16", "Li13In3", 5.2),
+            row("bcc-3-InLi", "InLi", 0, source="search"),
+            row("Li22Sn5-type-In20Li88", "In20Li88", 0, source="search")]
+    plateaus = [plateau("In", "LiIn", 0, 1), plateau("LiIn", "Li2In", 1, 2), plateau("Li2In", "Li22In5", 2, 4.4)]
+    near = [{"name": "Li3In2", "dft_e_above_hull_eV_per_atom": 0.0}]
+    c = known_phase_check("Li-In", hull, plateaus, near)
+    by = {r["formula"]: r for r in c["compounds"]}
+    assert by["LiIn"]["e_above_hull_meV_per_atom"] == pytest.approx(12.3) and by["LiIn"]["within_tolerance"] is False
+    assert by["Li13In3"]["name"] == "Li13In3_hR16" and by["Li13In3"]["within_tolerance"] is True
+    assert by["Li3In2"]["dft_e_above_hull_meV_per_atom"] == 0.0 and by["Li2In"]["stable"] is True
+    assert c["all_within_tolerance"] is False
+    assert c["li_richest_known"] == "Li13In3" and c["li_richest_reached"] is True
+    assert c["expected_plateaus"] == [["In", "LiIn"], ["LiIn", "Li3In2"], ["Li3In2", "Li2In"], ["Li2In", "Li13In3"]]
+    assert c["model_plateaus"] == [["In", "LiIn"], ["LiIn", "Li2In"], ["Li2In", "Li22In5"]]
+    assert c["plateaus_match"] is False
+    # the search's InLi is LiIn (a known formula), the decorated Li22Sn5 type is not an assessed phase
+    assert [e["formula"] for e in c["extra_stable"]] == ["Li22In5"]
+    text = "\n".join(markdown_lines(c))
+    assert "| LiIn | 1 | LiIn | isotypic prototype | 12.3 | **no** | — |" in text and "**different**" in text
+    assert "Li22In5 (Li22Sn5-type-In20Li88, search)" in text
+
+
+def test_the_assessed_hull_passes():
+    hull = [row("In_tI2", "In", 0), row("Li_bcc", "Li", 0), row("LiIn", "LiIn", 0), row("Li3In2", "Li3In2", 0),
+            row("Li2In", "Li2In", 0), row("Li13In3_hR16", "Li13In3", 0), row("Li13In3", "Li13In3", 9.0)]
+    plateaus = [plateau("In", "LiIn", 0, 1), plateau("LiIn", "Li3In2", 1, 1.5), plateau("Li3In2", "Li2In", 1.5, 2),
+                plateau("Li2In", "Li13In3", 2, 13 / 3)]
+    c = known_phase_check("Li-In", hull, plateaus)
+    assert c["all_within_tolerance"] and c["plateaus_match"] and c["li_richest_reached"] and not c["extra_stable"]
+    assert all(r["dft_e_above_hull_meV_per_atom"] is None for r in c["compounds"])
