@@ -76,7 +76,8 @@ def test_pipeline_barrier_equals_a_direct_neb_on_the_same_endpoints(fcc_file, tm
     from limace.data.generate import hop_images
     from ase.io import read
 
-    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False, plane_bound=False)
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False, plane_bound=False,
+                               recheck_images=0)
     out = tmp_path / "o"
     rep = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=out, settings=settings, progress=False)
     hop = rep["phases"][0]["hops"][0]
@@ -92,6 +93,31 @@ def test_pipeline_barrier_equals_a_direct_neb_on_the_same_endpoints(fcc_file, tm
     res = run_neb([[ini, *hop_images(ini, fin, 3), fin]], BatchedMorse(**MORSE), optimizer="lbfgs", tight_fmax=0.01,
                   freeze=True)[0]
     assert hop["forward_eV"] == pytest.approx(res.barrier_forward, abs=1e-6)
+
+
+def test_the_hop_that_sets_the_percolation_barrier_is_rechecked_with_a_finer_band(fcc_file, tmp_path):
+    """fcc Morse, one distinct hop: a 3-image band converges to a saddle 6 meV above the one a fresh 9-image band
+    finds between the same endpoints. The recheck runs that second NEB, keeps the lower saddle (the band on disk is
+    the 9-image one) and the percolation barrier follows it."""
+    from ase.io import read
+
+    from limace.data.generate import hop_images
+
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False, plane_bound=False)
+    out = tmp_path / "o"
+    rep = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=out, settings=settings, progress=False)
+    p = rep["phases"][0]
+    hop = p["hops"][0]
+    ini, fin = read(out / hop["files"]["initial"]), read(out / hop["files"]["final"])
+    direct = {n: run_neb([[ini, *hop_images(ini, fin, n), fin]], BatchedMorse(**MORSE), optimizer="lbfgs",
+                         tight_fmax=0.01, freeze=True)[0] for n in (3, 9)}
+    rc = hop["recheck"]
+    assert rc["n_images"] == 9 and p["work"]["rechecked"] == [0]
+    assert rc["second_saddle_eV"] < rc["first_saddle_eV"] - 0.003 and rc["kept"] == "second"
+    assert hop["forward_eV"] == pytest.approx(direct[9].barrier_forward, abs=1e-6)
+    assert direct[9].barrier_forward < direct[3].barrier_forward - 0.003
+    assert p["percolation"]["3d"]["barrier_eV"] == pytest.approx(hop["barrier_eV"], abs=1e-9)
+    assert len(read(out / hop["files"]["band"], ":")) == 11
 
 
 def test_percolation_certified_without_every_neb(tmp_path):

@@ -149,3 +149,23 @@ def test_lazy_certification_computes_one_of_two_parallel_links():
                               refine=lambda hops: {h: saddles[h] - 0.01 for h in hops})
     assert res.result.barriers["1d"] == pytest.approx(0.40) and all(res.certified.values())
     assert asked == [[1], [0]]  # first the hop the chain cannot do without, then the lower of the parallel pair
+
+
+def test_recheck_of_the_hops_that_set_the_value_follows_the_bottleneck():
+    """The chain, where a second NEB finds hop 1 (B -> C) lower (0.45 -> 0.33): the value drops to the next highest
+    saddle on the path (0.35, hops 0 and 2), which are rechecked in turn (no lower saddle there). Each hop is
+    rechecked once; without recheck the first answer stands."""
+    copies, sites, saddles = chain()
+    second = {0: 0.36, 1: 0.33, 2: None}  # None: the second NEB did not converge, keep the first saddle
+    asked = []
+
+    def recheck(hops):
+        asked.append(sorted(hops))
+        return {h: second[h] for h in hops}
+
+    lower = [max(sites[i], sites[j]) for [(i, j, _)] in copies]
+    compute = lambda hops: {h: saddles[h] for h in hops}  # noqa: E731
+    res = certify_percolation(3, copies, sites, lower, compute, recheck=recheck)
+    assert asked == [[1], [0, 2]] and res.rechecked == [1, 0, 2]
+    assert res.result.barriers["1d"] == pytest.approx(0.35) and res.certified["1d"]
+    assert certify_percolation(3, copies, sites, lower, compute).result.barriers["1d"] == pytest.approx(0.45)

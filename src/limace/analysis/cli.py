@@ -139,6 +139,9 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
                                              "next larger supercell and report the change"),
              max_band_atoms: Optional[int] = typer.Option(None, help="atoms (images x atoms) of the NEB bands run "
                                                           "in one batch (default: all)"),
+             recheck_images: int = typer.Option(9, help="a second NEB, from a fresh band of this many images, of "
+                                                "each hop that sets a percolation barrier; the lower saddle is kept "
+                                                "(0: off)"),
              verify_dft: bool = typer.Option(False, "--verify-dft", help="reference-protocol DFT single points of "
                                              "the endpoints and climbing image of every percolating hop (needs --out)"),
              dft_labels: Optional[Path] = typer.Option(None, help="--verify-dft labels file (resumable; default "
@@ -163,6 +166,7 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     check_number("--fmax", fmax, above=0)
     check_number("--max-steps", max_steps, at_least=1)
     check_number("--tight-fmax", tight_fmax, above=0)
+    check_number("--recheck-images", recheck_images, at_least=0)
     check_number("--workers", workers, at_least=1)
     if verify_dft and out is None:
         raise LimaceInputError("--verify-dft needs --out (the bands it checks are read from there)")
@@ -193,7 +197,8 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     model = loaded.members[0] if members else loaded
     settings = BarrierSettings(cutoff=cutoff, min_image_distance=min_image_distance, n_images=n_images, fmax=fmax,
                                optimizer=optimizer, max_steps=max_steps, tight_fmax=tight_fmax, all_hops=all_hops,
-                               check_size=check_size, max_band_atoms=max_band_atoms)
+                               check_size=check_size, max_band_atoms=max_band_atoms,
+                               recheck_images=recheck_images)
     report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings,
                           potential_sha256=potential_sha256(potential), progress=sys.stderr.isatty(),
                           committee=loaded if members else None)

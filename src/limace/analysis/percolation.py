@@ -194,12 +194,14 @@ class CertifiedPercolation:
     computed: list[int]
     refined: list[int]
     rounds: int
+    rechecked: list[int] = field(default_factory=list)
 
 
 def certify_percolation(n_sites: int, hop_copies, site_energies, lower: Sequence[float],
                         compute: Callable[[list[int]], dict[int, float | None]],
                         refine: Callable[[list[int]], dict[int, float]] | None = None,
-                        usable: Sequence[int] | None = None) -> CertifiedPercolation:
+                        usable: Sequence[int] | None = None,
+                        recheck: Callable[[list[int]], dict[int, float | None]] | None = None) -> CertifiedPercolation:
     """The 1D/2D/3D percolation barriers with as few saddles computed as the answer needs (lazy certification).
 
     ``lower[h]``: a lower bound of hop h's absolute saddle (at least max(E_i, E_j)); ``compute(hops)`` returns each
@@ -212,6 +214,12 @@ def certify_percolation(n_sites: int, hop_copies, site_energies, lower: Sequence
     dimension: were they all known, the same component would exist among the known hops and the two values would be
     equal. So each round refines the bounds of those hops (once per hop) or, when all are refined, computes them;
     every round raises a bound or adds a saddle, and hops that never reach such a component are never computed.
+
+    ``recheck(hops)`` (optional): a second, independent saddle search of the hops that set a certified value (on a
+    dimension's path, saddle at its level), each at most once; it returns a saddle no higher than the first (or
+    None: keep the first). An NEB can converge to a higher one of two saddles between the same endpoints; the
+    percolation value is only as good as the hop that sets it. A lowered saddle can open a dimension again, and the
+    rounds go on.
     """
     n = len(hop_copies)
     lower = [float(x) for x in lower]
@@ -221,15 +229,22 @@ def certify_percolation(n_sites: int, hop_copies, site_energies, lower: Sequence
     refined: list[int] = []
     computed: list[int] = []
     rounds = 0
+    rechecked: list[int] = []
     while True:
         bounds = [lower[h] if h in usable_set else np.inf for h in range(n)]
         up, low, cert = percolation_bounds(n_sites, hop_copies, site_energies, known, bounds)
-        if all(cert.values()):
-            break
         need = sorted({h for d in DIMS if not cert[d] for h in low.hops[d] if h in usable_set and h not in tried},
                       key=lambda h: lower[h])
-        if not need:  # only hops that did not converge are left: their dimensions stay open
-            break
+        if not need:  # certified, or only hops that did not converge are left: their dimensions stay open
+            setting = sorted({h for d in DIMS if cert[d] and up.saddle[d] is not None for h in up.hops[d]
+                              if known[h] is not None and known[h] >= up.saddle[d] - 1e-9 and h not in rechecked})
+            if recheck is None or not setting:
+                break
+            for h, value in recheck(setting).items():
+                if value is not None:
+                    known[h] = min(known[h], float(value))
+            rechecked.extend(setting)
+            continue
         fresh = [h for h in need if h not in refined]
         if refine is not None and fresh:
             for h, value in refine(fresh).items():
@@ -257,4 +272,5 @@ def certify_percolation(n_sites: int, hop_copies, site_energies, lower: Sequence
             computed.append(h)
             s = saddles.get(h)
             known[h] = None if s is None else float(s)
-    return CertifiedPercolation(result=up, certified=cert, computed=computed, refined=refined, rounds=rounds)
+    return CertifiedPercolation(result=up, certified=cert, computed=computed, refined=refined, rounds=rounds,
+                                rechecked=rechecked)
