@@ -68,6 +68,7 @@ class BarrierSettings:
     # a second NEB, from a fresh band of this many images, of each hop that sets a percolation value (the lower
     # converged saddle is kept); 0: off. Li17Sn4's hop 7: 0.160 eV with 5 images, 0.147 with 9 (float64)
     recheck_images: int = 9
+    recheck_max_steps: int = 100  # a second look that has not converged by then keeps the first saddle
 
 
 def resolve_phase(spec: str) -> tuple[str, Atoms]:
@@ -244,10 +245,10 @@ def _neb_groups(bands: dict, settings: BarrierSettings) -> list[list[int]]:
     return groups
 
 
-def _neb_batch(bands: list, model, settings: BarrierSettings, progress: bool) -> list:
+def _neb_batch(bands: list, model, settings: BarrierSettings, progress: bool, max_steps: int | None = None) -> list:
     from limace.analysis.neb import run_neb
 
-    return run_neb(bands, model, fmax=settings.fmax, max_steps=settings.max_steps, k=settings.spring,
+    return run_neb(bands, model, fmax=settings.fmax, max_steps=max_steps or settings.max_steps, k=settings.spring,
                    optimizer=settings.optimizer,
                    endpoint_energies=[(float(b[0].info["energy"]), float(b[-1].info["energy"])) for b in bands],
                    tight_fmax=settings.tight_fmax, tight_below=settings.tight_below, freeze=settings.freeze,
@@ -285,7 +286,8 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
         bands[h] = band
     out: dict[int, float | None] = {}
     for g in _neb_groups(bands, settings):
-        for h, r in zip(g, _neb_batch([bands[h] for h in g], model, settings, progress)):
+        for h, r in zip(g, _neb_batch([bands[h] for h in g], model, settings, progress,
+                                      max_steps=min(settings.max_steps, settings.recheck_max_steps))):
             first = float(work.results[h].energies.max())
             second = float(r.energies.max()) if r.converged else None
             keep = second is not None and second < first
