@@ -40,7 +40,7 @@ label: venv
 	$(VENV)/bin/limace data label dft/li-in-sn-v1/inputs.extxyz dft/li-in-sn-v1/labels.extxyz --workers $$(nproc)
 
 dataset: venv
-	$(VENV)/bin/limace data pack dft/li-in-sn-v1/labels.extxyz $(wildcard dft/li-in-sn-v1/screen_verify.extxyz) --name li-in-sn-v1 --into-package --force
+	$(VENV)/bin/limace data pack dft/li-in-sn-v1/labels.extxyz $(wildcard dft/li-in-sn-v1/screen_verify.extxyz) $(wildcard dft/li-in-sn-v1/extrapolation.extxyz) --name li-in-sn-v1 --into-package --force
 	$(PY) scripts/dataset_report.py li-in-sn-v1
 
 # SevenNet-0 needs e3nn >= 0.5 (mace-torch pins 0.4.4): its own venv, used by bench/baselines.py
