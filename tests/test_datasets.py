@@ -53,9 +53,9 @@ def test_pack_into_a_new_directory_keeps_the_shipped_split_and_frozen_test(tmp_p
     carried forward, never a fresh draw that would move frozen test configurations into training."""
     shipped = manifest("li-in-sn-v1")
     labels = tmp_path / "labels.extxyz"
-    write(labels, load_dataset("li-in-sn-v1", "all"), format="extxyz")
+    write(labels, load_dataset("li-in-sn-v1", "all") + load_dataset("li-in-sn-v1", "extrapolation"), format="extxyz")
     man = pack(labels, name="li-in-sn-v1", dest=tmp_path / "copy")
-    for split in ("train", "test"):
+    for split in ("train", "test", "extrapolation"):
         assert man["split"][split] == shipped["split"][split]
     assert man["frozen"]["test-v1"]["config_ids"] == shipped["frozen"]["test-v1"]["config_ids"]
     assert set(man["frozen"]["test-v1"]["config_ids"]) <= set(man["split"]["test"])

@@ -106,6 +106,11 @@ def test_pack_keeps_extrapolation_apart_and_frozen_tests_fixed(tmp_path):
     with pytest.raises(ValidationError, match="frozen"):
         pack(labels, name="toy", dest=tmp_path / "toy")
     assert (tmp_path / "toy/manifest.json").read_text() == before
+    # so is a pack without the extrapolation labels (`make dataset` once left them out): the split would vanish
+    write(labels, frames[6:], format="extxyz")
+    with pytest.raises(ValidationError, match="extrapolation split"):
+        pack(labels, name="toy", dest=tmp_path / "toy")
+    assert (tmp_path / "toy/manifest.json").read_text() == before
 
 
 def test_shipped_frozen_test_split_is_the_test_split_it_froze():

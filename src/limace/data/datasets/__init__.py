@@ -224,13 +224,18 @@ def pack(labels: str | Path | Sequence[str | Path], name: str = "li-in-sn-v1", v
     # the same name, so that a repack elsewhere never re-draws the test split or drops a frozen one
     shipped = datasets_root() / name / "manifest.json"
     source = prev_path if prev_path.exists() else shipped if shipped.exists() else None
-    previous, frozen = {}, {}
+    previous, frozen, old_extrap = {}, {}, set()
     if source is not None:
         old = json.loads(source.read_text())
         previous = {c: s for s in SPLITS for c in old["split"][s]}
+        old_extrap = set(old["split"].get(EXTRAPOLATION, []))
         frozen = old.get("frozen", {})
     extrap = [a for a in frames if str(a.info.get(CONFIG_TYPE_KEY, "")).startswith(EXTRAPOLATION_PREFIX)]
     frames = [a for a in frames if not str(a.info.get(CONFIG_TYPE_KEY, "")).startswith(EXTRAPOLATION_PREFIX)]
+    lost = old_extrap - {str(a.info[CONFIG_ID_KEY]) for a in extrap}
+    if lost:
+        raise ValidationError(f"{where}: lacks {len(lost)} configuration(s) of the dataset's extrapolation split, e.g. "
+                              f"{sorted(lost)[0]}; give its labels file too (dft/<name>/extrapolation.extxyz)")
     for tag, fz in frozen.items():
         missing = set(fz["config_ids"]) - {str(a.info[CONFIG_ID_KEY]) for a in frames}
         if missing:
