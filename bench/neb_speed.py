@@ -212,8 +212,10 @@ def whole_phase(specs, model, args):
                     saddle = min(saddle, res2[0]["barrier"] + ends[0].info["energy"])
             ase_barriers.append(saddle)
             el = time.perf_counter() - t0
-            print(f"  ASE hop {len(ase_barriers)}/{len(hops)}: {el:.1f} s ({el / wall_ours:.2f}x ours so far)",
-                  flush=True)
+            mine = entry["hops"][len(ase_barriers) - 1]["saddle_eV"]
+            mine = "not run" if mine is None else f"{mine + entry['energy_reference_eV'] - saddle:+.4f} eV"
+            print(f"  ASE hop {len(ase_barriers)}/{len(hops)}: {el:.1f} s ({el / wall_ours:.2f}x ours so far); "
+                  f"limace saddle - ASE saddle: {mine}", flush=True)
         wall_ase = time.perf_counter() - t0
         ref = entry["energy_reference_eV"]
         diffs = [abs(h["saddle_eV"] + ref - s) * 1000 for h, s in zip(entry["hops"], ase_barriers)

@@ -105,15 +105,20 @@ class _HopWork:
     rechecks: dict = field(default_factory=dict)  # hop -> second NEB: images, both saddles (absolute eV), kept
 
 
-def _interpolated_bands(ends, settings: BarrierSettings, name: str):
+def _interpolated_bands(ends, settings: BarrierSettings, name: str, n_images: int | None = None,
+                        labels=None, what: str = ""):
+    """Bands of ``n_images`` (default ``settings.n_images``) interpolated images between each pair of ``ends``;
+    ``labels``: the hop number of each pair (default its position). A band that fails ``check_band`` is None, its
+    reason in the returned errors."""
     from limace.analysis.neb import check_band
     from limace.data.generate import hop_images
 
+    n_images = settings.n_images if n_images is None else n_images
     bands, errors = [], {}
-    for k, (ini, fin) in enumerate(ends):
-        band = [ini, *hop_images(ini, fin, n_images=settings.n_images, method=settings.interpolation), fin]
+    for k, (ini, fin) in zip(range(len(ends)) if labels is None else labels, ends):
+        band = [ini, *hop_images(ini, fin, n_images=n_images, method=settings.interpolation), fin]
         try:  # e.g. a relaxation that rearranged the crystal: the interpolated path puts atoms on top of each other
-            check_band(band, where=f"{name} hop {k}")
+            check_band(band, where=f"{name} hop {k}{what}")
         except LimaceInputError as exc:
             errors[k] = str(exc)
             band = None
@@ -270,20 +275,10 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
     """A second NEB of each converged hop of ``todo`` from a fresh interpolated band of ``settings.recheck_images``
     images between the same relaxed endpoints; the lower converged saddle is kept (recorded in ``work.rechecks``).
     Returns each hop's second saddle (None: not converged)."""
-    from limace.analysis.neb import check_band
-    from limace.data.generate import hop_images
-
-    bands = {}
-    for h in todo:
-        if h not in work.results or not work.results[h].converged or h in work.rechecks:
-            continue
-        ini, fin = work.bands[h][0], work.bands[h][-1]
-        band = [ini, *hop_images(ini, fin, n_images=settings.recheck_images, method=settings.interpolation), fin]
-        try:
-            check_band(band, where=f"{name} hop {h} (recheck)")
-        except LimaceInputError:
-            continue
-        bands[h] = band
+    hops = [h for h in todo if h in work.results and work.results[h].converged and h not in work.rechecks]
+    fresh, _ = _interpolated_bands([(work.bands[h][0], work.bands[h][-1]) for h in hops], settings, name,
+                                   n_images=settings.recheck_images, labels=hops, what=" (recheck)")
+    bands = {h: b for h, b in zip(hops, fresh) if b is not None}
     out: dict[int, float | None] = {}
     for g in _neb_groups(bands, settings):
         for h, r in zip(g, _neb_batch([bands[h] for h in g], model, settings, progress,
@@ -304,6 +299,15 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
 def _saddles(work: _HopWork) -> list[float | None]:
     return [float(work.results[h].energies.max()) if h in work.results and work.results[h].converged else None
             for h in range(len(work.bands))]
+
+
+def _known_saddles(work: _HopWork):
+    """``compute`` for :func:`certify_percolation` when every NEB has already run: the saddles, looked up (each time
+    afresh, since a recheck may have lowered one)."""
+    def lookup(todo: list[int]) -> dict[int, float | None]:
+        saddles = _saddles(work)
+        return {h: saddles[h] for h in todo}
+    return lookup
 
 
 def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: str, progress: bool,
@@ -347,7 +351,7 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
         _run_nebs(work, usable, model, settings, progress)
         if settings.recheck_images:  # the same second look at the hops that set the values as in certified mode
             certify_percolation(n_sites, [h.copies for h in hops], _site_energy_list(sites, n_sites), lower,
-                                lambda todo: {h: _saddles(work)[h] for h in todo}, usable=usable, recheck=recheck)
+                                _known_saddles(work), usable=usable, recheck=recheck)
         return work
 
     def refine(todo: list[int]) -> dict[int, float]:
