@@ -6,7 +6,7 @@ seed 20261128 and valid_exclude [equilibrium, IsolatedAtom]; those 79 validation
 meV/atom, 14.4 meV/A, as in its run) are the selection set. The training file is the current train split less them,
 plus the labels given with --extra (e.g. dft/li-in-sn-v1/learn_labels.extxyz).
 
-    python scripts/candidate_data.py OUTDIR [--extra dft/li-in-sn-v1/learn_labels.extxyz]
+    python scripts/candidate_data.py OUTDIR [--extra dft/li-in-sn-v1/learn_labels.extxyz] [--train-at COMMIT]
 
 writes OUTDIR/valid14.extxyz and OUTDIR/train.extxyz; train a candidate with data.train_file / data.valid_file set
 to them (and model.init_from the shipped weights), and ship it only if it beats 1.4 on valid14.
@@ -27,6 +27,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir")
     ap.add_argument("--extra", nargs="*", default=[])
+    ap.add_argument("--train-at", default=None,
+                    help="take the current train split from the pack at this commit (default: the installed one), "
+                         "so that a training spanning several sessions keeps its data through later repacks")
     args = ap.parse_args()
 
     from ase.io import read, write
@@ -41,7 +44,13 @@ def main() -> None:
     _, va = split_indices(len(old), 0.1, 20261128, eligible)
     valid = [old[i] for i in va]
     ids = {a.info["config_id"] for a in valid}
-    train = [a for a in load_dataset("li-in-sn-v1", "train") if a.info["config_id"] not in ids]
+    if args.train_at:
+        blob = subprocess.run(["git", "show", f"{args.train_at}:src/limace/data/datasets/li-in-sn-v1/train.extxyz.xz"],
+                              cwd=ROOT, capture_output=True, check=True).stdout
+        current = read(StringIO(lzma.decompress(blob).decode()), ":", format="extxyz")
+    else:
+        current = load_dataset("li-in-sn-v1", "train")
+    train = [a for a in current if a.info["config_id"] not in ids]
     for path in args.extra:
         train += read(path, ":")
     out = Path(args.outdir)

@@ -125,3 +125,18 @@ def test_the_ase_calculator_reports_the_same_domain_score(model):
         want = model.domain.scores(model, [atoms])[0]
         assert calc.results["domain_score"] == pytest.approx(want, rel=1e-4, abs=1e-4)
         assert calc.results["outside_domain"] == bool(want > model.domain.threshold)
+
+
+def test_the_ase_calculator_without_the_domain_check_gives_the_same_energy_and_forces():
+    """``load(..., domain=False)``: no domain results (and no second forward pass), the same energy and forces."""
+    from limace.potentials import load
+
+    atoms = _li_interstitial()
+    with_check, without = load("limace-lisnin-small"), load("limace-lisnin-small", domain=False)
+    atoms.calc = with_check
+    e, f = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc = without
+    assert atoms.get_potential_energy() == pytest.approx(e, abs=1e-9)
+    assert np.allclose(atoms.get_forces(), f, atol=1e-9)
+    assert "domain_score" not in without.results and without.domain is None
+    assert "domain_score" in with_check.results

@@ -105,7 +105,7 @@ def model_elements(model: torch.nn.Module) -> tuple[str, ...]:
 
 
 def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", dtype: str = "float64",
-         batched: bool = False, *, offline: bool | None = None, progress: bool = True):
+         batched: bool = False, *, offline: bool | None = None, progress: bool = True, domain: bool = True):
     """A potential, ready to use.
 
     Args:
@@ -117,6 +117,9 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
             instead of an ASE calculator (:func:`load_batched`, which takes more options).
         offline: never touch the network (default: ``LIMACE_OFFLINE``); registry weights must be cached.
         progress: show a progress bar while downloading.
+        domain: the ASE calculator runs the domain check beside the weights, if any, at every calculation
+            (``results["domain_score"]``, ``["outside_domain"]``); it costs a second forward pass, so about doubles
+            the time of each call. False: energies, forces and stress only.
 
     Returns:
         a :class:`LimaceCalculator` (an ASE calculator), or a ``BatchedMACE`` when ``batched=True`` (a
@@ -133,7 +136,7 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
 
     models, entries = _read_models(specs, device, offline, progress)
     return LimaceCalculator(models, device=device, dtype=dtype, names=[str(s) for s in specs], entries=entries,
-                            domain=_domain_of(specs[0], offline), copy=False)
+                            domain=_domain_of(specs[0], offline) if domain else None, copy=False)
 
 
 def _domain_of(spec: PathOrName, offline: bool | None):
