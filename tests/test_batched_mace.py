@@ -169,3 +169,21 @@ def test_a_model_built_for_cuda_compares_equal_to_the_states_cuda_device():
     assert as_device("cpu") == torch.device("cpu")
     assert as_device("cuda").index is not None
     assert as_device("cuda:1") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("max_atoms_per_call", [None, 12])
+def test_a_subset_of_systems_equals_the_selected_state_and_keeps_the_neighbour_list(model_path, max_atoms_per_call):
+    """``model(state, systems=mask)`` gives what ``model(state.select(mask))`` gives (1e-10), and evaluating
+    different subsets of one state does not rebuild the neighbour list (what a NEB with frozen images does)."""
+    model = BatchedMACE.from_file(model_path, dtype=torch.float64, compute_stress=True,
+                                  max_atoms_per_call=max_atoms_per_call)
+    state = BatchedState.from_atoms(_cells(), dtype=torch.float64)
+    model(state)
+    builds = model.neighbors.n_builds
+    for mask in ([True, False, True, False], [False, True, True, True], [False, False, False, True]):
+        mask = torch.tensor(mask)
+        sub = model(state, systems=mask)
+        assert model.neighbors.n_builds == builds
+        want = BatchedMACE.from_file(model_path, dtype=torch.float64, compute_stress=True)(state.select(mask))
+        for k in ("energy", "forces", "stress"):
+            np.testing.assert_allclose(sub[k].numpy(), want[k].numpy(), atol=1e-10)

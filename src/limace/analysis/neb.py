@@ -22,6 +22,7 @@ stays; DyNEB, Lindgren et al., J. Chem. Phys. 150, 044107 (2019)).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -220,6 +221,8 @@ class BatchedNEB:
         self.end_e = [torch.as_tensor(pair, dtype=dt, device=dev) for pair in endpoint_energies]
         self.evaluations = 0  # image evaluations
         self.calls = 0  # model calls
+        # a model that evaluates a subset of a state with the whole state's neighbour list (BatchedMACE's systems=)
+        self._subsets = "systems" in inspect.signature(model.__call__).parameters
         self._last_x: torch.Tensor | None = None  # positions of the last evaluation of each image, energies, forces
         self._e = torch.zeros(self.state.n_systems, dtype=dt, device=dev)
         self._f = torch.zeros_like(self.state.positions)
@@ -233,10 +236,14 @@ class BatchedNEB:
             moved = (positions != self._last_x).any(dim=1).to(positions.dtype)
             todo = st.sum_per_system(moved) > 0
         if bool(todo.any()):
-            sub = st if bool(todo.all()) else st.select(todo)
-            out = self.model(sub)
+            if bool(todo.all()):
+                out = self.model(st)
+            elif self._subsets:  # the band's neighbour list is kept while frozen images change from step to step
+                out = self.model(st, systems=todo)
+            else:
+                out = self.model(st.select(todo))
             self.calls += 1
-            self.evaluations += sub.n_systems
+            self.evaluations += int(todo.sum())
             rows = todo[st.system_idx]
             self._e = self._e.clone()
             self._f = self._f.clone()

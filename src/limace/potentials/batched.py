@@ -141,19 +141,31 @@ class BatchedMACE:
         return self._node_attrs
 
     def __call__(self, state: BatchedState, compute_stress: bool | None = None,
-                 compute_forces: bool = True, compute_descriptors: bool = False) -> dict[str, torch.Tensor]:
+                 compute_forces: bool = True, compute_descriptors: bool = False,
+                 systems: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``{"energy": [S], "forces": [N, 3]}`` plus ``"stress": [S, 3, 3]`` when asked (here or at construction).
         ``compute_forces=False``: energies only (no backward pass, about half the cost; no stress either).
         ``compute_descriptors=True`` adds ``"descriptors": [N, D]``, the invariant (l = 0) node features of every
-        interaction layer (what :mod:`limace.potentials.domain` compares with the training data)."""
+        interaction layer (what :mod:`limace.potentials.domain` compares with the training data).
+        ``systems`` (a ``[S]`` bool mask): evaluate only these systems of ``state`` (the results are those of
+        ``state.select(systems)``), with the neighbour list of the whole ``state``: a NEB or relaxation that holds
+        converged systems still, a different subset at every step, keeps one list instead of rebuilding it."""
         stress = (self.compute_stress if compute_stress is None else bool(compute_stress)) and compute_forces
         if state.device != self.device:
             raise LimaceInputError(f"state on {state.device}, model on {self.device}; move one of them (state.to())")
         out_dtype = state.dtype
+        edge_index, unit_shifts = self.neighbors.get(state.positions.detach().to(self.dtype),
+                                                     state.cell.detach().to(self.dtype), state.pbc, state.system_idx)
+        if systems is not None:
+            systems = torch.as_tensor(systems, device=state.device)
+            keep_atom = systems[state.system_idx]
+            new_atom = torch.cumsum(keep_atom.long(), 0) - 1
+            keep_edge = keep_atom[edge_index[0]]
+            edge_index, unit_shifts = new_atom[edge_index[:, keep_edge]], unit_shifts[keep_edge]
+            state = state.select(systems)
         pos = state.positions.detach().to(self.dtype)
         cell = state.cell.detach().to(self.dtype)
         node_attrs = self._node_attrs_for(state.numbers)
-        edge_index, unit_shifts = self.neighbors.get(pos, cell, state.pbc, state.system_idx)
         unit_shifts = unit_shifts.to(self.dtype)
         # Pairs in the skin (r >= r_max) contribute exactly zero: drop them so the model does no work for them. The
         # test is MACE's own (norm of the same vector < r_max), and the kept edges stay in canonical order.
