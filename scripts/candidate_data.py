@@ -23,6 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK_917 = "e1a3830"
 
 
+def _train_split_at(commit: str) -> list:
+    """The train split of the shipped li-in-sn-v1 pack as committed at ``commit``."""
+    from ase.io import read
+
+    blob = subprocess.run(["git", "show", f"{commit}:src/limace/data/datasets/li-in-sn-v1/train.extxyz.xz"],
+                          cwd=ROOT, capture_output=True, check=True).stdout
+    return read(StringIO(lzma.decompress(blob).decode()), ":", format="extxyz")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir")
@@ -37,19 +46,12 @@ def main() -> None:
     from limace.data import load_dataset
     from limace.training.data import split_indices
 
-    blob = subprocess.run(["git", "show", f"{PACK_917}:src/limace/data/datasets/li-in-sn-v1/train.extxyz.xz"],
-                          cwd=ROOT, capture_output=True, check=True).stdout
-    old = read(StringIO(lzma.decompress(blob).decode()), ":", format="extxyz")
+    old = _train_split_at(PACK_917)
     eligible = [str(a.info.get("config_type", "")) not in ("equilibrium", "IsolatedAtom") for a in old]
     _, va = split_indices(len(old), 0.1, 20261128, eligible)
     valid = [old[i] for i in va]
     ids = {a.info["config_id"] for a in valid}
-    if args.train_at:
-        blob = subprocess.run(["git", "show", f"{args.train_at}:src/limace/data/datasets/li-in-sn-v1/train.extxyz.xz"],
-                              cwd=ROOT, capture_output=True, check=True).stdout
-        current = read(StringIO(lzma.decompress(blob).decode()), ":", format="extxyz")
-    else:
-        current = load_dataset("li-in-sn-v1", "train")
+    current = _train_split_at(args.train_at) if args.train_at else load_dataset("li-in-sn-v1", "train")
     train = [a for a in current if a.info["config_id"] not in ids]
     for path in args.extra:
         train += read(path, ":")

@@ -148,8 +148,8 @@ class BatchedMACE:
         ``compute_descriptors=True`` adds ``"descriptors": [N, D]``, the invariant (l = 0) node features of every
         interaction layer (what :mod:`limace.potentials.domain` compares with the training data).
         ``systems`` (a ``[S]`` bool mask): evaluate only these systems of ``state`` (the results are those of
-        ``state.select(systems)``), with the neighbour list of the whole ``state``: a NEB or relaxation that holds
-        converged systems still, a different subset at every step, keeps one list instead of rebuilding it."""
+        ``state.select(systems)``), with the neighbour list of the whole ``state``: a NEB whose frozen images change
+        from step to step (:class:`limace.analysis.neb.BatchedNEB`) keeps one list instead of rebuilding it."""
         stress = (self.compute_stress if compute_stress is None else bool(compute_stress)) and compute_forces
         if state.device != self.device:
             raise LimaceInputError(f"state on {state.device}, model on {self.device}; move one of them (state.to())")
