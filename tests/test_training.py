@@ -194,6 +194,11 @@ def test_example_config_is_the_packaged_recipe():
     small = load_config("small", check_files=False).as_dict()["model"]
     assert ft.pop("init_from") == "limace-lisnin-small"
     assert {k: v for k, v in ft.items() if k != "e0s"} == {k: v for k, v in small.items() if k not in ("e0s", "init_from")}
+    # the medium model's fine-tune starts from the 300-epoch medium run: same model sizes
+    mft = load_config(root / "examples" / "finetune_medium_cpu.yaml", check_files=False).as_dict()["model"]
+    med = load_config(root / "examples" / "train_medium_cpu.yaml", check_files=False).as_dict()["model"]
+    assert mft.pop("init_from").endswith("limace-lisnin-medium-cpu/limace-lisnin-medium.model")
+    assert mft == {k: v for k, v in med.items() if k != "init_from"}
     ex = load_config(root / "examples" / "train_small.yaml", check_files=False).as_dict()
     pk = load_config("small", check_files=False).as_dict()
     ex.pop("run_dir"), pk.pop("run_dir")
