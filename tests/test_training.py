@@ -199,6 +199,11 @@ def test_example_config_is_the_packaged_recipe():
     med = load_config(root / "examples" / "train_medium_cpu.yaml", check_files=False).as_dict()["model"]
     assert mft.pop("init_from").endswith("limace-lisnin-medium-cpu/limace-lisnin-medium.model")
     assert mft == {k: v for k, v in med.items() if k != "init_from"}
+    # the CPU committee: the small model from independent starts (no init_from), four seeds
+    com = load_config(root / "examples" / "committee_scratch_cpu.yaml", check_files=False)
+    assert com.model.init_from is None and len(set(com.member_seeds())) == 4
+    assert {k: v for k, v in com.as_dict()["model"].items() if k != "e0s"} == \
+        {k: v for k, v in small.items() if k not in ("e0s",)}
     ex = load_config(root / "examples" / "train_small.yaml", check_files=False).as_dict()
     pk = load_config("small", check_files=False).as_dict()
     ex.pop("run_dir"), pk.pop("run_dir")
