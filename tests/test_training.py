@@ -542,6 +542,29 @@ def test_evaluate_a_shipped_dataset_split(trained, tmp_path, capsys):
     assert summ["all"]["n_configs"] == len(load_dataset("li-in-sn-v1", "test"))
 
 
+def test_evaluate_a_registered_potential_on_the_extrapolation_split(tmp_path, capsys, monkeypatch):
+    """`limace evaluate limace-lisnin-small li-in-sn-v1:extrapolation`: errors per class of the extrapolation set
+    for the shipped potential, written in the working directory, never into the installed package."""
+    from limace.cli import main
+    from limace.data.datasets import load_dataset
+    from limace.potentials.calculator import resolve
+
+    monkeypatch.chdir(tmp_path)
+    models_dir = resolve("limace-lisnin-small")[0].parent
+    before = sorted(p.name for p in models_dir.iterdir())
+    main(["evaluate", "limace-lisnin-small", "li-in-sn-v1:extrapolation", "--no-plots"])
+    text = capsys.readouterr().out
+    summ = json.loads((tmp_path / "limace-lisnin-small_eval" / "summary.json").read_text())["summary"]
+    frames = load_dataset("li-in-sn-v1", "extrapolation")
+    assert summ["all"]["n_configs"] == len(frames)
+    classes = {a.info["config_type"] for a in frames}
+    assert {"extrap_volume", "extrap_vacancy", "extrap_interstitial"} <= classes == set(summ["by_config_type"])
+    assert all(any(line.startswith(c) for line in text.splitlines()) for c in classes)
+    assert sorted(p.name for p in models_dir.iterdir()) == before
+    code, err = run_cli(["evaluate", "no-such-potential", "li-in-sn-v1:test"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "no-such-potential" in err
+
+
 # -- DDP -------------------------------------------------------------------------------------------------------------
 
 

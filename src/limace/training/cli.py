@@ -43,10 +43,11 @@ def train_cmd(config: Path = typer.Argument(..., help="training config (YAML; se
         typer.echo(line)
 
 
-def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace or mace_run_train)"),
+def evaluate_cmd(model: str = typer.Argument(..., help="a .model file (limace or mace_run_train) or a registered "
+                                              "potential name such as limace-lisnin-small"),
                  data: Path = typer.Argument(..., help="labelled configurations (extxyz with REF_* keys), or a "
                                              "shipped dataset split such as li-in-sn-v1:test"),
-                 out: Optional[Path] = typer.Option(None, help="directory for summary.json and parity plots (default: MODEL's name + '_eval/' next to it)"),
+                 out: Optional[Path] = typer.Option(None, help="directory for summary.json and parity plots (default: MODEL's name + '_eval/' next to a model file, in the working directory for a registered name)"),
                  batch_size: int = typer.Option(16, help="configurations per model call"),
                  device: str = typer.Option("cpu", help="cpu or cuda"),
                  dtype: Optional[str] = typer.Option(None, help="float32 or float64 (default: the model's)"),
@@ -62,8 +63,13 @@ def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace o
     if batch_size < 1:
         raise ValidationError(f"--batch-size must be >= 1, not {batch_size}")
     _check_device(device)
-    check_model_archive(model)
-    out = out if out is not None else model.with_name(f"{model.stem}_eval")
+    from limace.potentials.calculator import resolve
+
+    path, entry = resolve(model)  # a registered name is fetched (or found in the package) and checksum-verified
+    check_model_archive(path)
+    name = entry.name if entry is not None else path.stem
+    if out is None:  # never into the installed package or the download cache
+        out = Path(f"{name}_eval") if entry is not None else path.with_name(f"{path.stem}_eval")
     check_output_path(out, "--out", directory=True)
     if data.exists():
         from limace.data.io import read_configurations
@@ -73,7 +79,7 @@ def evaluate_cmd(model: Path = typer.Argument(..., help="a .model file (limace o
         frames = _dataset_split(str(data))
     from limace.training.evaluate import evaluate_model
 
-    res = evaluate_model(model, frames, name=model.stem, batch_size=batch_size, device=device, dtype=dtype,
+    res = evaluate_model(path, frames, name=name, batch_size=batch_size, device=device, dtype=dtype,
                          fit_energy_offsets=fit_offsets)
     paths = res.save(out, plots=plots)
     typer.echo(f"{model} on {data}")
