@@ -69,7 +69,7 @@ def evaluate_cmd(model: str = typer.Argument(..., help="a .model file (limace or
     check_model_archive(path)
     name = entry.name if entry is not None else path.stem
     if out is None:  # never into the installed package or the download cache
-        out = Path(f"{name}_eval") if entry is not None else path.with_name(f"{path.stem}_eval")
+        out = Path(f"{name}_eval") if entry is not None else path.with_name(f"{name}_eval")
     check_output_path(out, "--out", directory=True)
     if data.exists():
         from limace.data.io import read_configurations
