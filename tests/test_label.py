@@ -322,3 +322,21 @@ def test_labels_without_point_group_equal_the_shipped_point_group_labels(tmp_pat
     assert lab.info[ENERGY_KEY] == pytest.approx(shipped.info[ENERGY_KEY], abs=5e-4 * len(cell))
     np.testing.assert_allclose(lab.arrays[FORCES_KEY], shipped.arrays[FORCES_KEY], atol=1e-2)
     np.testing.assert_allclose(lab.info[STRESS_KEY], shipped.info[STRESS_KEY], atol=3e-4)  # 0.05 GPa: unsymmetrized
+
+
+@needs_gpaw
+@pytest.mark.dft
+def test_log_dir_keeps_gpaws_own_log_of_each_calculation(tmp_path, limace_exe):
+    """`limace data label --log-dir`: a long single point can be watched (GPAW's SCF iterations in LOG_DIR/ID.txt)."""
+    from limace.data import get_structure
+
+    li = get_structure("Li_bcc", primitive=True)
+    out, logs = tmp_path / "out.extxyz", tmp_path / "logs"
+    src = tmp_path / "in.extxyz"
+    write(src, li)
+    cmd = [limace_exe, "data", "label", str(src), str(out), "--protocol", "gpaw-test", "--log-dir", str(logs)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    lab = read(out)
+    text = (logs / f"{lab.info[CONFIG_ID_KEY]}.txt").read_text()
+    assert "iter:" in text and "Free energy:" in text

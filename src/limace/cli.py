@@ -110,7 +110,9 @@ def data_label(inp: Path = typer.Argument(..., help="configurations to label (ex
                workers: int = typer.Option(1, help="local worker processes (one per core)"),
                scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://host:8786"),
                limit: Optional[int] = typer.Option(None, help="label at most this many now"),
-               retry_failed: bool = typer.Option(False, help="retry configurations recorded as failed")):
+               retry_failed: bool = typer.Option(False, help="retry configurations recorded as failed"),
+               log_dir: Optional[Path] = typer.Option(None, help="write each calculation's own log (GPAW's SCF "
+                                                      "iterations) to LOG_DIR/CONFIG_ID.txt")):
     """Label configurations with DFT (or another protocol); skips those already in OUT."""
     from limace.core.errors import LimaceInputError, check_number
     from limace.core.fileio import check_output_path
@@ -125,7 +127,8 @@ def data_label(inp: Path = typer.Argument(..., help="configurations to label (ex
     get_protocol(protocol)  # an unknown protocol fails before the configurations are read
 
     rep = label_file(inp, out, protocol=protocol, workers=workers, scheduler=scheduler, limit=limit,
-                     retry_failed=retry_failed, progress=sys.stderr.isatty())  # progress bar only on a terminal
+                     retry_failed=retry_failed, progress=sys.stderr.isatty(),  # progress bar only on a terminal
+                     log_dir=log_dir)
     typer.echo(json.dumps(rep.as_dict()))
     if rep.failed:
         typer.echo(f"{rep.failed} failure(s) recorded in {failure_path(out)}", err=True)

@@ -47,6 +47,8 @@ class Protocol:
     # GPAW protocols: run each cell with point-group symmetry or with time reversal only, whichever GPAW's own setup
     # says is cheaper (:func:`gpaw_symmetry_by_cost`); the physics is the same either way
     symmetry_by_cost: bool = False
+    # the calculator keyword that sends its own text log to a file (GPAW: ``txt``), for ``log_dir``
+    log_keyword: str | None = None
 
 
 # -- the reference protocol ------------------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ def _gpaw_calculator(**overrides):
     return GPAW(
         mode=PW(mode["ecut"]),
         occupations=MethfesselPaxton(occ["width"], order=occ["order"]),
-        txt=None,
+        txt=params.pop("txt", None),
         **params,
     )
 
@@ -154,6 +156,7 @@ PROTOCOLS: dict[str, Protocol] = {
         code_versions=_gpaw_versions,
         retry_without_point_group=True,
         symmetry_by_cost=True,
+        log_keyword="txt",
     ),
     "gpaw-test": Protocol(
         name="gpaw-test",
@@ -162,6 +165,7 @@ PROTOCOLS: dict[str, Protocol] = {
         code_versions=_gpaw_versions,
         retry_without_point_group=True,
         symmetry_by_cost=True,
+        log_keyword="txt",
     ),
     "emt": Protocol(
         name="emt",
@@ -248,7 +252,7 @@ def label_atoms(atoms: Atoms, calculator, protocol_name: str = "custom", version
     return out
 
 
-def _label_worker(atoms: Atoms, protocol_name: str) -> tuple[str, Atoms | None, str | None]:
+def _label_worker(atoms: Atoms, protocol_name: str, log_dir: str | None = None) -> tuple[str, Atoms | None, str | None]:
     """Runs in a worker: returns (config_id, labelled atoms or None, error text or None). Never raises."""
     cid = ensure_config_id(atoms)
     try:
@@ -256,6 +260,9 @@ def _label_worker(atoms: Atoms, protocol_name: str) -> tuple[str, Atoms | None, 
         overrides, note = {}, None
         if proto.symmetry_by_cost and atoms.pbc.all():
             overrides, note = gpaw_symmetry_by_cost(reduced_cell_copy(atoms) or atoms, proto.make_calculator)
+        if log_dir is not None and proto.log_keyword is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            overrides[proto.log_keyword] = str(Path(log_dir) / f"{cid}.txt")
         try:
             labelled = label_atoms(atoms, proto.make_calculator(**overrides), proto.name, proto.code_versions())
             if note is not None:
@@ -263,7 +270,7 @@ def _label_worker(atoms: Atoms, protocol_name: str) -> tuple[str, Atoms | None, 
         except Exception as exc:
             if not proto.retry_without_point_group or type(exc).__name__ != "SymmetryAnalysisBug":
                 raise
-            calc = proto.make_calculator(symmetry={"point_group": False})
+            calc = proto.make_calculator(**{**overrides, **TIME_REVERSAL_ONLY})
             labelled = label_atoms(atoms, calc, proto.name, proto.code_versions())
             labelled.info["label_symmetry"] = "time reversal only (point-group analysis failed)"
         return cid, labelled, None
@@ -326,12 +333,13 @@ class LabelReport:
 
 def label_configurations(configs: Sequence[Atoms], out: str | Path, protocol: str = "pbe-pw400", workers: int = 1,
                          scheduler: str | None = None, retry_failed: bool = False, progress: bool = True,
-                         limit: int | None = None) -> LabelReport:
+                         limit: int | None = None, log_dir: str | Path | None = None) -> LabelReport:
     """Label ``configs`` into ``out`` (extxyz) with a named protocol; resumable (see module docstring).
 
     ``workers``: local processes (ignored with ``scheduler``, a Dask scheduler address such as
     ``"tcp://host:8786"`` or a :class:`distributed.LocalCluster`'s address). ``limit``: label at most this many
-    now (for chunked runs).
+    now (for chunked runs). ``log_dir``: the calculator's own log of each configuration goes to
+    ``log_dir/CONFIG_ID.txt`` (GPAW's SCF iterations: how far a long single point has got).
     """
     get_protocol(protocol)  # fail early on a bad name
     out = Path(out)
@@ -359,14 +367,15 @@ def label_configurations(configs: Sequence[Atoms], out: str | Path, protocol: st
                          wall_s=0.0)
     if not todo:
         return report
+    log = None if log_dir is None else str(Path(log_dir).resolve())
     ex = make_executor(workers, scheduler)
     bar = _progress(len(todo), f"label {out.name} [{protocol}]", progress)
     try:
         results: Iterable
         if ex is None:
-            results = (_label_worker(a, protocol) for a in todo)
+            results = (_label_worker(a, protocol, log) for a in todo)
         else:
-            futures = [ex.submit(_label_worker, a, protocol) for a in todo]
+            futures = [ex.submit(_label_worker, a, protocol, log) for a in todo]
             results = (ex.result(f) for f in ex.as_completed(futures))
         for cid, labelled, err in results:
             if labelled is not None:
