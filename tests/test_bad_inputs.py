@@ -217,6 +217,11 @@ VALUES = [  # values of the right type that make no sense: refused before any wo
     ("screen-max-atoms-negative", ["screen", "Li-Sn", "-p", POT, "--max-atoms", "-3"], "--max-atoms", {}),
     ("screen-sn-reference", ["screen", "Li-Sn", "-p", POT, "--sn-reference", "gamma"], "--sn-reference", {}),
     ("screen-system-typo", ["screen", "Li-Sm", "-p", POT], "did you mean 'Li-Sn'", {}),
+    # a .model file ships no committee: `--committee shipped` needs a registered potential that lists one
+    ("screen-committee-shipped-none", ["screen", "Li-Sn", "-p", "{model}", "--committee", "shipped"],
+     "ships no committee", {}),
+    ("barriers-committee-shipped-none", ["barriers", "LiSn", "-p", "{model}", "--committee", "shipped", "--out",
+                                         "{w}/b"], "ships no committee", {}),
     ("screen-barrier-phase-typo", ["screen", "Li-Sn", "-p", POT, "--barrier-phase", "Li13Sn"], "did you mean", {}),
     ("screen-volume-ratio", ["screen", "Li-Sn", "-p", POT, "--min-volume-ratio", "1.5"], "min_volume_ratio", {}),
     ("screen-volume-ratio-nan", ["screen", "Li-Sn", "-p", POT, "--min-volume-ratio", "nan"], "--min-volume-ratio",

@@ -577,3 +577,44 @@ def test_example_ase_md_runs_with_the_shipped_potential():
 
 def test_example_ase_md_runs_with_a_model_path(tiny_mace_model_path):
     _run_example_ase_md(str(tiny_mace_model_path))
+
+
+def test_a_committee_registered_with_a_potential_is_loaded_by_shipped(tiny_mace_model_factory, tmp_path, monkeypatch):
+    """A registry entry lists its committee (other registered potentials, same data, other seeds); `shipped` in a
+    committee list stands for them: one BatchedCommittee of the potential and its members, named as registered."""
+    from limace.errors import LimaceInputError
+    from limace.potentials.committee import BatchedCommittee
+    from limace.potentials.registry import expand_committee
+
+    paths = [Path(tiny_mace_model_factory(s)) for s in (0, 1, 2)]
+    items = [entry(f"lab-c{i}", sha256(p.read_bytes()), file=str(p)) for i, p in enumerate(paths)]
+    items[0]["committee"] = ["lab-c1", "lab-c2"]
+    monkeypatch.setenv("LIMACE_REGISTRY", str(write_registry(tmp_path / "lab.yaml", items)))
+    assert lp.get_potential("lab-c0").committee == ("lab-c1", "lab-c2")
+    assert lp.get_potential("lab-c0").as_dict()["committee"] == ["lab-c1", "lab-c2"]
+    assert expand_committee(["shipped"], "lab-c0") == ["lab-c1", "lab-c2"]
+    model = lp.load_batched(["lab-c0", "shipped"])
+    assert isinstance(model, BatchedCommittee) and model.names == ("lab-c0", "lab-c1", "lab-c2")
+    calc = lp.load(["lab-c0", "shipped"], domain=False)
+    from ase.build import bulk
+
+    atoms = bulk("Li", "bcc", a=3.44, cubic=True)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    assert calc.results["energy_std"] > 0  # three different random models disagree
+    with pytest.raises(LimaceInputError, match="'lab-c1' ships no committee"):
+        expand_committee(["shipped"], "lab-c1")
+    with pytest.raises(LimaceInputError, match="ships no committee"):
+        expand_committee(["shipped"], str(paths[0]))
+
+
+def test_a_committee_member_that_is_not_registered_is_an_error(tiny_mace_model_path, tmp_path, monkeypatch):
+    data = Path(tiny_mace_model_path).read_bytes()
+    bad = entry("lab-a", sha256(data), file=str(tiny_mace_model_path), committee=["lab-missing"])
+    monkeypatch.setenv("LIMACE_REGISTRY", str(write_registry(tmp_path / "r.yaml", [bad])))
+    with pytest.raises(ValidationError, match="committee member 'lab-missing' is not registered"):
+        lp.list_potentials()
+    itself = entry("lab-a", sha256(data), file=str(tiny_mace_model_path), committee=["lab-a"])
+    monkeypatch.setenv("LIMACE_REGISTRY", str(write_registry(tmp_path / "r.yaml", [itself])))
+    with pytest.raises(ValidationError, match="lists the potential itself"):
+        lp.list_potentials()

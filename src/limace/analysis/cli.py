@@ -149,15 +149,16 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
              workers: int = typer.Option(1, help="--verify-dft: local worker processes"),
              scheduler: Optional[str] = typer.Option(None, help="--verify-dft: Dask scheduler address"),
              committee: Optional[str] = typer.Option(None, help="more potentials (comma-separated names or .model "
-                                                     "paths): with -p, a committee whose spread of each barrier is "
-                                                     "reported (the NEBs run on -p alone; needs --out)")):
+                                                     "paths, or 'shipped': the committee registered with -p): with "
+                                                     "-p, a committee whose spread of each barrier is reported (the "
+                                                     "NEBs run on -p alone; needs --out)")):
     """Li vacancy-hop barriers: distinct hops -> batched CI-NEB -> percolation; table, JSON and NEB plots.
 
     Resumable: with --out, phases already computed with the same settings and model file are not recomputed.
     """
     from limace.core.errors import LimaceInputError, check_number
     from limace.core.fileio import check_output_path
-    from limace.potentials.registry import check_potential_spec
+    from limace.potentials.registry import check_potential_spec, expand_committee
 
     # everything the user gave is checked before the model is loaded and any work starts
     check_number("--cutoff", cutoff, above=0)
@@ -180,6 +181,7 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     members = [c.strip() for c in committee.split(",") if c.strip()] if committee is not None else []
     if committee is not None and not members:
         raise LimaceInputError("--committee: give one or more potentials, comma-separated")
+    members = expand_committee(members, potential)
     if members and out is None:
         raise LimaceInputError("--committee needs --out (the bands it checks are read from there)")
     for m in members:
@@ -237,13 +239,14 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            device: str = typer.Option("cpu", help="cpu or cuda"),
            dtype: str = typer.Option("float64", help="float64 or float32"),
            committee: Optional[str] = typer.Option(None, help="more potentials (comma-separated names or .model "
-                                                   "paths): with -p, a committee whose spread of each hull entry and "
-                                                   "barrier is reported and flagged (the work runs on -p)")):
+                                                   "paths, or 'shipped': the committee registered with -p): with -p, "
+                                                   "a committee whose spread of each hull entry and barrier is "
+                                                   "reported and flagged (the work runs on -p)")):
     """Hull, voltage, structure search and Li barriers in one report (resumable: finished tasks are kept)."""
     from limace.analysis.hull import SN_REFERENCES, SYSTEMS
     from limace.core.errors import LimaceInputError, check_number
     from limace.core.fileio import check_output_path
-    from limace.potentials.registry import check_potential_spec
+    from limace.potentials.registry import check_potential_spec, expand_committee
 
     # everything the user gave is checked before the model is loaded and any work starts
     for system in systems:
@@ -268,6 +271,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     members = [c.strip() for c in committee.split(",") if c.strip()] if committee is not None else []
     if committee is not None and not members:
         raise LimaceInputError("--committee: give one or more potentials, comma-separated")
+    members = expand_committee(members, potential)
     for m in members:
         check_potential_spec(m)
     from limace.analysis.barriers import BarrierSettings

@@ -53,7 +53,8 @@ def _md(config, fresh, steps, device, progress, load_model, check_potential_spec
         read_structures(path, allowed_elements=None, require_periodic=False)
     check_output_path(cfg.output_dir, f"{config}: output_dir", directory=True)
     for spec in (cfg.potential, *cfg.committee):
-        check_potential_spec(spec)
+        if spec != "shipped":  # the committee registered with the potential, read when the model is loaded
+            check_potential_spec(spec)
     from limace.md.runner import run_config
 
     result = run_config(cfg, restart=not fresh, load_model=load_model)

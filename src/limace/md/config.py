@@ -5,7 +5,8 @@ file's directory. Example (``examples/md.yaml``)::
 
     structures: [cells.extxyz]      # every frame of every file is one system
     potential: my.model             # a MACE .model file, or a registry name (limace potentials list)
-    committee: [b.model, c.model]   # optional: more potentials; thermo.csv logs their spread with `potential`
+    committee: [b.model, c.model]   # optional: more potentials ([shipped]: the committee registered with `potential`);
+                                    # thermo.csv logs their spread with `potential`
     ensemble: nvt_langevin          # nve | nvt_langevin | nvt_nhc | nvt_csvr | npt
     steps: 20000
     timestep_fs: 2.0

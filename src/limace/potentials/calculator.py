@@ -110,7 +110,8 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
 
     Args:
         name_or_path: a registry name (``"limace-lisnin-small"``), the path of any MACE ``.model`` file, or a list of
-            those for a committee (members must share elements and cutoff).
+            those for a committee (members must share elements and cutoff); ``[name, "shipped"]``: the potential
+            and the committee registered with it.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         dtype: ``"float64"`` or ``"float32"`` (the weights are converted).
         batched: return our batched model (:class:`limace.potentials.batched.BatchedMACE`) for the MD/NEB engines
@@ -130,6 +131,7 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
     specs = list(name_or_path) if isinstance(name_or_path, (list, tuple)) else [name_or_path]
     if not specs:
         raise LimaceInputError("load() got an empty list of potentials")
+    specs = _expand_shipped(specs, offline)
     if batched:  # one potential: BatchedMACE; several: a BatchedCommittee
         return load_batched(specs, device=device, dtype=dtype, offline=offline, progress=progress)
     from limace.potentials.ase_calculator import LimaceCalculator
@@ -165,6 +167,7 @@ def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "fl
         specs = list(name_or_path)
         if not specs:
             raise LimaceInputError("load_batched() got an empty list of potentials")
+        specs = _expand_shipped(specs, offline)
     else:
         specs = [name_or_path]
     models, _ = _read_models(specs, device, offline, progress)  # several: checked against each other (elements, r_max)
@@ -180,6 +183,16 @@ def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "fl
     from limace.potentials.committee import BatchedCommittee
 
     return BatchedCommittee(members, names=[str(s) for s in specs])
+
+
+def _expand_shipped(specs: list, offline: bool | None) -> list:
+    """``[potential, "shipped"]`` -> the potential and the committee registered with it
+    (:func:`limace.potentials.registry.expand_committee`)."""
+    from limace.potentials.registry import SHIPPED_COMMITTEE, expand_committee
+
+    if SHIPPED_COMMITTEE not in [str(s) for s in specs[1:]]:
+        return specs
+    return [specs[0], *expand_committee([str(s) for s in specs[1:]], str(specs[0]), offline)]
 
 
 def _read_models(specs: Sequence[PathOrName], device: str, offline: bool | None, progress: bool):

@@ -50,7 +50,8 @@ DOWNLOAD_TIMEOUT_S = 30
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _ENTRY_KEYS = {"name", "version", "description", "elements", "dft_protocol", "dataset", "metrics", "license",
-               "weights", "citation"}
+               "weights", "citation", "committee"}
+SHIPPED_COMMITTEE = "shipped"  # in --committee / an MD config: the committee registered with the potential
 _REQUIRED = ("name", "version", "description", "elements", "license", "weights")
 _PROVENANCE = ("dft_protocol", "dataset", "metrics")  # required in the shipped registry
 _WEIGHTS_KEYS = {"sha256", "file", "url", "size"}
@@ -82,6 +83,8 @@ class PotentialEntry:
     metrics: dict = field(default_factory=dict)
     citation: str | None = None
     source: str = "limace"  # the registry that defines it: "limace" (shipped), a path or a URL
+    # registered potentials trained like this one (same data, other seeds) whose spread with it is its uncertainty
+    committee: tuple[str, ...] = ()
 
     @property
     def cache_path(self) -> Path:
@@ -103,7 +106,7 @@ class PotentialEntry:
             "elements": list(self.elements), "dft_protocol": self.dft_protocol, "dataset": self.dataset,
             "metrics": dict(self.metrics), "license": self.license, "citation": self.citation,
             "weights": {"sha256": w.sha256, "file": str(w.file) if w.file else None, "url": w.url, "size": w.size},
-            "source": self.source,
+            "source": self.source, "committee": list(self.committee),
         }
 
 
@@ -255,7 +258,14 @@ def _parse_entry(raw, where: str, source: str, base_dir: Path | None, base_url: 
     if size is not None and (not isinstance(size, int) or size <= 0):
         raise ValidationError(f"{where}: weights.size must be a positive number of bytes, got {size!r}")
 
+    committee = raw.get("committee") or []
+    if not isinstance(committee, list) or not all(isinstance(m, str) and _NAME_RE.match(m) for m in committee):
+        raise ValidationError(f"{where}: committee must be a list of registered potential names, got {committee!r}")
+    if name in committee:
+        raise ValidationError(f"{where}: committee lists the potential itself; list only the other members")
+
     return PotentialEntry(
+        committee=tuple(committee),
         name=name, version=version, description=_str(raw, "description", where), elements=tuple(elements),
         license=_str(raw, "license", where), weights=Weights(sha256=sha, file=file_path, url=url, size=size),
         dft_protocol=_str(raw, "dft_protocol", where, required=False), dataset=dataset, metrics=dict(metrics),
@@ -362,7 +372,28 @@ def list_potentials(offline: bool | None = None) -> list[PotentialEntry]:
             raise ValidationError(f"potential {e.name!r} is defined in both {by_name[e.name].source} and {e.source}; "
                                   "rename it in one registry")
         by_name[e.name] = e
+    for e in entries:
+        for m in e.committee:
+            if m not in by_name:
+                raise ValidationError(f"{e.source}: potential {e.name!r}: committee member {m!r} is not registered")
     return entries
+
+
+def expand_committee(members, potential: str, offline: bool | None = None) -> list[str]:
+    """``members`` (names or paths) with ``"shipped"`` replaced by the committee registered with ``potential``
+    (its other members; the potential itself is always the committee's first member). A potential that ships none
+    is a one-line :class:`LimaceInputError`."""
+    out: list[str] = []
+    for m in members:
+        if m != SHIPPED_COMMITTEE:
+            out.append(m)
+            continue
+        entry = None if looks_like_path(potential) else get_potential(potential, offline)
+        if entry is None or not entry.committee:
+            raise LimaceInputError(f"--committee {SHIPPED_COMMITTEE}: potential {potential!r} ships no committee; "
+                                   "give the members as names or .model files")
+        out.extend(entry.committee)
+    return out
 
 
 def get_potential(name: str, offline: bool | None = None) -> PotentialEntry:
