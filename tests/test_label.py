@@ -300,6 +300,28 @@ def test_gpaw_symmetry_is_chosen_by_cost():
 
 
 @needs_gpaw
+def test_where_gpaws_symmetry_analysis_fails_spglibs_point_group_is_given_to_it():
+    """A 105-atom Li17Sn4 cell relaxed by 1.4 (symmetric to 1e-8 A, F-43m), in its reduced cell, makes GPAW's own
+    analysis fail
+    (SymmetryAnalysisBug): time reversal only would mean 36 k-points; spglib's 24 symmorphic operations, handed to
+    GPAW, give 8, and the label says where its symmetry came from."""
+    from pathlib import Path
+
+    from limace.data.label import (get_protocol, gpaw_setup_cost, gpaw_symmetry_by_cost, reduced_cell_copy,
+                                   spglib_point_group)
+
+    cell = reduced_cell_copy(read(Path(__file__).parent / "data" / "li17sn4_relaxed_1.4.extxyz"))  # as labelled
+    make = get_protocol("pbe-pw400").make_calculator
+    with pytest.raises(Exception) as exc:
+        gpaw_setup_cost(cell, make())
+    assert type(exc.value).__name__ == "SymmetryAnalysisBug"
+    assert len(spglib_point_group(cell)["symmetry"]["rotations"]) == 24
+    overrides, note = gpaw_symmetry_by_cost(cell, make)
+    assert gpaw_setup_cost(cell, make(**overrides))[0] == 8
+    assert note.startswith("spglib's point group") and "8 k-points against 36" in note
+
+
+@needs_gpaw
 @pytest.mark.dft
 @pytest.mark.slow
 def test_labels_without_point_group_equal_the_shipped_point_group_labels(tmp_path):

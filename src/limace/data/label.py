@@ -100,14 +100,22 @@ def gpaw_symmetry_by_cost(atoms: Atoms, make_calculator) -> tuple[dict, str | No
     the plane-wave basis (the cell's own grid): ``nk * (N log N + 1.6 N0 log N0)``, the 1.6 fitted to such pairs of
     runs; time reversal only is used when it is modelled at least 20 % cheaper. The energy, forces and stress are
     those of the same calculation either way (symmetry only reduces the work; measured differences 0.02-0.2
-    meV/atom and up to 5 meV/A, the SCF tolerance). Returns ``({}, None)`` or ``(TIME_REVERSAL_ONLY, note)``.
+    meV/atom and up to 5 meV/A, the SCF tolerance). Where GPAW's own analysis fails, spglib's symmorphic operations
+    are given to it (:func:`spglib_point_group`). Returns ``({}, None)``, or the overrides and a note for the label.
     """
+    pg, pg_note = {}, "point-group symmetry"
     try:
         nk_pg, g_pg = gpaw_setup_cost(atoms, make_calculator())
-    except Exception as exc:  # GPAW's symmetry analysis can fail (SymmetryAnalysisBug): the retry covers that
+    except Exception as exc:  # GPAW's own analysis can fail (SymmetryAnalysisBug) on a cell spglib reads fine
         if type(exc).__name__ != "SymmetryAnalysisBug":
             raise
-        return dict(TIME_REVERSAL_ONLY), "time reversal only (point-group analysis failed)"
+        pg, pg_note = spglib_point_group(atoms), "spglib's point group (GPAW's own analysis failed)"
+        try:
+            nk_pg, g_pg = gpaw_setup_cost(atoms, make_calculator(**pg))
+        except Exception as exc2:
+            if type(exc2).__name__ != "SymmetryAnalysisBug":
+                raise
+            return dict(TIME_REVERSAL_ONLY), "time reversal only (point-group analysis failed)"
     nk_tr, g_tr = gpaw_setup_cost(atoms, make_calculator(**TIME_REVERSAL_ONLY))
 
     def nlogn(grid):
@@ -118,8 +126,20 @@ def gpaw_symmetry_by_cost(atoms: Atoms, make_calculator) -> tuple[dict, str | No
     cost_pg, cost_tr = nk_pg * (nlogn(g_pg) + base), nk_tr * (nlogn(g_tr) + base)
     if cost_tr < 0.8 * cost_pg:
         return dict(TIME_REVERSAL_ONLY), (f"time reversal only (modelled {cost_pg / cost_tr:.1f}x cheaper: {nk_tr} "
-                                          f"k-points x {g_tr} grid against {nk_pg} x {g_pg} with point-group symmetry)")
-    return {}, None
+                                          f"k-points x {g_tr} grid against {nk_pg} x {g_pg} with {pg_note})")
+    return pg, (None if not pg else f"{pg_note}: {nk_pg} k-points against {nk_tr} with time reversal only")
+
+
+def spglib_point_group(atoms: Atoms, tolerance: float = 1e-5) -> dict:
+    """GPAW calculator overrides that give it spglib's symmorphic operations of ``atoms`` (``tolerance`` in A) instead
+    of its own analysis, which fails on some cells (a model-relaxed 105-atom Li17Sn4, symmetric to 1e-8 A: GPAW's
+    SymmetryAnalysisBug, so time reversal only and 36 k-points instead of 8)."""
+    from gpaw.new.symmetry import Symmetries
+
+    sym = Symmetries.from_cell_and_atoms_spglib(atoms.cell[:], relative_positions=atoms.get_scaled_positions(),
+                                                ids=atoms.numbers, tolerance=tolerance)
+    rot = np.asarray(sym.rotation_scc, dtype=int)
+    return {"symmetry": {"rotations": rot.tolist(), "translations": np.zeros((len(rot), 3)).tolist()}}
 
 
 def _gpaw_versions() -> dict:
