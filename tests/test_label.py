@@ -302,9 +302,8 @@ def test_gpaw_symmetry_is_chosen_by_cost():
 @needs_gpaw
 def test_where_gpaws_symmetry_analysis_fails_spglibs_point_group_is_given_to_it():
     """A 105-atom Li17Sn4 cell relaxed by 1.4 (symmetric to 1e-8 A, F-43m), in its reduced cell, makes GPAW's own
-    analysis fail
-    (SymmetryAnalysisBug): time reversal only would mean 36 k-points; spglib's 24 symmorphic operations, handed to
-    GPAW, give 8, and the label says where its symmetry came from."""
+    analysis fail (SymmetryAnalysisBug): time reversal only would mean 36 k-points; spglib's 24 symmorphic
+    operations, handed to GPAW, give 8, and the label says where its symmetry came from."""
     from pathlib import Path
 
     from limace.data.label import (get_protocol, gpaw_setup_cost, gpaw_symmetry_by_cost, reduced_cell_copy,
