@@ -154,3 +154,23 @@ def test_plan_stage_eleven_trains_on_every_phase_built_after_v1(monkeypatch):
     monkeypatch.setattr(plan, "list_phases", lambda buildable=True: [p for p in everything if p.id != dropped])
     fewer = plan.new_phase_cells()
     assert [a.info["config_id"] for a in fewer] == [a.info["config_id"] for a in cells if a.info["phase"] != dropped]
+
+
+def test_plan_stage_twelve_has_the_large_phases_near_equilibrium_only():
+    """Stage 12: Li17Sn4 and Li22Sn5 (105-108 atoms), equilibrium and +-3 % volume: symmetric cells that stay clear
+    of the extrapolation set's +-8-15 % volumes of the same phases."""
+    from limace.data import plan
+    from limace.data.structures import get_structure
+
+    cells = plan.large_phase_cells()
+    by = {}
+    for a in cells:
+        by.setdefault(a.info["phase"], []).append(a)
+    assert {"Li17Sn4", "Li22Sn5"} <= set(by)
+    for pid, cs in by.items():
+        assert sorted(a.info["config_type"] for a in cs) == ["equilibrium", "strain_iso", "strain_iso"], pid
+        v0 = get_structure(pid, primitive=True).get_volume()
+        ratios = sorted(a.get_volume() / v0 for a in cs)
+        assert len(cs[0]) >= 25
+        assert ratios[0] == pytest.approx(0.99 ** 3) and ratios[1] == pytest.approx(1.0) and ratios[2] == pytest.approx(1.01 ** 3)
+    assert {a.info["config_id"] for a in cells} <= {a.info["config_id"] for a in plan.plan_v1()}
