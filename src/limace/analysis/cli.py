@@ -158,7 +158,7 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     """
     from limace.core.errors import LimaceInputError, check_number
     from limace.core.fileio import check_output_path
-    from limace.potentials.registry import check_potential_spec, expand_committee
+    from limace.potentials.registry import check_potential_spec
 
     # everything the user gave is checked before the model is loaded and any work starts
     check_number("--cutoff", cutoff, above=0)
@@ -178,10 +178,7 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
         check_output_path(out, "--out", directory=True)
     check_structure_specs(phases)
     check_potential_spec(potential)
-    members = [c.strip() for c in committee.split(",") if c.strip()] if committee is not None else []
-    if committee is not None and not members:
-        raise LimaceInputError("--committee: give one or more potentials, comma-separated")
-    members = expand_committee(members, potential)
+    members = _committee_members(committee, potential)
     if members and out is None:
         raise LimaceInputError("--committee needs --out (the bands it checks are read from there)")
     for m in members:
@@ -246,7 +243,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     from limace.analysis.hull import SN_REFERENCES, SYSTEMS
     from limace.core.errors import LimaceInputError, check_number
     from limace.core.fileio import check_output_path
-    from limace.potentials.registry import check_potential_spec, expand_committee
+    from limace.potentials.registry import check_potential_spec
 
     # everything the user gave is checked before the model is loaded and any work starts
     for system in systems:
@@ -268,10 +265,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
         _check_barrier_phase(name, max_atoms)
     check_output_path(out, "--out", directory=True)
     check_potential_spec(potential)
-    members = [c.strip() for c in committee.split(",") if c.strip()] if committee is not None else []
-    if committee is not None and not members:
-        raise LimaceInputError("--committee: give one or more potentials, comma-separated")
-    members = expand_committee(members, potential)
+    members = _committee_members(committee, potential)
     for m in members:
         check_potential_spec(m)
     from limace.analysis.barriers import BarrierSettings
@@ -290,6 +284,20 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     for s, r in results["systems"].items():
         typer.echo(f"{s}: stable {', '.join(r['stable'])}; average voltage {_fmt(r['voltage']['average_V'], 3)} V")
     typer.echo(f"report: {(out / 'report.md').resolve()}")
+
+
+def _committee_members(committee: Optional[str], potential: str) -> list[str]:
+    """``--committee``'s comma-separated potentials, ``shipped`` replaced by the committee registered with
+    ``potential``; none given: []."""
+    from limace.core.errors import LimaceInputError
+    from limace.potentials.registry import expand_committee
+
+    if committee is None:
+        return []
+    members = [c.strip() for c in committee.split(",") if c.strip()]
+    if not members:
+        raise LimaceInputError("--committee: give one or more potentials, comma-separated")
+    return expand_committee(members, potential)
 
 
 def _fmt(value, digits: int) -> str:

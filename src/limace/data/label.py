@@ -79,6 +79,11 @@ def _gpaw_calculator(**overrides):
 TIME_REVERSAL_ONLY = {"symmetry": {"point_group": False}}
 
 
+def _is_symmetry_bug(exc: BaseException) -> bool:
+    """GPAW's SymmetryAnalysisBug (matched by name: GPAW is imported only where it runs)."""
+    return type(exc).__name__ == "SymmetryAnalysisBug"
+
+
 def gpaw_setup_cost(atoms: Atoms, calculator) -> tuple[int, tuple[int, int, int]]:
     """(irreducible k-points, plane-wave grid) that ``calculator`` (a GPAW calculator, not yet used) would use for
     ``atoms``: GPAW's own setup without any SCF (about 0.1 s). GPAW's grid warnings are silenced here."""
@@ -107,13 +112,13 @@ def gpaw_symmetry_by_cost(atoms: Atoms, make_calculator) -> tuple[dict, str | No
     try:
         nk_pg, g_pg = gpaw_setup_cost(atoms, make_calculator())
     except Exception as exc:  # GPAW's own analysis can fail (SymmetryAnalysisBug) on a cell spglib reads fine
-        if type(exc).__name__ != "SymmetryAnalysisBug":
+        if not _is_symmetry_bug(exc):
             raise
         pg, pg_note = spglib_point_group(atoms), "spglib's point group (GPAW's own analysis failed)"
         try:
             nk_pg, g_pg = gpaw_setup_cost(atoms, make_calculator(**pg))
         except Exception as exc2:
-            if type(exc2).__name__ != "SymmetryAnalysisBug":
+            if not _is_symmetry_bug(exc2):
                 raise
             return dict(TIME_REVERSAL_ONLY), "time reversal only (point-group analysis failed)"
     nk_tr, g_tr = gpaw_setup_cost(atoms, make_calculator(**TIME_REVERSAL_ONLY))
@@ -288,7 +293,7 @@ def _label_worker(atoms: Atoms, protocol_name: str, log_dir: str | None = None) 
             if note is not None:
                 labelled.info["label_symmetry"] = note
         except Exception as exc:
-            if not proto.retry_without_point_group or type(exc).__name__ != "SymmetryAnalysisBug":
+            if not proto.retry_without_point_group or not _is_symmetry_bug(exc):
                 raise
             calc = proto.make_calculator(**{**overrides, **TIME_REVERSAL_ONLY})
             labelled = label_atoms(atoms, calc, proto.name, proto.code_versions())

@@ -219,6 +219,18 @@ def _phase_rng(pid: str, seed: int = 20261204) -> np.random.Generator:
     return np.random.default_rng(int(hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest()[:16], 16))
 
 
+def _phase_labelled(cells: list[Atoms], pid: str) -> list[Atoms]:
+    """``cells`` of library phase ``pid`` with species sorted, ``phase`` set and a fresh ``config_id``."""
+    out = []
+    for a in cells:
+        a = sort_species(a)
+        a.info["phase"] = pid
+        a.info.pop("config_id", None)
+        ensure_config_id(a)
+        out.append(a)
+    return out
+
+
 def new_phase_cells(max_prim_atoms: int = 24) -> list[Atoms]:
     """Stage 11: training cells of the buildable compounds not in :data:`PLAN_V1_LIBRARY`."""
     out = []
@@ -234,12 +246,7 @@ def new_phase_cells(max_prim_atoms: int = 24) -> list[Atoms]:
         cells += g.strained(prim, (0.04,), "shear", seed=rng)
         cells += g.rattled(prim, (0.07, 0.15), seed=rng)
         cells.append(g.li_vacancy(prim, repeat=_repeat_for(prim, 12, 24), seed=rng))
-        for a in cells:
-            a = sort_species(a)
-            a.info["phase"] = p.id
-            a.info.pop("config_id", None)
-            ensure_config_id(a)
-            out.append(a)
+        out += _phase_labelled(cells, p.id)
     return out
 
 
@@ -257,12 +264,7 @@ def large_phase_cells(min_prim_atoms: int = 25, strains: tuple[float, ...] = (-0
             continue
         cells = [_equilibrium(prim, phase=p.id)]
         cells += g.strained(prim, strains, "iso", seed=_phase_rng(p.id, seed=20261205))
-        for a in cells:
-            a = sort_species(a)
-            a.info["phase"] = p.id
-            a.info.pop("config_id", None)
-            ensure_config_id(a)
-            out.append(a)
+        out += _phase_labelled(cells, p.id)
     return out
 
 
