@@ -212,6 +212,7 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
         a.calc = None
         a.info["config_type"] = "screen_verify"
         todo.append((name, a))
+    todo.sort(key=lambda t: len(t[1]))  # cheapest first: a stopped run has checked as many entries as it could
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
     label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers)
     done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
