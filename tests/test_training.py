@@ -427,6 +427,31 @@ def test_committee_members_differ(tmp_path):
     assert any(not np.allclose(x.detach(), y.detach()) for x, y in zip(a.parameters(), b.parameters()))
 
 
+def test_one_committee_member_per_process(tmp_path, capsys):
+    """--member I trains member I alone, with the seed and directory it has in the whole committee (so members can
+    train side by side, one process per core or GPU); a bad index is a one-line error that trains nothing."""
+    from limace.training.export import load_model
+    from limace.training.run import train
+
+    cfg = tiny(tmp_path, committee_size=3, trainer={"max_epochs": 1}, model={"num_interactions": 1})
+    res = train(load(cfg), log=lambda m: None, members=[1])
+    assert [m.seed for m in res.members] == [8]  # seed + 1, as in the full committee
+    assert [p.parent.name for p in res.model_paths] == ["member_1"]
+    run_dir = Path(cfg["run_dir"])
+    assert not (run_dir / "member_0").exists() and not (run_dir / "member_2").exists()
+    whole = train(load(dict(cfg, run_dir=str(tmp_path / "whole"))), log=lambda m: None, members=[0, 1])
+    a, b = load_model(res.model_paths[0]), load_model(whole.model_paths[1])
+    assert all(np.allclose(x.detach(), y.detach()) for x, y in zip(a.parameters(), b.parameters()))
+    for args, expect in ((["--member", "3"], "--member 3: the committee has 3 members (0-2)"),
+                         (["--member", "-1"], "--member -1: the committee has 3 members")):
+        capsys.readouterr()
+        code, err = run_cli(["train", str(write_cfg(tmp_path, cfg)), *args], capsys)
+        assert code == 2 and len(err.splitlines()) == 1 and expect in err, err
+    single = tiny(tmp_path, trainer={"max_epochs": 1})
+    code, err = run_cli(["train", str(write_cfg(tmp_path, single)), "--member", "0"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "committee_size 1" in err, err
+
+
 # -- export / evaluate ---------------------------------------------------------------------------------------------
 
 

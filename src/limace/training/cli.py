@@ -10,7 +10,9 @@ import typer
 
 def train_cmd(config: Path = typer.Argument(..., help="training config (YAML; see examples/train_small.yaml) or a packaged recipe name (small)"),
               resume: Optional[Path] = typer.Option(None, help="checkpoint to resume from (default: RUN_DIR/checkpoints/last.ckpt when it exists)"),
-              run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir")):
+              run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir"),
+              member: Optional[list[int]] = typer.Option(None, help="train only this committee member (repeatable; "
+                                                         "run members side by side, one process per core or GPU)")):
     """Train a MACE potential (or a committee) with Lightning; resumes automatically after a kill.
 
     CONFIG is a YAML file, or the name of a packaged recipe (`small`: limace-lisnin-small).
@@ -33,7 +35,7 @@ def train_cmd(config: Path = typer.Argument(..., help="training config (YAML; se
         cfg.trainer.progress_bar = False
     from limace.training.run import train
 
-    result = train(cfg, resume=resume, log=lambda m: typer.echo(m, err=True))
+    result = train(cfg, resume=resume, log=lambda m: typer.echo(m, err=True), members=member or None)
     for m in result.members:
         if m.model_path is None:  # not rank zero
             continue

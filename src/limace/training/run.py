@@ -296,17 +296,27 @@ def train_member(cfg: TrainConfig, seed: int, run_dir: Path, resume: Optional[Pa
 
 
 def train(cfg: TrainConfig, resume: Optional[Union[str, Path]] = None, log=print,
-          callbacks: Sequence = ()) -> TrainResult:
-    """Train every committee member of ``cfg`` (resuming those with a last checkpoint)."""
+          callbacks: Sequence = (), members: Optional[Sequence[int]] = None) -> TrainResult:
+    """Train every committee member of ``cfg`` (resuming those with a last checkpoint), or only ``members``
+    (indices: members of one committee can train in separate processes, one per core or GPU, since each has its
+    own directory, seed and checkpoints)."""
+    seeds = cfg.member_seeds()
+    if members is not None:
+        if len(seeds) == 1:
+            raise ValidationError("--member: this config trains one model (committee_size 1)")
+        bad = [i for i in members if not 0 <= i < len(seeds)]
+        if bad:
+            raise ValidationError(f"--member {bad[0]}: the committee has {len(seeds)} members (0-{len(seeds) - 1})")
+    if resume is not None and len(seeds) > 1:
+        raise ValidationError("--resume PATH names one checkpoint; a committee resumes automatically from each "
+                              "member's last.ckpt")
     run_dir = Path(cfg.run_dir)
     if _is_rank_zero():
         dump_config(cfg, run_dir / "config.yaml")
     out = TrainResult(config=cfg)
-    seeds = cfg.member_seeds()
-    if resume is not None and len(seeds) > 1:
-        raise ValidationError("--resume PATH names one checkpoint; a committee resumes automatically from each "
-                              "member's last.ckpt")
     for i, seed in enumerate(seeds):
+        if members is not None and i not in members:
+            continue
         member_dir = run_dir if len(seeds) == 1 else run_dir / f"member_{i}"
         out.members.append(train_member(cfg, seed, member_dir, resume=Path(resume) if resume else None, log=log,
                                         callbacks=callbacks))
