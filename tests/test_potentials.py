@@ -599,9 +599,31 @@ def test_a_committee_registered_with_a_potential_is_loaded_by_shipped(tiny_mace_
     from ase.build import bulk
 
     atoms = bulk("Li", "bcc", a=3.44, cubic=True)
+    atoms.rattle(0.05, seed=1)
     atoms.calc = calc
-    atoms.get_potential_energy()
+    e = atoms.get_potential_energy()
     assert calc.results["energy_std"] > 0  # three different random models disagree
+    # the registered members estimate lab-c0's uncertainty; its predictions stay its own ("first"), unless asked
+    alone = atoms.copy()
+    alone.calc = lp.load("lab-c0", domain=False)
+    assert e == pytest.approx(alone.get_potential_energy(), abs=1e-9)
+    assert np.allclose(atoms.get_forces(), alone.get_forces(), atol=1e-9)
+    assert np.allclose(atoms.get_stress(), alone.get_stress(), atol=1e-9)
+    mean = atoms.copy()
+    mean.calc = lp.load(["lab-c0", "shipped"], domain=False, prediction="mean")
+    assert mean.get_potential_energy() == pytest.approx(np.mean(mean.calc.results["energy_comm"]), abs=1e-9)
+    assert abs(mean.get_potential_energy() - e) > 1e-6
+    from limace.core.state import BatchedState
+
+    state = BatchedState.from_atoms([atoms])
+    first, mean_b = lp.load_batched(["lab-c0", "shipped"]), lp.load_batched(["lab-c0", "shipped"], prediction="mean")
+    single = lp.load_batched("lab-c0")
+    assert first.prediction == "first" and mean_b.prediction == "mean"
+    assert float(first(state)["energy"][0]) == pytest.approx(float(single(state)["energy"][0]), abs=1e-9)
+    assert float(mean_b(state)["energy"][0]) == pytest.approx(np.mean(mean.calc.results["energy_comm"]), abs=1e-6)
+    assert float(first(state)["energy_std"][0]) == pytest.approx(float(mean_b(state)["energy_std"][0]))
+    with pytest.raises(LimaceInputError, match="prediction must be 'mean' or 'first'"):
+        lp.load(["lab-c0", "shipped"], prediction="median")
     with pytest.raises(LimaceInputError, match="'lab-c1' ships no committee"):
         expand_committee(["shipped"], "lab-c1")
     with pytest.raises(LimaceInputError, match="ships no committee"):

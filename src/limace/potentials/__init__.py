@@ -22,13 +22,13 @@ __all__ = ["PotentialEntry", "cache_dir", "fetch", "get_potential", "is_offline"
 
 
 def load(name_or_path, device: str = "cpu", dtype: str = "float64", batched: bool = False, *,
-         offline: bool | None = None, progress: bool = True, domain: bool = True):
+         offline: bool | None = None, progress: bool = True, domain: bool = True, prediction: str | None = None):
     """A potential as an ASE calculator (or, with ``batched=True``, our batched model); see
     :func:`limace.potentials.calculator.load`."""
     from limace.potentials.calculator import load as _load
 
     return _load(name_or_path, device=device, dtype=dtype, batched=batched, offline=offline, progress=progress,
-                 domain=domain)
+                 domain=domain, prediction=prediction)
 
 
 def load_batched(name_or_path, device: str = "cpu", dtype: str = "float64", **options):

@@ -15,7 +15,7 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from limace.core.compat import import_mace
-from limace.core.errors import UnsupportedElementError
+from limace.core.errors import LimaceInputError, UnsupportedElementError
 from limace.core.state import as_dtype
 from limace.potentials.calculator import _check_dtype, model_elements
 from limace.potentials.registry import PotentialEntry
@@ -33,8 +33,11 @@ class LimaceCalculator(MACECalculator):
 
     def __init__(self, models: list[torch.nn.Module], *, device: str = "cpu", dtype: str = "float64",
                  names: Sequence[str] = (), entries: Sequence[PotentialEntry | None] = (), domain=None,
-                 copy: bool = True, **kwargs):
+                 copy: bool = True, prediction: str = "mean", **kwargs):
         dtype = _check_dtype(dtype)
+        if prediction not in ("mean", "first"):
+            raise LimaceInputError(f"prediction must be 'mean' or 'first', got {prediction!r}")
+        self.prediction = prediction  # a committee's energy/forces/stress: the members' mean or the first one's
         if copy:  # the caller's modules stay as they were (dtype, device); load() passes copy=False for its own
             import copy as _copy
 
@@ -73,6 +76,13 @@ class LimaceCalculator(MACECalculator):
             self.results["forces_std"] = np.std(self.results["forces_comm"], axis=0)
             if "stress_comm" in self.results:
                 self.results["stress_std"] = full_3x3_to_voigt_6_stress(np.std(self.results["stress_comm"], axis=0))
+            if self.prediction == "first":  # the first potential's own results; the others only give the spread
+                self.results["energy"] = self.results["free_energy"] = float(self.results["energy_comm"][0])
+                self.results["forces"] = np.array(self.results["forces_comm"][0])
+                if "stress_comm" in self.results:
+                    self.results["stress"] = full_3x3_to_voigt_6_stress(self.results["stress_comm"][0])
+                for key in ("energies", "node_energy"):  # the members' mean per atom: not the first's
+                    self.results.pop(key, None)
         if self.domain is not None and target is not None:
             desc = np.asarray(self.get_descriptors(target, invariants_only=True, num_layers=-1))
             desc = desc[0] if desc.ndim == 3 else desc  # a committee gives one block per member: the first's

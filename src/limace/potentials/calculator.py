@@ -105,7 +105,8 @@ def model_elements(model: torch.nn.Module) -> tuple[str, ...]:
 
 
 def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", dtype: str = "float64",
-         batched: bool = False, *, offline: bool | None = None, progress: bool = True, domain: bool = True):
+         batched: bool = False, *, offline: bool | None = None, progress: bool = True, domain: bool = True,
+         prediction: str | None = None):
     """A potential, ready to use.
 
     Args:
@@ -121,6 +122,10 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
         domain: the ASE calculator runs the domain check beside the weights, if any, at every calculation
             (``results["domain_score"]``, ``["outside_domain"]``); it costs a second forward pass, so about doubles
             the time of each call. False: energies, forces and stress only.
+        prediction: for a committee, what energy, forces and stress are: ``"mean"`` (the members' mean, as in
+            mace-torch; the default for a list of potentials) or ``"first"`` (the first potential's own results, the
+            others giving only the spread; the default for ``[name, "shipped"]``, whose registered members are
+            there for the uncertainty of ``name``, not to change its predictions).
 
     Returns:
         a :class:`LimaceCalculator` (an ASE calculator), or a ``BatchedMACE`` when ``batched=True`` (a
@@ -131,14 +136,31 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
     specs = list(name_or_path) if isinstance(name_or_path, (list, tuple)) else [name_or_path]
     if not specs:
         raise LimaceInputError("load() got an empty list of potentials")
+    prediction = _prediction(prediction, specs)
     specs = _expand_shipped(specs, offline)
     if batched:  # one potential: BatchedMACE; several: a BatchedCommittee
-        return load_batched(specs, device=device, dtype=dtype, offline=offline, progress=progress)
+        return load_batched(specs, device=device, dtype=dtype, offline=offline, progress=progress,
+                            prediction=prediction)
     from limace.potentials.ase_calculator import LimaceCalculator
 
     models, entries = _read_models(specs, device, offline, progress)
     return LimaceCalculator(models, device=device, dtype=dtype, names=[str(s) for s in specs], entries=entries,
-                            domain=_domain_of(specs[0], offline) if domain else None, copy=False)
+                            domain=_domain_of(specs[0], offline) if domain else None, copy=False,
+                            prediction=prediction)
+
+
+PREDICTIONS = ("mean", "first")
+
+
+def _prediction(prediction: str | None, specs: Sequence) -> str:
+    """The committee's prediction rule: as given, else ``"first"`` with the shipped committee, ``"mean"`` otherwise."""
+    from limace.potentials.registry import SHIPPED_COMMITTEE
+
+    if prediction is None:
+        return "first" if SHIPPED_COMMITTEE in [str(s) for s in specs[1:]] else "mean"
+    if prediction not in PREDICTIONS:
+        raise LimaceInputError(f"prediction must be 'mean' or 'first', got {prediction!r}")
+    return prediction
 
 
 def _domain_of(spec: PathOrName, offline: bool | None):
@@ -152,13 +174,14 @@ def _domain_of(spec: PathOrName, offline: bool | None):
 
 def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "float64", *, skin: float = 0.5,
                  max_atoms_per_call: int | str | None = "auto", compute_stress: bool = False, compile: bool = False,
-                 offline: bool | None = None, progress: bool = True):
+                 offline: bool | None = None, progress: bool = True, prediction: str | None = None):
     """The one loader of batched models: a registry name or ``.model`` path -> a
     :class:`~limace.potentials.batched.BatchedMACE` (the :class:`limace.core.model.BatchedModel` contract), for
     MD, relaxation, NEB and screening. ``skin``, ``max_atoms_per_call``, ``compute_stress`` and ``compile`` are
     BatchedMACE's options; the rest as :func:`load`. A list of several potentials gives a
-    :class:`~limace.potentials.committee.BatchedCommittee` of them (mean results, plus ``energy_std`` and
-    ``forces_std``); its members must share elements and cutoff."""
+    :class:`~limace.potentials.committee.BatchedCommittee` of them (the members' mean, or with ``prediction="first"``
+    the first one's results, as in :func:`load`; plus ``energy_std`` and ``forces_std``); its members must share
+    elements and cutoff."""
     from limace.potentials.batched import BatchedMACE
 
     dtype = _check_dtype(dtype)
@@ -167,6 +190,7 @@ def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "fl
         specs = list(name_or_path)
         if not specs:
             raise LimaceInputError("load_batched() got an empty list of potentials")
+        prediction = _prediction(prediction, specs)
         specs = _expand_shipped(specs, offline)
     else:
         specs = [name_or_path]
@@ -182,7 +206,7 @@ def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "fl
         return members[0]
     from limace.potentials.committee import BatchedCommittee
 
-    return BatchedCommittee(members, names=[str(s) for s in specs])
+    return BatchedCommittee(members, names=[str(s) for s in specs], prediction=prediction or "mean")
 
 
 def _expand_shipped(specs: list, offline: bool | None) -> list:

@@ -1,4 +1,6 @@
-"""A committee of batched potentials: the members' mean as the potential, their spread as its uncertainty.
+"""A committee of batched potentials: the members' mean as the potential (or, with ``prediction="first"``, the first
+member's own results: a shipped potential whose registered members only estimate its uncertainty), their spread as
+its uncertainty.
 
 :class:`BatchedCommittee` follows the :class:`limace.core.model.BatchedModel` contract (so MD, relaxations and NEBs
 run on it unchanged) and adds two results:
@@ -30,8 +32,11 @@ __all__ = ["BatchedCommittee", "spread_summary"]
 class BatchedCommittee:
     """Members (``BatchedModel``s on one device, in one dtype) evaluated together; see the module docstring."""
 
-    def __init__(self, members: Sequence, names: Sequence[str] = ()):
+    def __init__(self, members: Sequence, names: Sequence[str] = (), prediction: str = "mean"):
         members = list(members)
+        if prediction not in ("mean", "first"):
+            raise LimaceInputError(f"prediction must be 'mean' or 'first', got {prediction!r}")
+        self.prediction = prediction
         if len(members) < 2:
             raise LimaceInputError(f"a committee needs at least 2 members, got {len(members)}")
         devs = {str(m.device) for m in members}
@@ -62,7 +67,7 @@ class BatchedCommittee:
         res = {"descriptors": outs[0]["descriptors"]} if compute_descriptors else {}
         for key in ("energy", "forces", "stress"):
             if all(key in o for o in outs):
-                res[key] = torch.stack([o[key] for o in outs]).mean(0)
+                res[key] = outs[0][key] if self.prediction == "first" else torch.stack([o[key] for o in outs]).mean(0)
         res["energy_std"], forces_std = member_spread(outs)
         if forces_std is not None:
             res["forces_std"] = forces_std
