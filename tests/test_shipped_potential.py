@@ -67,3 +67,27 @@ def test_formation_energies_of_test_split_phases_within_10_mev():
         ef_dft = _formation(a.info[ENERGY_KEY], a, mu_dft)
         errors.append(1000 * abs(ef_model - ef_dft))
     assert max(errors) <= 10.0, f"max |dE_f| {max(errors):.1f} meV/atom (mean {np.mean(errors):.1f})"
+
+
+def test_the_shipped_committee_is_less_sure_far_from_training():
+    """The committee registered with the potential (`shipped`) loads with it, leaves its predictions as they are
+    and disagrees more on a cell compressed by a fifth of its volume than on the same training cell at equilibrium."""
+    from limace.potentials import get_potential, load
+
+    assert len(get_potential(NAME, offline=True).committee) >= 3  # with the potential itself: >= 4 members
+    committee, alone = load([NAME, "shipped"], domain=False), load(NAME, domain=False)
+    train = [a for a in load_dataset("li-in-sn-v1", "train") if a.info.get(CONFIG_TYPE_KEY) == "equilibrium"
+             and len(set(a.get_chemical_symbols())) > 1]
+    assert len(train) >= 3
+    for a in train[:3]:
+        near, far = a.copy(), a.copy()
+        far.set_cell(a.cell * 0.8 ** (1 / 3), scale_atoms=True)
+        spread = {}
+        for key, b in (("near", near), ("far", far)):
+            b.calc = committee
+            e = b.get_potential_energy()
+            spread[key] = committee.results["energy_std"] / len(b)
+            c = b.copy()
+            c.calc = alone
+            assert abs(e - c.get_potential_energy()) < 1e-8  # the potential's own prediction, the members add only the spread
+        assert spread["far"] > 2 * spread["near"], (a.get_chemical_formula(), spread)
