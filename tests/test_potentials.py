@@ -526,9 +526,11 @@ def test_cli_list_through_a_pipe_is_plain_rows(limace_exe):
     env = {k: v for k, v in os.environ.items() if k != "LIMACE_REGISTRY"}
     res = subprocess.run([limace_exe, "potentials", "list"], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0 and res.stderr == ""
-    rows = [line for line in res.stdout.splitlines() if "limace-lisnin-small" in line]
-    assert len(rows) == 1 and rows[0].split()[0] == "limace-lisnin-small"
+    rows = [line for line in res.stdout.splitlines() if line.split()[0] == "limace-lisnin-small"]
+    assert len(rows) == 1
     assert re.search(r"E [\d.]+ meV/atom, F [\d.]+ meV/A", rows[0]) and "\u2502" not in res.stdout  # no table rules
+    names = {line.split()[0] for line in res.stdout.splitlines()[1:]}
+    assert {f"limace-lisnin-small-member-{i}" for i in range(4)} <= names  # its committee, one row each
 
 
 def test_registry_file_that_is_binary_is_one_line(tmp_path, monkeypatch, capsys):
