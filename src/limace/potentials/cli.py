@@ -68,9 +68,18 @@ def potentials_list(as_json: bool = typer.Option(False, "--json", help="print JS
         return
     import sys
 
-    cols = ("name", "version", "elements", "DFT", "dataset", "test metrics", "license", "weights", "registry")
+    member_of = {m: e.name for e in entries for m in e.committee}
+
+    def committee(e) -> str:  # its own committee (`--committee shipped`), or whose committee it belongs to
+        if e.committee:
+            return f"{len(e.committee)} members"
+        return f"member of {member_of[e.name]}" if e.name in member_of else "-"
+
+    cols = ("name", "version", "elements", "DFT", "dataset", "test metrics", "committee", "license", "weights",
+            "registry")
     rows = [(e.name, e.version, " ".join(e.elements), e.dft_protocol or "-", (e.dataset or {}).get("name", "-"),
-             _metrics_short(e.metrics), e.license, _where(e), "shipped" if e.source == "limace" else e.source)
+             _metrics_short(e.metrics), committee(e), e.license, _where(e),
+             "shipped" if e.source == "limace" else e.source)
             for e in entries]
     from rich.console import Console
     from rich.table import Table
