@@ -488,6 +488,40 @@ def test_md_logs_a_committees_spread(tmp_path, tiny_mace_model_factory):
     assert (tmp_path / "one" / "thermo.csv").read_text().splitlines()[1].endswith(",,")
 
 
+def test_md_stops_a_system_its_committee_disagrees_on(tmp_path, tiny_mace_model_factory):
+    """guard.committee_max_meV_per_atom: a system whose committee spread exceeds it is stopped and reported as an
+    extrapolation (its last frame kept), the others go on; the guard needs a committee (one-line config error)."""
+    from ase.io import write
+
+    from limace.md.config import MDConfig
+    from limace.md.runner import run_config
+    from limace.potentials import load_batched
+
+    write(tmp_path / "cells.extxyz", [lisn16(1), liin8(2)])
+    a, b = (str(tiny_mace_model_factory(s)) for s in (0, 1))
+    base = dict(structures=[str(tmp_path / "cells.extxyz")], potential=a, committee=[b], ensemble="nvt_langevin",
+                steps=4, temperature_K=500, log_every=2, trajectory_every=0, checkpoint_every=0, progress=False)
+    free = run_config(MDConfig.from_dict({**base, "output_dir": str(tmp_path / "free"),
+                                          "guard": {"committee_max_meV_per_atom": 1e9, "domain_every": 2}}),
+                      load_model=load_batched)
+    assert free.stopped == []
+    spread = {r["system"]: r["E_std_meV_per_atom"] for r in free.thermo if r["step"] == 0}
+    lo, hi = sorted(spread.values())
+    assert hi > 1.5 * lo  # two random models disagree more on one cell than on the other
+    cut = run_config(MDConfig.from_dict({**base, "output_dir": str(tmp_path / "cut"),
+                                         "guard": {"committee_max_meV_per_atom": (lo + hi) / 2, "domain_every": 2}}),
+                     load_model=load_batched)
+    worst = max(spread, key=spread.get)
+    assert [s.system for s in cut.stopped] == [worst]
+    assert "committee energy spread" in cut.stopped[0].reason and "extrapolation" in cut.stopped[0].reason
+    assert (tmp_path / "cut" / f"stopped_{worst:04d}.extxyz").is_file()
+    assert {r["system"] for r in cut.thermo if r["step"] == 4} == set(spread) - {worst}
+    with pytest.raises(ValidationError, match="committee_max_meV_per_atom needs a committee"):
+        MDConfig.from_dict({**base, "committee": [], "guard": {"committee_max_meV_per_atom": 5.0}})
+    with pytest.raises(ValidationError, match="committee_max_meV_per_atom must be > 0"):
+        MDConfig.from_dict({**base, "guard": {"committee_max_meV_per_atom": 0.0}})
+
+
 # -- diffusion -------------------------------------------------------------------------------------------------------
 
 

@@ -43,6 +43,9 @@ class GuardConfig:
     # domain check, when it has one), checked every domain_every steps (one energy-only forward, no backward)
     domain: bool = True
     domain_every: int = 100
+    # stop a system whose committee (``committee:``) disagrees on its energy by more than this many meV/atom (standard
+    # deviation of the members' energies per atom), checked every domain_every steps; None: the spread is only logged
+    committee_max_meV_per_atom: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,13 @@ class MDConfig:
         if g.check_every < 1 or not g.max_temperature_K > 0 or g.min_distance_A < 0 or g.domain_every < 1:
             raise ValidationError(f"{where}: guard needs check_every >= 1, max_temperature_K > 0, min_distance_A >= 0, "
                                   "domain_every >= 1")
+        if g.committee_max_meV_per_atom is not None:
+            if not g.committee_max_meV_per_atom > 0:
+                raise ValidationError(f"{where}: guard: committee_max_meV_per_atom must be > 0, got "
+                                      f"{g.committee_max_meV_per_atom}")
+            if not self.committee:
+                raise ValidationError(f"{where}: guard: committee_max_meV_per_atom needs a committee (committee: "
+                                      "[shipped] or more potentials)")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "md config", base_dir: str | Path | None = None) -> "MDConfig":

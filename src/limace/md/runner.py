@@ -138,9 +138,11 @@ def _min_distances(state: BatchedState, model, limit: float) -> torch.Tensor:
     return out.scatter_reduce_(0, sys_e, torch.linalg.norm(vec, dim=1), "amin", include_self=True)
 
 
-def check_systems(state: MDState, model, guard: GuardConfig, step: int | None = None) -> list[tuple[int, str]]:
+def check_systems(state: MDState, model, guard: GuardConfig, step: int | None = None,
+                  committee=None) -> list[tuple[int, str]]:
     """``[(system, reason), ...]`` for the systems of ``state`` that blew up (see the module docstring); the
-    domain check runs when ``step`` is None or a multiple of ``guard.domain_every``."""
+    domain check and the committee's (``guard.committee_max_meV_per_atom`` with ``committee``, batched models) run
+    when ``step`` is None or a multiple of ``guard.domain_every``."""
     bad: dict[int, str] = {}
 
     def flag(mask: torch.Tensor, reason: Callable[[int], str]):
@@ -175,6 +177,20 @@ def check_systems(state: MDState, model, guard: GuardConfig, step: int | None = 
         flag(torch.as_tensor(scores > dom.threshold, device=state.device),
              lambda k: f"outside the potential's training domain (descriptor distance {scores[k]:.1f} > "
                        f"{dom.threshold:.1f}): an extrapolation, not a result")
+    thr = guard.committee_max_meV_per_atom
+    if (committee and thr is not None and (step is None or step % guard.domain_every == 0)
+            and len(bad) < state.n_systems):
+        from limace.core.model import committee_spread
+
+        ok = torch.tensor([k not in bad for k in range(state.n_systems)], device=state.device)
+        sub = state if bool(ok.all()) else state.select(ok)
+        es, _ = committee_spread(committee, sub)
+        n = torch.bincount(sub.system_idx, minlength=sub.n_systems).to(es.dtype)
+        spread = np.full(state.n_systems, -np.inf)
+        spread[ok.cpu().numpy()] = (es / n * 1000).detach().cpu().numpy()
+        flag(torch.as_tensor(spread > thr, device=state.device),
+             lambda k: f"committee energy spread {spread[k]:.1f} meV/atom > committee_max_meV_per_atom {thr:g}: "
+                       "an extrapolation, not a result")
     return sorted(bad.items())
 
 
@@ -290,8 +306,9 @@ class _Live:
     stopped: list[StoppedSystem] = field(default_factory=list)
     final: dict[int, Atoms] = field(default_factory=dict)
 
-    def stop_bad(self, step: int, model, cfg: MDConfig, out: Path | None, say: Callable[[str], None]) -> None:
-        bad = check_systems(self.state, model, cfg.guard, step)
+    def stop_bad(self, step: int, model, cfg: MDConfig, out: Path | None, say: Callable[[str], None],
+                 committee=None) -> None:
+        bad = check_systems(self.state, model, cfg.guard, step, committee=committee)
         if not bad:
             return
         local = [k for k, _ in bad]
@@ -362,7 +379,7 @@ class BlowUpGuard(Observer):
         self.observe(0, run)
 
     def observe(self, step, run):
-        run.live.stop_bad(step, run.model, run.cfg, run.out, _say)
+        run.live.stop_bad(step, run.model, run.cfg, run.out, _say, committee=run.committee)
 
 
 class ThermoLog(Observer):
@@ -523,6 +540,8 @@ def run_md(structures: Sequence[Atoms] | BatchedState, model, config: MDConfig |
     committee = list(committee) if committee is not None else None
     if committee is not None and len(committee) < 2:
         raise ValidationError(f"committee: needs at least 2 models, got {len(committee)}")
+    if cfg.guard.committee_max_meV_per_atom is not None and committee is None:
+        raise ValidationError("guard: committee_max_meV_per_atom needs the committee's models (run_md(committee=...))")
     run = _Run(cfg=cfg, model=model, out=out, outputs=_Outputs(out, n_sys), n_systems=n_sys, committee=committee,
                live=_Live(state=None, targets=targets, gens=gens, active=list(range(n_sys))))
     from tqdm.auto import tqdm
