@@ -91,3 +91,18 @@ def test_the_shipped_committee_is_less_sure_far_from_training():
             c.calc = alone
             assert abs(e - c.get_potential_energy()) < 1e-8  # the potential's own prediction, the members add only the spread
         assert spread["far"] > 2 * spread["near"], (a.get_chemical_formula(), spread)
+
+
+def test_the_screen_and_the_demo_use_the_shipped_committee_by_default():
+    """`limace screen -p NAME` and the demo flag uncertain hull entries and barriers with NAME's registered
+    committee when it ships one; a .model file or a member (which ships none) gets none."""
+    from limace.demo import DEMO_POTENTIAL, demo_settings
+    from limace.potentials import get_potential
+    from limace.potentials.registry import registered_committee
+
+    members = registered_committee(NAME, offline=True)
+    assert members == get_potential(NAME, offline=True).committee and len(members) >= 3
+    assert registered_committee(members[0], offline=True) == ()
+    assert registered_committee("my/own.model") == ()
+    assert demo_settings(DEMO_POTENTIAL).committee == registered_committee(DEMO_POTENTIAL, offline=True)
+    assert demo_settings().committee == ()

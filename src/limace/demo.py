@@ -16,15 +16,18 @@ from pathlib import Path
 DEMO_POTENTIAL = "limace-lisnin-small"
 
 
-def demo_settings():
+def demo_settings(potential: str | None = None):
+    """The demo's reduced screen; with ``potential``, its registered committee (if any) flags uncertain results."""
     from limace.analysis.barriers import BarrierSettings
     from limace.analysis.screen import ScreenSettings
     from limace.analysis.search import SearchSettings
+    from limace.potentials.registry import registered_committee
 
     return ScreenSettings(
         search=SearchSettings.reduced(),
         barriers=BarrierSettings(min_image_distance=8.0, n_images=3, max_steps=200),
-        max_barrier_phases=1, max_barrier_atoms=60)
+        max_barrier_phases=1, max_barrier_atoms=60,
+        committee=registered_committee(potential) if potential else ())
 
 
 def _num(x) -> str:
@@ -36,7 +39,7 @@ def run_screen_demo(out: Path = Path("limace-demo"), workers: int = 2, potential
     from limace.analysis.screen import run_screen
 
     t0 = time.perf_counter()
-    results = run_screen(["Li-In", "Li-Sn"], potential, out, demo_settings(), workers=workers, dtype="float32",
+    results = run_screen(["Li-In", "Li-Sn"], potential, out, demo_settings(potential), workers=workers, dtype="float32",
                          progress=sys.stderr.isatty())  # progress bars only on a terminal
     for s, r in results["systems"].items():
         v = r["voltage"]

@@ -236,7 +236,8 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            device: str = typer.Option("cpu", help="cpu or cuda"),
            dtype: str = typer.Option("float64", help="float64 or float32"),
            committee: Optional[str] = typer.Option(None, help="more potentials (comma-separated names or .model "
-                                                   "paths, or 'shipped': the committee registered with -p): with -p, "
+                                                   "paths, or 'shipped': the committee registered with -p; default "
+                                                   "'shipped' when -p ships one, 'none' to turn it off): with -p, "
                                                    "a committee whose spread of each hull entry and barrier is "
                                                    "reported and flagged (the work runs on -p)")):
     """Hull, voltage, structure search and Li barriers in one report (resumable: finished tasks are kept)."""
@@ -265,7 +266,14 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
         _check_barrier_phase(name, max_atoms)
     check_output_path(out, "--out", directory=True)
     check_potential_spec(potential)
-    members = _committee_members(committee, potential)
+    if committee is None:  # the potential's own committee when it ships one (it costs a few per cent here)
+        from limace.potentials.registry import registered_committee
+
+        members = list(registered_committee(potential))
+    elif committee.strip().lower() == "none":
+        members = []
+    else:
+        members = _committee_members(committee, potential)
     for m in members:
         check_potential_spec(m)
     from limace.analysis.barriers import BarrierSettings

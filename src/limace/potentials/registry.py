@@ -396,6 +396,14 @@ def expand_committee(members, potential: str, offline: bool | None = None) -> li
     return out
 
 
+def registered_committee(potential: str, offline: bool | None = None) -> tuple[str, ...]:
+    """The committee registered with ``potential`` (its other members), or ``()`` for a file or a potential that
+    ships none."""
+    if looks_like_path(potential):
+        return ()
+    return tuple(get_potential(potential, offline).committee)
+
+
 def get_potential(name: str, offline: bool | None = None) -> PotentialEntry:
     """The registry entry of ``name``; an unknown name raises UnknownNameError listing the closest names."""
     entries = {e.name: e for e in list_potentials(offline)}
