@@ -168,26 +168,28 @@ def check_systems(state: MDState, model, guard: GuardConfig, step: int | None = 
             dmin[ok] = _min_distances(state.select(ok), model, guard.min_distance_A)
         flag(dmin < guard.min_distance_A,
              lambda k: f"atoms {float(dmin[k]):.3f} A apart < min_distance_A {guard.min_distance_A:g}")
-    dom = getattr(model, "domain", None)
-    if (guard.domain and dom is not None and (step is None or step % guard.domain_every == 0)
-            and len(bad) < state.n_systems):
+    def running(values_of: Callable) -> np.ndarray:  # values_of(state of the systems not flagged yet); -inf for those
         ok = torch.tensor([k not in bad for k in range(state.n_systems)], device=state.device)
-        scores = np.full(state.n_systems, -np.inf)
-        scores[ok.cpu().numpy()] = dom.state_scores(model, state if bool(ok.all()) else state.select(ok))
+        out = np.full(state.n_systems, -np.inf)
+        out[ok.cpu().numpy()] = values_of(state if bool(ok.all()) else state.select(ok))
+        return out
+
+    slow_check = step is None or step % guard.domain_every == 0
+    dom = getattr(model, "domain", None)
+    if guard.domain and dom is not None and slow_check and len(bad) < state.n_systems:
+        scores = running(lambda s: dom.state_scores(model, s))
         flag(torch.as_tensor(scores > dom.threshold, device=state.device),
              lambda k: f"outside the potential's training domain (descriptor distance {scores[k]:.1f} > "
                        f"{dom.threshold:.1f}): an extrapolation, not a result")
     thr = guard.committee_max_meV_per_atom
-    if (committee and thr is not None and (step is None or step % guard.domain_every == 0)
-            and len(bad) < state.n_systems):
-        from limace.core.model import committee_spread
+    if committee and thr is not None and slow_check and len(bad) < state.n_systems:
+        from limace.core.model import member_spread
 
-        ok = torch.tensor([k not in bad for k in range(state.n_systems)], device=state.device)
-        sub = state if bool(ok.all()) else state.select(ok)
-        es, _ = committee_spread(committee, sub)
-        n = torch.bincount(sub.system_idx, minlength=sub.n_systems).to(es.dtype)
-        spread = np.full(state.n_systems, -np.inf)
-        spread[ok.cpu().numpy()] = (es / n * 1000).detach().cpu().numpy()
+        def spread_per_atom(s):  # energies only: the spread thermo.csv logs, without the members' backward passes
+            es, _ = member_spread([m(s, compute_forces=False) for m in committee])
+            return (es / torch.bincount(s.system_idx, minlength=s.n_systems).to(es.dtype) * 1000).cpu().numpy()
+
+        spread = running(spread_per_atom)
         flag(torch.as_tensor(spread > thr, device=state.device),
              lambda k: f"committee energy spread {spread[k]:.1f} meV/atom > committee_max_meV_per_atom {thr:g}: "
                        "an extrapolation, not a result")

@@ -15,9 +15,10 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from limace.core.compat import import_mace
-from limace.core.errors import LimaceInputError, UnsupportedElementError
+from limace.core.errors import UnsupportedElementError
 from limace.core.state import as_dtype
 from limace.potentials.calculator import _check_dtype, model_elements
+from limace.potentials.committee import check_prediction
 from limace.potentials.registry import PotentialEntry
 
 import_mace("mace.calculators")  # e3nn's import-time torch.load under torch >= 2.6, the environment restored
@@ -35,9 +36,7 @@ class LimaceCalculator(MACECalculator):
                  names: Sequence[str] = (), entries: Sequence[PotentialEntry | None] = (), domain=None,
                  copy: bool = True, prediction: str = "mean", **kwargs):
         dtype = _check_dtype(dtype)
-        if prediction not in ("mean", "first"):
-            raise LimaceInputError(f"prediction must be 'mean' or 'first', got {prediction!r}")
-        self.prediction = prediction  # a committee's energy/forces/stress: the members' mean or the first one's
+        self.prediction = check_prediction(prediction)  # a committee's results: the members' mean or the first's
         if copy:  # the caller's modules stay as they were (dtype, device); load() passes copy=False for its own
             import copy as _copy
 

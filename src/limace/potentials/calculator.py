@@ -149,18 +149,14 @@ def load(name_or_path: PathOrName | Sequence[PathOrName], device: str = "cpu", d
                             prediction=prediction)
 
 
-PREDICTIONS = ("mean", "first")
-
-
 def _prediction(prediction: str | None, specs: Sequence) -> str:
     """The committee's prediction rule: as given, else ``"first"`` with the shipped committee, ``"mean"`` otherwise."""
+    from limace.potentials.committee import check_prediction
     from limace.potentials.registry import SHIPPED_COMMITTEE
 
     if prediction is None:
         return "first" if SHIPPED_COMMITTEE in [str(s) for s in specs[1:]] else "mean"
-    if prediction not in PREDICTIONS:
-        raise LimaceInputError(f"prediction must be 'mean' or 'first', got {prediction!r}")
-    return prediction
+    return check_prediction(prediction)
 
 
 def _domain_of(spec: PathOrName, offline: bool | None):
@@ -206,7 +202,7 @@ def load_batched(name_or_path: PathOrName, device: str = "cpu", dtype: str = "fl
         return members[0]
     from limace.potentials.committee import BatchedCommittee
 
-    return BatchedCommittee(members, names=[str(s) for s in specs], prediction=prediction or "mean")
+    return BatchedCommittee(members, names=[str(s) for s in specs], prediction=prediction)  # resolved for a list
 
 
 def _expand_shipped(specs: list, offline: bool | None) -> list:

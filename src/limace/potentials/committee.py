@@ -26,7 +26,17 @@ import torch
 from limace.core.errors import LimaceInputError
 from limace.core.model import member_spread, system_max
 
-__all__ = ["BatchedCommittee", "spread_summary"]
+__all__ = ["BatchedCommittee", "PREDICTIONS", "check_prediction", "spread_summary"]
+
+
+PREDICTIONS = ("mean", "first")  # a committee's energy/forces/stress: the members' mean, or the first one's
+
+
+def check_prediction(prediction: str) -> str:
+    """``prediction`` if it is one of :data:`PREDICTIONS`, else a one-line :class:`LimaceInputError`."""
+    if prediction not in PREDICTIONS:
+        raise LimaceInputError(f"prediction must be 'mean' or 'first', got {prediction!r}")
+    return prediction
 
 
 class BatchedCommittee:
@@ -34,9 +44,7 @@ class BatchedCommittee:
 
     def __init__(self, members: Sequence, names: Sequence[str] = (), prediction: str = "mean"):
         members = list(members)
-        if prediction not in ("mean", "first"):
-            raise LimaceInputError(f"prediction must be 'mean' or 'first', got {prediction!r}")
-        self.prediction = prediction
+        self.prediction = check_prediction(prediction)
         if len(members) < 2:
             raise LimaceInputError(f"a committee needs at least 2 members, got {len(members)}")
         devs = {str(m.device) for m in members}
