@@ -257,6 +257,8 @@ VALUES = [  # values of the right type that make no sense: refused before any wo
     ("evaluate-device", ["evaluate", "{model}", "{w}/labels.extxyz", "--device", "gpu"], "--device", {}),
     ("evaluate-unknown-dataset", ["evaluate", "{model}", "li-in-sn-v2:test"], "not a shipped dataset", {}),
     ("train-missing-config", ["train", "{w}/nosuch.yaml"], "no such file", {}),
+    ("learn-missing-config", ["learn", "{w}/nosuch.yaml"], "no such file", {}),
+    ("learn-config-is-directory", ["learn", "{w}"], "not a regular file", {}),
     ("train-missing-resume", ["train", "small", "--run-dir", "{w}/new-run", "--resume", "{w}/nosuch.ckpt"],
      "--resume", {}),
     ("md-steps-negative", ["md", "{md:}", "--steps", "-1"], "--steps", {}),

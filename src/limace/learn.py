@@ -86,8 +86,10 @@ def load_learn_config(path: str | Path) -> LearnConfig:
     from limace.training.config import _build
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValidationError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValidationError(f"{path}: not a regular file")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
