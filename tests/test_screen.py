@@ -73,6 +73,23 @@ def test_report_files_exist(screened):
     text = (out / "report.md").read_text()
     assert "## Li-In" in text and "## Li-Sn" in text and "![hull](hull_Li-Sn.png)" in text
     assert text.count("Known phases (experimental entries of the structure library)") == 2
+    # each hull says which elemental entries define formation energy 0
+    results = json.loads((out / "results.json").read_text())
+    for r in results["systems"].values():
+        names = ", ".join(f"{el} {ref['name']}" for el, ref in r["references"].items())
+        assert names.split(", ")[0] in text and "Elemental references (formation energy 0): " in text
+
+
+def test_report_says_when_a_pure_element_entry_lies_below_its_reference():
+    from limace.analysis.screen import _reference_lines
+
+    refs = {"Li": {"name": "Li_bcc", "rule": "Li_bcc"}, "In": {"name": "In_tI2", "rule": "In_tI2"}}
+    row = lambda name, x, e: {"name": name, "x_Li": x, "e_above_hull_eV_per_atom": e}  # noqa: E731
+    hull = [row("In_tI2", 0.0, 0.0), row("LiIn", 0.5, 0.0), row("Li_bcc", 1.0, 0.0)]
+    plain = _reference_lines({"references": refs, "hull": hull})[0]
+    assert plain == "Elemental references (formation energy 0): Li Li_bcc, In In_tI2."
+    below = _reference_lines({"references": refs, "hull": hull + [row("fcc-0-Li", 1.0, -0.0033)]})[0]
+    assert below.startswith(plain) and "fcc-0-Li -3.3 meV/atom" in below and "negative" in below
 
 
 def test_a_second_run_reuses_every_finished_task(screened):

@@ -446,6 +446,22 @@ def _barrier_phase_names(hull_result: dict, settings: ScreenSettings) -> list[st
 # -- report -----------------------------------------------------------------------------------------------------------
 
 
+def _reference_lines(r: dict) -> list[str]:
+    """The elemental references of a system's hull (E_f = 0), and a word on pure-element entries below them."""
+    refs = r.get("references") or {}
+    if not refs:
+        return [f"Sn reference: {r['sn_reference']}", ""] if r.get("sn_reference") else []
+    text = "Elemental references (formation energy 0): " + ", ".join(
+        f"{el} {ref['name']}" + (f" ({ref['rule']})" if ref.get("rule") not in (None, "", ref["name"]) else "")
+        for el, ref in refs.items()) + "."
+    below = [row for row in r.get("hull", []) if row["x_Li"] in (0.0, 1.0) and row["e_above_hull_eV_per_atom"] < -5e-5]
+    if below:
+        text += (" Pure-element entries below their reference show a negative energy above the hull: "
+                 + ", ".join(f"{row['name']} {1000 * row['e_above_hull_eV_per_atom']:.1f} meV/atom" for row in below)
+                 + " (the reference phases are fixed by convention, `HullAnalysis(references=...)` to change them).")
+    return [text, ""]
+
+
 def _funnel_lines(funnel: dict | None) -> list[str]:
     """The structure search's funnel in one paragraph: candidates each stage kept, the cluster expansion, timings."""
     if not funnel:
@@ -497,8 +513,7 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
         r = results["systems"][s]
         lines += [f"## {s}", ""]
         lines += [f"> **Warning:** {w}" for w in r.get("warnings", [])] + ([""] if r.get("warnings") else [])
-        lines += [f"![hull](hull_{s}.png)", "",
-                  f"Sn reference: {r['sn_reference']}" if r.get("sn_reference") else "", "",
+        lines += [f"![hull](hull_{s}.png)", "", *_reference_lines(r),
                   f"Stable: {', '.join(r['stable'])}. Search: {r['search']['n_candidates']} candidates, "
                   f"{r['search']['n_library']} library phases"
                   + (f"; not converged: {', '.join(r['search']['not_converged'])}" if r['search']['not_converged'] else "")
