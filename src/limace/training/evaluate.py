@@ -318,3 +318,48 @@ def evaluate_model(model, data, name: Optional[str] = None, batch_size: int = 16
         pred = predict_mace(model, frames, batch_size=batch_size, device=device)
         name = name or "model"
     return evaluate_predictions(frames, pred, name=name, fit_energy_offsets=fit_energy_offsets)
+
+
+# -- formation energies: the release gate of a shipped potential -------------------------------------------------------
+
+
+def is_undistorted(atoms) -> bool:
+    """A labelled configuration at its own equilibrium geometry: a library phase (``equilibrium``) or an enumerated
+    ordering (``enum_*``), i.e. not strained, rattled, a vacancy cell or a hop image."""
+    t = str(atoms.info.get(CONFIG_TYPE_KEY, ""))
+    return t == "equilibrium" or t.startswith("enum_")
+
+
+def elemental_references(frames: Sequence) -> dict:
+    """science.md's references among labelled ``frames``: bcc Li and tetragonal In at equilibrium, and for Sn the
+    lowest-energy undistorted pure-Sn cell. {element: Atoms}; an element without one is missing."""
+    out = {}
+    for a in frames:
+        if a.info.get(CONFIG_TYPE_KEY) == "equilibrium" and a.info.get("phase") in ("Li_bcc", "In_tI2"):
+            out[a.get_chemical_symbols()[0]] = a
+    sn = [a for a in frames if is_undistorted(a) and set(a.get_chemical_symbols()) == {"Sn"}]
+    if sn:
+        out["Sn"] = min(sn, key=lambda a: a.info[ENERGY_KEY] / len(a))
+    return out
+
+
+def formation_energy_errors(calc, frames: Sequence, references: dict) -> np.ndarray:
+    """|model - DFT| formation energy per atom (meV/atom) of each of ``frames``, each side against its own energies
+    of the same ``references`` ({element: labelled Atoms}, e.g. :func:`elemental_references`): what a hull built
+    with the potential gets wrong, free of a constant per-element offset."""
+    def energy(a):
+        b = a.copy()
+        b.calc = calc
+        return b.get_potential_energy()
+
+    missing = {s for a in frames for s in a.get_chemical_symbols()} - set(references)
+    if missing:
+        raise ValidationError(f"no elemental reference for {', '.join(sorted(missing))}")
+    mu_dft = {el: a.info[ENERGY_KEY] / len(a) for el, a in references.items()}
+    mu_model = {el: energy(a) / len(a) for el, a in references.items()}
+
+    def formation(e, a, mu):
+        return (e - sum(mu[s] for s in a.get_chemical_symbols())) / len(a)
+
+    return np.array([1000 * abs(formation(energy(a), a, mu_model) - formation(a.info[ENERGY_KEY], a, mu_dft))
+                     for a in frames])

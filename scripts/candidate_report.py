@@ -1,0 +1,104 @@
+"""Judge candidate potentials against the shipped one, by the rule fixed before any of them was trained.
+
+Selection (the only numbers a decision may use): the validation set of 1.4 (valid14, written by
+scripts/candidate_data.py) and the extrapolation split. A candidate is shipped only if its valid14 energy MAE is
+below the shipped potential's, its extrapolation energy MAE too, and it passes the release gate (formation energy of
+every undistorted two-element structure of test-v1 within 10 meV/atom of DFT, tests/test_shipped_potential.py).
+test-v1's MAEs are printed for the record and take no part in the verdict. For the fine-tunes of 1.4 (rule of the
+fifteenth session) the valid14 bar is 2.48 meV/atom instead (`--valid-max 2.48`), and the hull check of the Li-In
+phases (a screen) comes after this.
+
+    python scripts/candidate_report.py runs/x/model.model training/medium-cpu/limace-lisnin-medium-ft16-e70.model \\
+        --valid examples/candidate16/valid14.extxyz [--baseline limace-lisnin-small] [--json out.json]
+
+One thread per process is enough (OMP_NUM_THREADS=1); a 64-channel model takes a few minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _errors(calc, frames):
+    """Per-structure |E error| (meV/atom) and all force components' |error| (meV/A)."""
+    de, df = [], []
+    for a in frames:
+        b = a.copy()
+        b.calc = calc
+        de.append(abs(1000 * (b.get_potential_energy() - a.info["REF_energy"]) / len(a)))
+        if "REF_forces" in a.arrays:
+            df.append(1000 * np.abs(b.get_forces() - a.arrays["REF_forces"]).ravel())
+    return np.array(de), (np.concatenate(df) if df else np.zeros(0))
+
+
+def judge(name: str, valid, extrapolation, test_v1, gate_frames, refs) -> dict:
+    from limace.potentials import load
+    from limace.training.evaluate import formation_energy_errors
+
+    calc = load(name, domain=False)
+    row = {"model": name}
+    for key, frames in (("valid14", valid), ("extrapolation", extrapolation), ("test_v1", test_v1)):
+        de, df = _errors(calc, frames)
+        row[key] = {"n": len(frames), "energy_mae": round(float(de.mean()), 2), "energy_max": round(float(de.max()), 1),
+                    "forces_mae": round(float(df.mean()), 1)}
+    gate = formation_energy_errors(calc, gate_frames, refs)
+    worst = int(np.argmax(gate))
+    row["gate"] = {"n": len(gate), "max_meV_per_atom": round(float(gate.max()), 1),
+                   "mean_meV_per_atom": round(float(gate.mean()), 2),
+                   "worst": f"{gate_frames[worst].get_chemical_formula()} ({gate_frames[worst].info.get('config_type')})",
+                   "passes": bool(gate.max() <= 10.0)}
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="candidate .model files or registered names")
+    ap.add_argument("--valid", required=True, help="valid14.extxyz of scripts/candidate_data.py")
+    ap.add_argument("--baseline", default="limace-lisnin-small")
+    ap.add_argument("--valid-max", type=float, default=None,
+                    help="valid14 energy MAE bar (meV/atom); default: below the baseline's")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from ase.io import read
+
+    from limace.data.datasets import load_dataset
+    from limace.training.evaluate import elemental_references, is_undistorted
+
+    valid = read(args.valid, ":")
+    extrapolation = load_dataset("li-in-sn-v1", "extrapolation")
+    test_v1 = load_dataset("li-in-sn-v1", "test-v1")
+    gate_frames = [a for a in test_v1 if is_undistorted(a) and len(set(a.get_chemical_symbols())) > 1]
+    refs = elemental_references(load_dataset("li-in-sn-v1"))
+    rows = [judge(m, valid, extrapolation, test_v1, gate_frames, refs) for m in [args.baseline, *args.models]]
+    base = rows[0]
+    for r in rows[1:]:
+        reasons = []
+        bar_ok = (r["valid14"]["energy_mae"] <= args.valid_max if args.valid_max is not None
+                  else r["valid14"]["energy_mae"] < base["valid14"]["energy_mae"])
+        if not bar_ok:
+            bar = args.valid_max if args.valid_max is not None else base["valid14"]["energy_mae"]
+            reasons.append(f"valid14 E {r['valid14']['energy_mae']} above the bar {bar}")
+        if r["extrapolation"]["energy_mae"] >= base["extrapolation"]["energy_mae"]:
+            reasons.append(f"extrapolation E {r['extrapolation']['energy_mae']} >= {base['extrapolation']['energy_mae']}")
+        if not r["gate"]["passes"]:
+            reasons.append(f"release gate: {r['gate']['worst']} {r['gate']['max_meV_per_atom']} > 10")
+        r["verdict"] = "ship" if not reasons else "not shipped: " + "; ".join(reasons)
+    print("| model | valid14 E / F | extrapolation E MAE / max / F | gate max (mean) | test-v1 E / F (record only) | verdict |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        v, x, t, g = r["valid14"], r["extrapolation"], r["test_v1"], r["gate"]
+        print(f"| {r['model']} | {v['energy_mae']} / {v['forces_mae']} | {x['energy_mae']} / {x['energy_max']} / "
+              f"{x['forces_mae']} | {g['max_meV_per_atom']} ({g['mean_meV_per_atom']}) | {t['energy_mae']} / "
+              f"{t['forces_mae']} | {r.get('verdict', 'baseline')} |")
+    if args.json:
+        from limace.core.fileio import atomic_write_json
+
+        atomic_write_json(args.json, {"baseline": args.baseline, "rows": rows})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
