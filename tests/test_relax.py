@@ -157,3 +157,26 @@ def test_lbfgs_relaxes_to_a_minimum_in_fewer_steps_than_fire(batched):
         relax_structures([start], batched, optimizer="bfgs")
     with pytest.raises(LimaceInputError, match="lbfgs: unknown parameter"):
         relax_structures([start], batched, optimizer="lbfgs", lbfgs={"alpha": 70})
+
+
+def test_a_committee_relaxation_reports_its_spread_at_the_end(tiny_mace_model_factory, relaxed):
+    """Relaxed with a committee, each structure carries the members' spread at its final geometry (the same numbers
+    as the committee evaluated there afresh); with one potential there is none."""
+    import limace.potentials as lp
+    from limace.core.state import BatchedState
+    from limace.potentials.committee import spread_summary
+
+    com = lp.load([str(tiny_mace_model_factory(0)), str(tiny_mace_model_factory(1))], batched=True)
+    out = relax_structures(_cells(), com, fmax=0.05, max_steps=200, progress=False)
+    fresh = [a.copy() for a in out]
+    for a in fresh:
+        a.calc = None
+    state = BatchedState.from_atoms(fresh)
+    want = spread_summary(com(state, compute_stress=True), state)
+    for k, a in enumerate(out):
+        assert a.info["committee_std_meV_per_atom"] == pytest.approx(want["energy_std_meV_per_atom"][k], rel=1e-5,
+                                                                      abs=1e-6)
+        assert a.info["committee_forces_std_max_eV_A"] == pytest.approx(want["forces_std_max_eV_A"][k], rel=1e-5,
+                                                                         abs=1e-8)
+        assert a.info["committee_std_meV_per_atom"] > 0
+    assert all("committee_std_meV_per_atom" not in a.info for a in relaxed)

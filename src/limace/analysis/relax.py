@@ -151,6 +151,9 @@ def relax_structures(atoms_list: Sequence[Atoms] | Atoms, model, fmax: float = 0
         ``info["enthalpy"]`` (when ``pressure`` is not 0), ``info["converged"]``, ``info["relax_steps"]`` (FIRE steps
         taken), ``info["relax_fmax"]`` (largest force row at the end, eV/A) and, if the potential gave non-finite
         results, ``info["relax_error"]``; a SinglePointCalculator holds energy, forces and (with the cell) stress.
+        With a committee (:class:`~limace.potentials.committee.BatchedCommittee`, e.g. ``load_batched([name,
+        "shipped"])``) also its spread at the final structure: ``info["committee_std_meV_per_atom"]`` (energy) and
+        ``info["committee_forces_std_max_eV_A"]`` (the largest atom's force spread).
     """
     from tqdm.auto import tqdm
 
@@ -283,13 +286,18 @@ def _advance(batch: _Batch, model, fmax, max_steps, relax_cell, pressure, atoms_
         x_new, opt = step(batch.opt, batch.x, safe_forces, fmax=fmax, objective=objective)
     done = opt.converged | (steps_before >= max_steps) | ~finite
     if bool(done.any()):
-        _record(batch, done, opt, finite, energy, forces, stress, steps_before, pressure, atoms_list, results)
+        from limace.potentials.committee import spread_summary
+
+        spread = spread_summary(out, st)  # a committee's spread at the final geometry, None for one potential
+        _record(batch, done, opt, finite, energy, forces, stress, steps_before, pressure, atoms_list, results,
+                spread)
     batch.x = torch.where(done[batch.opt.group_idx, None], batch.x, x_new)
     batch.opt = opt
     return done
 
 
-def _record(batch, done, opt, finite, energy, forces, stress, steps_before, pressure, atoms_list, results) -> None:
+def _record(batch, done, opt, finite, energy, forces, stress, steps_before, pressure, atoms_list, results,
+            spread=None) -> None:
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -316,6 +324,10 @@ def _record(batch, done, opt, finite, energy, forces, stress, steps_before, pres
         atoms.info["relax_fmax"] = float(opt.max_force[k]) if ok else float("nan")
         if not ok:
             atoms.info["relax_error"] = "the potential returned non-finite energy, forces or stress"
+        if spread is not None and ok:
+            atoms.info["committee_std_meV_per_atom"] = float(spread["energy_std_meV_per_atom"][k])
+            if "forces_std_max_eV_A" in spread:
+                atoms.info["committee_forces_std_max_eV_A"] = float(spread["forces_std_max_eV_A"][k])
         calc_results = {"energy": e, "free_energy": e, "forces": frc[a:b]}
         if stress is not None:
             calc_results["stress"] = full_3x3_to_voigt_6_stress(stress[k].detach().cpu().double().numpy())
