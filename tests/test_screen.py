@@ -146,10 +146,13 @@ def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path):
         write(structures / f"{name}.extxyz", a)
     result = {"hull": {"references": {"Li": {"name": "Li_bcc"}, "In": {"name": "In_tI2"}}},
               "near_hull": [{"name": n, "formula": cells[n].get_chemical_formula(), "e_above_hull_eV_per_atom": 0.0,
-                             "source": "search"} for n in ("bcc-Li3In", "bcc-LiIn")]}
-    rows = verify_dft("Li-In", result, tmp_path, workers=1, protocol="gpaw-test")
+                             "source": "search"} for n in ("bcc-LiIn", "bcc-Li3In")],
+              "committee_std_meV_per_atom": {"bcc-Li3In": 12.0, "bcc-LiIn": 3.0}}
+    rows = verify_dft("Li-In", result, tmp_path, workers=1, protocol="gpaw-test", committee_threshold_meV=10.0)
     frames = read(tmp_path / "work" / "Li-In" / "dft_verify.extxyz", ":")
-    assert [len(a) for a in frames] == sorted(len(a) for a in frames)  # cheapest first, whatever the hull's order
+    # the references, then what the committee doubts (4 atoms), then the rest (2 atoms), each group cheapest first
+    assert [a.info["name"] for a in frames][2:] == ["bcc-Li3In", "bcc-LiIn"]
+    assert {a.info["name"] for a in frames[:2]} == {"Li_bcc", "In_tI2"}
     labels = {a.info["name"]: a for a in frames}
     assert set(labels) == set(cells)  # the references are labelled too
     mu = {el: labels[n].info["REF_energy"] / len(cells[n]) for el, n in (("Li", "Li_bcc"), ("In", "In_tI2"))}

@@ -192,10 +192,14 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
             "committee_std_meV_per_atom": spreads, "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str = "pbe-pw400") -> list[dict]:
+def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str = "pbe-pw400",
+               committee_threshold_meV: float | None = None) -> list[dict]:
     """Single points at the reference protocol for the near-hull structures and the hull's elemental references;
     per structure the model's error per atom, its DFT formation energy (against the DFT energies of the same
-    references) and its energy above the hull that these DFT energies alone build."""
+    references) and its energy above the hull that these DFT energies alone build.
+
+    Order (a stopped run has checked what matters most): the references, then the entries whose committee spread
+    exceeds ``committee_threshold_meV`` (those most likely to be wrong), then the rest, each group cheapest first."""
     from ase.io import read
 
     from limace.analysis.hull import HullAnalysis
@@ -212,7 +216,15 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
         a.calc = None
         a.info["config_type"] = "screen_verify"
         todo.append((name, a))
-    todo.sort(key=lambda t: len(t[1]))  # cheapest first: a stopped run has checked as many entries as it could
+    spread = result.get("committee_std_meV_per_atom") or {}
+    ref_names = set(refs.values())
+
+    def priority(t):
+        name, a = t
+        flagged = committee_threshold_meV is not None and (spread.get(name) or 0.0) > committee_threshold_meV
+        return (0 if name in ref_names else 1 if flagged else 2, len(a))
+
+    todo.sort(key=priority)
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
     label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers)
     done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
@@ -369,7 +381,8 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     hulls = {r["system"]: r for r in run_tasks(hull_tasks, "hull + search").values()}
     if settings.verify_dft:
         for s in systems:
-            hulls[s]["near_hull"] = verify_dft(s, hulls[s], out, workers)
+            hulls[s]["near_hull"] = verify_dft(s, hulls[s], out, workers,
+                                               committee_threshold_meV=settings.committee_threshold_meV)
 
     # 2. barriers for the chosen phases
     barrier_tasks, skipped = {}, {s: [] for s in systems}
