@@ -16,34 +16,23 @@ One thread per process is enough (OMP_NUM_THREADS=1); a 64-channel model takes a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
 
-def _errors(calc, frames):
-    """Per-structure |E error| (meV/atom) and all force components' |error| (meV/A)."""
-    de, df = [], []
-    for a in frames:
-        b = a.copy()
-        b.calc = calc
-        de.append(abs(1000 * (b.get_potential_energy() - a.info["REF_energy"]) / len(a)))
-        if "REF_forces" in a.arrays:
-            df.append(1000 * np.abs(b.get_forces() - a.arrays["REF_forces"]).ravel())
-    return np.array(de), (np.concatenate(df) if df else np.zeros(0))
-
-
 def judge(name: str, valid, extrapolation, test_v1, gate_frames, refs) -> dict:
     from limace.potentials import load
-    from limace.training.evaluate import formation_energy_errors
+    from limace.training.evaluate import evaluate_model, formation_energy_errors
 
     calc = load(name, domain=False)
     row = {"model": name}
     for key, frames in (("valid14", valid), ("extrapolation", extrapolation), ("test_v1", test_v1)):
-        de, df = _errors(calc, frames)
-        row[key] = {"n": len(frames), "energy_mae": round(float(de.mean()), 2), "energy_max": round(float(de.max()), 1),
-                    "forces_mae": round(float(df.mean()), 1)}
+        res = evaluate_model(calc, frames, name=name)
+        m = res.summary()["all"]
+        de = np.abs(res.energy_pred - res.energy_ref) / res.n_atoms * 1000.0
+        row[key] = {"n": len(frames), "energy_mae": round(m["energy_mae"], 2), "energy_max": round(float(de.max()), 1),
+                    "forces_mae": round(m["forces_mae"], 1)}
     gate = formation_energy_errors(calc, gate_frames, refs)
     worst = int(np.argmax(gate))
     row["gate"] = {"n": len(gate), "max_meV_per_atom": round(float(gate.max()), 1),
