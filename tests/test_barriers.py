@@ -120,6 +120,25 @@ def test_the_hop_that_sets_the_percolation_barrier_is_rechecked_with_a_finer_ban
     assert len(read(out / hop["files"]["band"], ":")) == 11
 
 
+def test_no_second_neb_for_a_saddle_at_its_dividing_plane_minimum(fcc_file, tmp_path):
+    """fcc Morse with the dividing-plane bound (default): the NEB's saddle is the plane's minimum, which every path
+    between the endpoints crosses, so no second NEB can find a lower one: the recheck is skipped and said so. Forced
+    anyway (a negative tolerance), the fresh 9-image band lands higher and the first saddle is kept: same answer."""
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False)
+    [p] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
+    [hop] = p["hops"]
+    rc = hop["recheck"]
+    assert p["work"]["rechecked"] == [] and p["work"]["recheck_skipped_at_plane"] == [0]
+    assert rc["skipped"] == "saddle at the dividing-plane minimum" and rc["image_evaluations"] == 0
+    assert abs(hop["saddle_eV"] - rc["plane_minimum_eV"]) <= settings.recheck_plane_tol
+    forced = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False, recheck_plane_tol=-1.0)
+    [q] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=forced, progress=False)["phases"]
+    assert q["work"]["rechecked"] == [0] and q["hops"][0]["recheck"]["kept"] == "first"
+    assert q["hops"][0]["recheck"]["second_saddle_eV"] > hop["saddle_eV"]
+    assert q["hops"][0]["saddle_eV"] == pytest.approx(hop["saddle_eV"], abs=1e-9)
+    assert p["work"]["neb_image_evaluations"] < q["work"]["neb_image_evaluations"]
+
+
 def test_percolation_certified_without_every_neb(tmp_path):
     """fcc with first and second neighbour hops: the second-neighbour hop's dividing-plane bound lies above the
     first-neighbour barrier, which percolates in 3D: its NEB is skipped (and run with all_hops)."""

@@ -69,6 +69,10 @@ class BarrierSettings:
     # converged saddle is kept); 0: off. Li17Sn4's hop 7: 0.160 eV with 5 images, 0.147 with 9 (float64)
     recheck_images: int = 9
     recheck_max_steps: int = 100  # a second look that has not converged by then keeps the first saddle
+    # no second look at a hop whose saddle lies within this of its dividing-plane minimum: every path between the
+    # endpoints crosses that plane, so no other saddle can be lower than the plane's minimum (the same bound that lets
+    # the certification skip hops); Li17Sn4's hop 7, whose second look finds a lower saddle, is 36 meV above its plane
+    recheck_plane_tol: float = 0.002  # eV
 
 
 def resolve_phase(spec: str) -> tuple[str, Atoms]:
@@ -103,6 +107,7 @@ class _HopWork:
     relaxations: int
     relax_steps: int
     rechecks: dict = field(default_factory=dict)  # hop -> second NEB: images, both saddles (absolute eV), kept
+    plane: dict = field(default_factory=dict)  # hop -> converged dividing-plane minimum (absolute eV)
 
 
 def _interpolated_bands(ends, settings: BarrierSettings, name: str, n_images: int | None = None,
@@ -276,10 +281,18 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
     images between the same relaxed endpoints; the lower converged saddle is kept (recorded in ``work.rechecks``).
     Returns each hop's second saddle (None: not converged)."""
     hops = [h for h in todo if h in work.results and work.results[h].converged and h not in work.rechecks]
+    out: dict[int, float | None] = {}
+    at_plane = [h for h in hops if h in work.plane
+                and float(work.results[h].energies.max()) <= work.plane[h] + settings.recheck_plane_tol]
+    for h in at_plane:  # the saddle is the lowest point of a plane every path crosses: a second NEB cannot go lower
+        work.rechecks[h] = {"n_images": 0, "first_saddle": float(work.results[h].energies.max()), "second_saddle": None,
+                            "kept": "first", "image_evaluations": 0, "skipped": "saddle at the dividing-plane minimum",
+                            "plane_minimum": work.plane[h]}
+        out[h] = None
+    hops = [h for h in hops if h not in at_plane]
     fresh, _ = _interpolated_bands([(work.bands[h][0], work.bands[h][-1]) for h in hops], settings, name,
                                    n_images=settings.recheck_images, labels=hops, what=" (recheck)")
     bands = {h: b for h, b in zip(hops, fresh) if b is not None}
-    out: dict[int, float | None] = {}
     for g in _neb_groups(bands, settings):
         for h, r in zip(g, _neb_batch([bands[h] for h in g], model, settings, progress,
                                       max_steps=min(settings.max_steps, settings.recheck_max_steps))):
@@ -380,6 +393,7 @@ def _plane_bounds(work: _HopWork, todo: list[int], model, settings: BarrierSetti
         pm = plane[h]
         if pm is None or not pm[1]:
             continue
+        work.plane[h] = pm[0]
         work.lower[h] = max(work.lower[h], pm[0] - settings.bound_margin)
         work.upper[h] = max(work.upper[h], work.lower[h])
         b = work.bands[h]
@@ -464,6 +478,8 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
             row["recheck"] = {"n_images": rc["n_images"], "first_saddle_eV": rel(rc["first_saddle"]),
                               "second_saddle_eV": rel(rc["second_saddle"]), "kept": rc["kept"],
                               "image_evaluations": rc["image_evaluations"]}
+            if "skipped" in rc:
+                row["recheck"].update(skipped=rc["skipped"], plane_minimum_eV=rel(rc["plane_minimum"]))
         if k in work.errors:
             row["error"] = work.errors[k]
         rows.append(row)
@@ -482,7 +498,8 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
                                                                              sites.site_class.items()},
              "hops": rows, "percolation": percolation_d,
              "work": {"hops": len(hops), "nebs_run": n_run, "nebs_skipped": usable - n_run,
-                      "neb_rounds": work.rounds, "neb_order": work.order, "rechecked": sorted(work.rechecks),
+                      "neb_rounds": work.rounds, "neb_order": work.order, "rechecked": sorted(h for h, rc in work.rechecks.items() if "skipped" not in rc),
+                      "recheck_skipped_at_plane": sorted(h for h, rc in work.rechecks.items() if "skipped" in rc),
                       "vacancy_relaxations": work.relaxations,
                       "vacancy_relaxations_per_hop_pair": 2 * len(hops),
                       "neb_image_evaluations": work.evaluations,
