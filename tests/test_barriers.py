@@ -139,6 +139,36 @@ def test_no_second_neb_for_a_saddle_at_its_dividing_plane_minimum(fcc_file, tmp_
     assert p["work"]["neb_image_evaluations"] < q["work"]["neb_image_evaluations"]
 
 
+def test_plane_bounds_are_checked_against_the_phases_own_saddles(tmp_path, monkeypatch):
+    """A dividing-plane relaxation that stops above the plane's lowest point makes a lower bound that is not one. The
+    certification checks the bounds against its own converged saddles: plane minima made 50 meV too high here, the
+    NEB'd hop's saddle shows the excess, the margin grows to it (plus the usual 5 meV) and every skipped hop's bound
+    drops with it; the barrier is the same."""
+    import limace.analysis.barriers as B
+
+    path = tmp_path / "fcc.extxyz"
+    write(path, bulk("Li", "fcc", a=3.0 * np.sqrt(2)))
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, cutoff=4.4)
+    [ok] = run_barriers([str(path)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
+    assert ok["work"]["bound_margin_eV"] == settings.bound_margin and ok["work"]["plane_excess_eV"] < 0.002
+    real = B._plane_minima
+
+    def too_high(*args, **kwargs):
+        out, n = real(*args, **kwargs)
+        return [None if x is None else (x[0] + 0.05, *x[1:]) for x in out], n
+
+    monkeypatch.setattr(B, "_plane_minima", too_high)
+    [p] = run_barriers([str(path)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
+    excess = p["work"]["plane_excess_eV"]
+    assert excess == pytest.approx(0.05, abs=0.002)
+    assert p["work"]["bound_margin_eV"] == pytest.approx(excess + settings.bound_margin, abs=1e-9)
+    # hop 1 (skipped both times): its bound is the same plane minimum, now less the grown margin
+    assert p["hops"][1]["bounds_eV"][0] == pytest.approx(ok["hops"][1]["bounds_eV"][0] + 0.05
+                                                         - p["work"]["bound_margin_eV"] + settings.bound_margin,
+                                                         abs=1e-3)
+    assert p["percolation"]["3d"]["barrier_eV"] == pytest.approx(ok["percolation"]["3d"]["barrier_eV"], abs=1e-4)
+
+
 def test_percolation_certified_without_every_neb(tmp_path):
     """fcc with first and second neighbour hops: the second-neighbour hop's dividing-plane bound lies above the
     first-neighbour barrier, which percolates in 3D: its NEB is skipped (and run with all_hops)."""

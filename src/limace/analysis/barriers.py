@@ -108,6 +108,8 @@ class _HopWork:
     relax_steps: int
     rechecks: dict = field(default_factory=dict)  # hop -> second NEB: images, both saddles (absolute eV), kept
     plane: dict = field(default_factory=dict)  # hop -> converged dividing-plane minimum (absolute eV)
+    plane_tried: set = field(default_factory=set)  # hops whose plane relaxation ran (converged or not)
+    margin: float = 0.005  # eV taken off the plane minima; raised when a converged saddle lies lower than that
 
 
 def _interpolated_bands(ends, settings: BarrierSettings, name: str, n_images: int | None = None,
@@ -353,7 +355,8 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
         k += n
     work = _HopWork(sites=sites, bands=bands, errors=errors, lower=lower, upper=upper, results={}, order=[],
                     rounds=0, evaluations=0, bound_evaluations=len(images), relaxations=len(reps_list),
-                    relax_steps=sum(int(a.info.get("relax_steps", 0)) for a in relaxed))
+                    relax_steps=sum(int(a.info.get("relax_steps", 0)) for a in relaxed), margin=settings.bound_margin)
+    site_lower = list(lower)
     usable = [h for h in range(len(hops)) if bands[h] is not None]
     n_sites = len(bulk)
 
@@ -372,17 +375,37 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
     def refine(todo: list[int]) -> dict[int, float]:
         if not settings.plane_bound:
             return {}
-        _plane_bounds(work, todo, model, settings)  # one constrained image per hop: it may show they cannot matter
+        new = [h for h in todo if h not in work.plane_tried]
+        if new:  # one constrained image per hop: it may show they cannot matter
+            _plane_bounds(work, new, model, settings)
         return {h: work.lower[h] for h in todo}
 
     def compute(todo: list[int]) -> dict[int, float | None]:
-        _run_nebs(work, todo, model, settings, progress)
+        new = [h for h in todo if h not in work.results]
+        if new:
+            _run_nebs(work, new, model, settings, progress)
         saddles = _saddles(work)
         return {h: saddles[h] for h in todo}
 
-    certify_percolation(n_sites, [h.copies for h in hops], _site_energy_list(sites, n_sites), lower, compute,
-                        refine, usable=usable, recheck=recheck if settings.recheck_images else None)
-    return work
+    # The plane bounds are checked against the phase's own converged saddles: a saddle lower than its plane minimum
+    # less the margin shows the margin too small for this phase (a plane relaxation that stopped above the plane's
+    # lowest point), so the margin grows to that excess plus the usual one and the certification runs again, with
+    # every saddle and plane minimum computed so far kept.
+    while True:
+        certify_percolation(n_sites, [h.copies for h in hops], _site_energy_list(sites, n_sites), list(work.lower),
+                            compute, refine, usable=usable, recheck=recheck if settings.recheck_images else None)
+        excess = _plane_excess(work)
+        if excess <= work.margin + 1e-9:
+            return work
+        work.margin = excess + settings.bound_margin
+        for h, pm in work.plane.items():
+            work.lower[h] = max(site_lower[h], pm - work.margin)
+
+
+def _plane_excess(work: _HopWork) -> float:
+    """The largest (dividing-plane minimum - converged saddle) over the hops that have both (0 if none)."""
+    saddles = _saddles(work)
+    return max([work.plane[h] - saddles[h] for h in work.plane if saddles[h] is not None], default=0.0)
 
 
 def _plane_bounds(work: _HopWork, todo: list[int], model, settings: BarrierSettings) -> None:
@@ -391,12 +414,13 @@ def _plane_bounds(work: _HopWork, todo: list[int], model, settings: BarrierSetti
     sub = [work.bands[h] if h in todo else None for h in range(len(work.bands))]
     plane, evals = _plane_minima(sub, model, settings.plane_fmax)
     work.bound_evaluations += evals
+    work.plane_tried.update(todo)
     for h in todo:
         pm = plane[h]
         if pm is None or not pm[1]:
             continue
         work.plane[h] = pm[0]
-        work.lower[h] = max(work.lower[h], pm[0] - settings.bound_margin)
+        work.lower[h] = max(work.lower[h], pm[0] - work.margin)
         work.upper[h] = max(work.upper[h], work.lower[h])
         b = work.bands[h]
         if (len(b) - 2) % 2 == 1:
@@ -505,6 +529,8 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
                       "vacancy_relaxations": work.relaxations,
                       "vacancy_relaxations_per_hop_pair": 2 * len(hops),
                       "neb_image_evaluations": work.evaluations,
+                      # the margin under the plane minima, and the largest (plane minimum - saddle) seen
+                      "bound_margin_eV": work.margin, "plane_excess_eV": _plane_excess(work),
                       "bound_image_evaluations": work.bound_evaluations,
                       "atom_evaluations": (work.evaluations + work.bound_evaluations) * n_atoms}}
     if settings.check_size:
