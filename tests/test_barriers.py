@@ -169,6 +169,19 @@ def test_plane_bounds_are_checked_against_the_phases_own_saddles(tmp_path, monke
     assert p["percolation"]["3d"]["barrier_eV"] == pytest.approx(ok["percolation"]["3d"]["barrier_eV"], abs=1e-4)
 
 
+def test_a_grown_margin_withdraws_the_recheck_skip(fcc_file):
+    """The recheck skip rests on the same plane bound: with a margin (0.1 meV) smaller than fcc Morse's saddle-plane
+    offset (0.16 meV) the margin grows, the skip made under the old one is withdrawn and the second NEB runs (it
+    lands higher: the first saddle stays)."""
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, bound_margin=0.0001)
+    [p] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
+    w = p["work"]
+    assert w["plane_excess_eV"] > settings.bound_margin
+    assert w["bound_margin_eV"] == pytest.approx(w["plane_excess_eV"] + settings.bound_margin, abs=1e-12)
+    assert w["rechecked"] == [0] and w["recheck_skipped_at_plane"] == []
+    assert p["hops"][0]["recheck"]["n_images"] == 9 and p["hops"][0]["recheck"]["kept"] == "first"
+
+
 def test_percolation_certified_without_every_neb(tmp_path):
     """fcc with first and second neighbour hops: the second-neighbour hop's dividing-plane bound lies above the
     first-neighbour barrier, which percolates in 3D: its NEB is skipped (and run with all_hops)."""

@@ -286,7 +286,9 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
     out: dict[int, float | None] = {}
     # |saddle - plane minimum| small: the plane's minimum is where the path crosses. A saddle well below it shows a
     # plane relaxation that stopped in a higher local minimum (Li5Sn2's hops 1 and 3, 4 meV), so those are rechecked
-    at_plane = [h for h in hops if h in work.plane
+    # (and only while this phase's saddles have not shown its plane minima too high: see _compute)
+    trusted = work.margin <= settings.bound_margin
+    at_plane = [h for h in hops if trusted and h in work.plane
                 and abs(float(work.results[h].energies.max()) - work.plane[h]) <= settings.recheck_plane_tol]
     for h in at_plane:  # the saddle is the lowest point of a plane every path crosses: a second NEB cannot go lower
         work.rechecks[h] = {"n_images": 0, "first_saddle": float(work.results[h].energies.max()), "second_saddle": None,
@@ -400,6 +402,8 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
         work.margin = excess + settings.bound_margin
         for h, pm in work.plane.items():
             work.lower[h] = max(site_lower[h], pm - work.margin)
+        for h in [h for h, rc in work.rechecks.items() if "skipped" in rc]:  # skipped on the same bound: look again
+            del work.rechecks[h]
 
 
 def _plane_excess(work: _HopWork) -> float:
@@ -524,7 +528,8 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
                                                                              sites.site_class.items()},
              "hops": rows, "percolation": percolation_d,
              "work": {"hops": len(hops), "nebs_run": n_run, "nebs_skipped": usable - n_run,
-                      "neb_rounds": work.rounds, "neb_order": work.order, "rechecked": sorted(h for h, rc in work.rechecks.items() if "skipped" not in rc),
+                      "neb_rounds": work.rounds, "neb_order": work.order,
+                      "rechecked": sorted(h for h, rc in work.rechecks.items() if "skipped" not in rc),
                       "recheck_skipped_at_plane": sorted(h for h, rc in work.rechecks.items() if "skipped" in rc),
                       "vacancy_relaxations": work.relaxations,
                       "vacancy_relaxations_per_hop_pair": 2 * len(hops),
