@@ -131,6 +131,7 @@ def test_no_second_neb_for_a_saddle_at_its_dividing_plane_minimum(fcc_file, tmp_
     assert p["work"]["rechecked"] == [] and p["work"]["recheck_skipped_at_plane"] == [0]
     assert rc["skipped"] == "saddle at the dividing-plane minimum" and rc["image_evaluations"] == 0
     assert abs(hop["saddle_eV"] - rc["plane_minimum_eV"]) <= settings.recheck_plane_tol
+    assert hop["plane_minimum_eV"] == pytest.approx(rc["plane_minimum_eV"], abs=1e-12)  # also in the hop's row
     forced = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False, recheck_plane_tol=-1.0)
     [q] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=forced, progress=False)["phases"]
     assert q["work"]["rechecked"] == [0] and q["hops"][0]["recheck"]["kept"] == "first"

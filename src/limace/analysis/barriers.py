@@ -284,8 +284,8 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
     Returns each hop's second saddle (None: not converged)."""
     hops = [h for h in todo if h in work.results and work.results[h].converged and h not in work.rechecks]
     out: dict[int, float | None] = {}
-    # |saddle - plane minimum| small: the plane's minimum is where the path crosses. A saddle well below it shows a
-    # plane relaxation that stopped in a higher local minimum (Li5Sn2's hops 1 and 3, 4 meV), so those are rechecked
+    # |saddle - plane minimum| small: the plane's minimum is where the path crosses. A saddle well below it would show
+    # a plane relaxation that stopped in a higher local minimum, so such a hop is rechecked
     # (and only while this phase's saddles have not shown its plane minima too high: see _compute)
     trusted = work.margin <= settings.bound_margin
     at_plane = [h for h in hops if trusted and h in work.plane
@@ -498,6 +498,7 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
             "forward_eV": fwd, "backward_eV": bwd, "converged": ok, "steps": 0 if res is None else res.steps,
             "fmax_eV_A": None if res is None else res.fmax,
             "bounds_eV": [rel(work.lower[k]), rel(work.upper[k])],
+            "plane_minimum_eV": rel(work.plane.get(k)),  # the dividing-plane minimum, where it was computed
             "li_coordination": {"initial_site": li_coordination(bulk, h.i, settings.coordination_cutoff),
                                 "final_site": li_coordination(bulk, h.j, settings.coordination_cutoff)},
             "files": hop_files,
