@@ -138,6 +138,13 @@ def test_no_second_neb_for_a_saddle_at_its_dividing_plane_minimum(fcc_file, tmp_
     assert q["hops"][0]["recheck"]["second_saddle_eV"] > hop["saddle_eV"]
     assert q["hops"][0]["saddle_eV"] == pytest.approx(hop["saddle_eV"], abs=1e-9)
     assert p["work"]["neb_image_evaluations"] < q["work"]["neb_image_evaluations"]
+    # the tables say it: no second NEB here, a second NEB kept the first saddle there
+    from limace.analysis.barriers import markdown_table
+
+    row = [ln for ln in markdown_table({"phases": [p]}).splitlines() if ln.startswith("| morse_fcc | 1 |")]
+    assert row and row[-1].split("|")[7:9] == [" — ", " 0 "]
+    row = [ln for ln in markdown_table({"phases": [q]}).splitlines() if ln.startswith("| morse_fcc | 1 |")]
+    assert "first kept" in row[-1].split("|")[7]
 
 
 def test_plane_bounds_are_checked_against_the_phases_own_saddles(tmp_path, monkeypatch):

@@ -746,12 +746,19 @@ def markdown_table(report: dict) -> str:
     works = [p for p in report["phases"] if "work" in p]
     if works:
         lines += ["", "| phase | hops | NEBs run | skipped (certified without) | vacancy relaxations (vs 2 per hop) "
-                  "| image evaluations (NEB + bounds) | wall (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| image evaluations (NEB + bounds) | rechecked: first → second saddle (eV) "
+                  "| no recheck: saddle at its plane minimum | wall (s) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in works:
             w = p["work"]
+            rc = {h["hop"]: h["recheck"] for h in p["hops"] if "recheck" in h}
+            redone = ", ".join(f"{h} ({fmt(rc[h]['first_saddle_eV'])} → {fmt(rc[h]['second_saddle_eV'])}, "
+                               f"{rc[h]['kept']} kept)" for h in w.get("rechecked", []) if h in rc) or "—"
+            at_plane = ", ".join(map(str, w.get("recheck_skipped_at_plane", []))) or "—"
             lines.append(f"| {p['phase']} | {w['hops']} | {w['nebs_run']} | {w['nebs_skipped']} | "
                          f"{w['vacancy_relaxations']} (vs {w['vacancy_relaxations_per_hop_pair']}) | "
-                         f"{w['neb_image_evaluations']} + {w['bound_image_evaluations']} | {p.get('wall_s', '—')} |")
+                         f"{w['neb_image_evaluations']} + {w['bound_image_evaluations']} | {redone} | {at_plane} "
+                         f"| {p.get('wall_s', '—')} |")
     dft = [(p, h) for p in report["phases"] for h in p["hops"] if "dft" in h]
     if dft:
         lines += ["", "| phase | hop | DFT fwd / bwd along the model's path (eV) | model fwd / bwd (eV) |",
