@@ -188,6 +188,11 @@ def test_a_grown_margin_withdraws_the_recheck_skip(fcc_file):
     assert w["bound_margin_eV"] == pytest.approx(w["plane_excess_eV"] + settings.bound_margin, abs=1e-12)
     assert w["rechecked"] == [0] and w["recheck_skipped_at_plane"] == []
     assert p["hops"][0]["recheck"]["n_images"] == 9 and p["hops"][0]["recheck"]["kept"] == "first"
+    # the same with every hop's NEB run (--all-hops): the same check, the same withdrawal
+    every = BarrierSettings(min_image_distance=8.0, n_images=3, bound_margin=0.0001, all_hops=True)
+    [a] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=every, progress=False)["phases"]
+    assert a["work"]["bound_margin_eV"] == pytest.approx(w["bound_margin_eV"], abs=1e-9)
+    assert a["work"]["rechecked"] == [0] and a["work"]["recheck_skipped_at_plane"] == []
 
 
 def test_percolation_certified_without_every_neb(tmp_path):

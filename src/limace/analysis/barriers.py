@@ -109,7 +109,7 @@ class _HopWork:
     rechecks: dict = field(default_factory=dict)  # hop -> second NEB: images, both saddles (absolute eV), kept
     plane: dict = field(default_factory=dict)  # hop -> converged dividing-plane minimum (absolute eV)
     plane_tried: set = field(default_factory=set)  # hops whose plane relaxation ran (converged or not)
-    margin: float = 0.005  # eV taken off the plane minima; raised when a converged saddle lies lower than that
+    margin: float = BarrierSettings.bound_margin  # eV off the plane minima; grown by _grow_margin
 
 
 def _interpolated_bands(ends, settings: BarrierSettings, name: str, n_images: int | None = None,
@@ -288,10 +288,11 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
     # a plane relaxation that stopped in a higher local minimum, so such a hop is rechecked
     # (and only while this phase's saddles have not shown its plane minima too high: see _compute)
     trusted = work.margin <= settings.bound_margin
+    saddles = _saddles(work)
     at_plane = [h for h in hops if trusted and h in work.plane
-                and abs(float(work.results[h].energies.max()) - work.plane[h]) <= settings.recheck_plane_tol]
+                and abs(saddles[h] - work.plane[h]) <= settings.recheck_plane_tol]
     for h in at_plane:  # the saddle is the lowest point of a plane every path crosses: a second NEB cannot go lower
-        work.rechecks[h] = {"n_images": 0, "first_saddle": float(work.results[h].energies.max()), "second_saddle": None,
+        work.rechecks[h] = {"n_images": 0, "first_saddle": saddles[h], "second_saddle": None,
                             "kept": "first", "image_evaluations": 0, "skipped": "saddle at the dividing-plane minimum",
                             "plane_minimum": work.plane[h]}
         out[h] = None
@@ -369,10 +370,12 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
         if settings.plane_bound:  # every NEB starts the same way, whichever mode runs it (certified, all, size check)
             _plane_bounds(work, usable, model, settings)
         _run_nebs(work, usable, model, settings, progress)
-        if settings.recheck_images:  # the same second look at the hops that set the values as in certified mode
-            certify_percolation(n_sites, [h.copies for h in hops], _site_energy_list(sites, n_sites), lower,
-                                _known_saddles(work), usable=usable, recheck=recheck)
-        return work
+        while True:  # the same second look at the hops that set the values, and the same bound check, as below
+            if settings.recheck_images:
+                certify_percolation(n_sites, [h.copies for h in hops], _site_energy_list(sites, n_sites),
+                                    list(work.lower), _known_saddles(work), usable=usable, recheck=recheck)
+            if not _grow_margin(work, site_lower, settings) or not settings.recheck_images:
+                return work
 
     def refine(todo: list[int]) -> dict[int, float]:
         if not settings.plane_bound:
@@ -396,14 +399,23 @@ def _compute(bulk: Atoms, hops, reps, model, settings: BarrierSettings, name: st
     while True:
         certify_percolation(n_sites, [h.copies for h in hops], _site_energy_list(sites, n_sites), list(work.lower),
                             compute, refine, usable=usable, recheck=recheck if settings.recheck_images else None)
-        excess = _plane_excess(work)
-        if excess <= work.margin + 1e-9:
+        if not _grow_margin(work, site_lower, settings):
             return work
-        work.margin = excess + settings.bound_margin
-        for h, pm in work.plane.items():
-            work.lower[h] = max(site_lower[h], pm - work.margin)
-        for h in [h for h, rc in work.rechecks.items() if "skipped" in rc]:  # skipped on the same bound: look again
-            del work.rechecks[h]
+
+
+def _grow_margin(work: _HopWork, site_lower: list, settings: BarrierSettings) -> bool:
+    """If a converged saddle lies below its plane minimum by more than ``work.margin``: grow the margin to that
+    excess plus ``settings.bound_margin``, lower every plane bound with it and withdraw the recheck skips made on the
+    old bound; True when it grew (the certification must run again)."""
+    excess = _plane_excess(work)
+    if excess <= work.margin + 1e-9:
+        return False
+    work.margin = excess + settings.bound_margin
+    for h, pm in work.plane.items():
+        work.lower[h] = max(site_lower[h], pm - work.margin)
+    for h in [h for h, rc in work.rechecks.items() if "skipped" in rc]:  # skipped on the same bound: look again
+        del work.rechecks[h]
+    return True
 
 
 def _plane_excess(work: _HopWork) -> float:
