@@ -8,7 +8,8 @@ improved tangent, climbing image, the same fmax for both, no tight fmax):
 2. best vs best: the faster of ASE's ``NEBOptimizer`` (ODE) and ``ase.optimize.LBFGS`` on ``ase.mep.NEB`` against
    ``run_neb(optimizer="lbfgs", freeze=True)``;
 3. whole phase (``--whole-phase``): everything from the relaxed bulk to the percolation barriers — limace's
-   ``phase_barriers`` (shared vacancy relaxations, bounds, only the NEBs the certified answer needs) against ASE
+   ``phase_barriers`` (shared vacancy relaxations, bounds, only the saddles the certified answer needs, each from
+   its dividing-plane minimum where that is a stationary point at the top of its path, else by NEB) against ASE
    doing the same job the plain way (two endpoint relaxations per hop with ASE's LBFGS, then ASE's best NEB
    optimizer on every distinct hop, and the same second NEB from a fresh 9-image band for the hops ours rechecked).
 
@@ -172,7 +173,8 @@ def whole_phase(specs, model, args):
     from limace.data.generate import hop_images
 
     print("\n### whole phase: bulk relaxed -> percolation barriers\n")
-    print("| phase | hops | limace wall (s) | NEBs run / skipped | ASE wall (s) | ASE NEBs | speed-up | "
+    print("| phase | hops | limace wall (s) | NEBs run / saddles at the plane / skipped | ASE wall (s) | ASE NEBs "
+          "| speed-up | "
           "1D/3D limace (eV) | max |saddle diff| on limace's NEBs (meV) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for spec in specs:
@@ -185,7 +187,8 @@ def whole_phase(specs, model, args):
         entry, results, _ = phase_barriers(name, bulk, model, settings, progress=False)
         wall_ours = time.perf_counter() - t0
         hops = distinct_hops(bulk, cutoff=settings.cutoff)
-        print(f"{name}: limace {wall_ours:.1f} s ({entry['work']['nebs_run']} NEBs of {len(hops)} hops); ASE:",
+        print(f"{name}: limace {wall_ours:.1f} s ({entry['work']['nebs_run']} NEBs and "
+              f"{len(entry['work']['saddles_at_plane'])} saddles at the plane of {len(hops)} hops); ASE:",
               flush=True)
         t0 = time.perf_counter()
         ase_barriers = []
@@ -225,7 +228,7 @@ def whole_phase(specs, model, args):
         fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
         done = len(ase_barriers)
         partial = done < len(hops)
-        print(f"| {name} | {len(hops)} | {wall_ours:.1f} | {w['nebs_run']} / {w['nebs_skipped']} | {wall_ase:.1f} | "
+        print(f"| {name} | {len(hops)} | {wall_ours:.1f} | {w['nebs_run']} / {len(w['saddles_at_plane'])} / {w['nebs_skipped']} | {wall_ase:.1f} | "
               f"{done}{' (stopped)' if partial else ''} ({args.ase_best}) | {'>= ' if partial else ''}"
               f"{wall_ase / wall_ours:.2f}x | {fmt(pc['1d']['barrier_eV'])} / "
               f"{fmt(pc['3d']['barrier_eV'])} | {max(diffs) if diffs else float('nan'):.1f} |", flush=True)

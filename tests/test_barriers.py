@@ -142,9 +142,9 @@ def test_no_second_neb_for_a_saddle_at_its_dividing_plane_minimum(fcc_file, tmp_
     from limace.analysis.barriers import markdown_table
 
     row = [ln for ln in markdown_table({"phases": [p]}).splitlines() if ln.startswith("| morse_fcc | 1 |")]
-    assert row and row[-1].split("|")[7:9] == [" — ", " 0 "]
+    assert row and row[-1].split("|")[8:10] == [" — ", " 0 "]
     row = [ln for ln in markdown_table({"phases": [q]}).splitlines() if ln.startswith("| morse_fcc | 1 |")]
-    assert "first kept" in row[-1].split("|")[7]
+    assert "first kept" in row[-1].split("|")[8]
 
 
 def test_plane_bounds_are_checked_against_the_phases_own_saddles(tmp_path, monkeypatch):
@@ -156,7 +156,8 @@ def test_plane_bounds_are_checked_against_the_phases_own_saddles(tmp_path, monke
 
     path = tmp_path / "fcc.extxyz"
     write(path, bulk("Li", "fcc", a=3.0 * np.sqrt(2)))
-    settings = BarrierSettings(min_image_distance=8.0, n_images=3, cutoff=4.4)
+    # NEBs (not plane saddles): the check compares the NEBs' saddles with the plane minima
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, cutoff=4.4, plane_saddle=False)
     [ok] = run_barriers([str(path)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
     assert ok["work"]["bound_margin_eV"] == settings.bound_margin and ok["work"]["plane_excess_eV"] < 0.002
     real = B._plane_minima
@@ -181,7 +182,7 @@ def test_a_grown_margin_withdraws_the_recheck_skip(fcc_file):
     """The recheck skip rests on the same plane bound: with a margin (0.1 meV) smaller than fcc Morse's saddle-plane
     offset (0.16 meV) the margin grows, the skip made under the old one is withdrawn and the second NEB runs (it
     lands higher: the first saddle stays)."""
-    settings = BarrierSettings(min_image_distance=8.0, n_images=3, bound_margin=0.0001)
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, bound_margin=0.0001, plane_saddle=False)
     [p] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
     w = p["work"]
     assert w["plane_excess_eV"] > settings.bound_margin
@@ -189,7 +190,8 @@ def test_a_grown_margin_withdraws_the_recheck_skip(fcc_file):
     assert w["rechecked"] == [0] and w["recheck_skipped_at_plane"] == []
     assert p["hops"][0]["recheck"]["n_images"] == 9 and p["hops"][0]["recheck"]["kept"] == "first"
     # the same with every hop's NEB run (--all-hops): the same check, the same withdrawal
-    every = BarrierSettings(min_image_distance=8.0, n_images=3, bound_margin=0.0001, all_hops=True)
+    every = BarrierSettings(min_image_distance=8.0, n_images=3, bound_margin=0.0001, all_hops=True,
+                            plane_saddle=False)
     [a] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=every, progress=False)["phases"]
     assert a["work"]["bound_margin_eV"] == pytest.approx(w["bound_margin_eV"], abs=1e-9)
     assert a["work"]["rechecked"] == [0] and a["work"]["recheck_skipped_at_plane"] == []
@@ -206,7 +208,9 @@ def test_percolation_certified_without_every_neb(tmp_path):
     assert h0["status"] == "converged" and h1["status"] == "skipped"
     assert h1["bounds_eV"][0] > phase["percolation"]["3d"]["barrier_eV"]
     assert all(phase["percolation"][d]["certified"] for d in ("1d", "2d", "3d"))
-    assert phase["work"]["nebs_run"] == 1 and phase["work"]["nebs_skipped"] == 1
+    # the first-neighbour hop needs no NEB either: its saddle is its dividing-plane minimum
+    assert phase["work"]["saddles_at_plane"] == [0] and phase["work"]["nebs_run"] == 0
+    assert phase["work"]["nebs_skipped"] == 1
     [full] = run_barriers([str(path)], BatchedMorse(**MORSE), settings=BarrierSettings(
         min_image_distance=8.0, n_images=3, cutoff=4.4, all_hops=True), progress=False)["phases"]
     assert full["hops"][1]["status"] == "converged"
@@ -214,6 +218,83 @@ def test_percolation_certified_without_every_neb(tmp_path):
     # every NEB starts from the same band (middle image at the dividing-plane minimum) in both modes
     assert full["percolation"]["3d"]["barrier_eV"] == pytest.approx(phase["percolation"]["3d"]["barrier_eV"],
                                                                     abs=1e-6)
+
+
+def test_a_symmetric_hops_saddle_is_its_plane_minimum_without_an_neb(fcc_file, tmp_path):
+    """fcc Morse: the hop's dividing plane is a mirror of its endpoints, so the plane's minimum is a stationary point
+    (every force below the NEB's fmax) and the top of the path initial -> it -> final: that is the saddle, with no
+    NEB. It equals the CI-NEB's saddle (plane_saddle=False) to 0.1 meV; the band on disk is that path, its climbing
+    image the plane minimum."""
+    from ase.io import read
+
+    out = tmp_path / "o"
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False)
+    [p] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), out=out, settings=settings, progress=False)["phases"]
+    [neb] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=BarrierSettings(
+        min_image_distance=8.0, n_images=3, relax_bulk=False, plane_saddle=False), progress=False)["phases"]
+    [hop], [ref] = p["hops"], neb["hops"]
+    assert hop["saddle_method"] == "dividing_plane" and ref["saddle_method"] == "neb"
+    assert hop["converged"] and hop["steps"] == 0 and p["work"]["saddles_at_plane"] == [0]
+    assert p["work"]["nebs_run"] == 0 and p["work"]["neb_image_evaluations"] == 0
+    assert hop["barrier_eV"] == pytest.approx(ref["barrier_eV"], abs=1e-4)
+    assert hop["saddle_eV"] == hop["plane_minimum_eV"]
+    band = read(out / hop["files"]["band"], ":")
+    ci = read(out / hop["files"]["climbing_image"])
+    assert len(band) == settings.n_images + 2
+    assert ci.get_potential_energy() == pytest.approx(max(a.get_potential_energy() for a in band), abs=1e-12)
+    from limace.core.state import BatchedState
+
+    forces = BatchedMorse(**MORSE)(BatchedState.from_atoms([ci]))["forces"].detach().numpy()
+    assert np.linalg.norm(forces, axis=1).max() < hop["fmax_eV_A"]  # a stationary point, not only in its plane
+    assert p["percolation"]["3d"]["barrier_eV"] == pytest.approx(neb["percolation"]["3d"]["barrier_eV"], abs=1e-4)
+
+
+def test_a_plane_minimum_with_a_force_across_the_plane_gets_its_neb(fcc_file, monkeypatch):
+    """Where the force across the plane at its minimum is above the NEB's fmax (the saddle lies off the plane, as in
+    an asymmetric hop), the plane minimum is only a bound: the hop gets its CI-NEB."""
+    import limace.analysis.barriers as B
+
+    real = B._plane_minima
+
+    def pushed(*args, **kwargs):
+        out, n = real(*args, **kwargs)
+        return [None if x is None else (*x[:3], 0.2, *x[4:]) for x in out], n
+
+    monkeypatch.setattr(B, "_plane_minima", pushed)
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False)
+    [p] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
+    assert p["hops"][0]["saddle_method"] == "neb" and p["hops"][0]["converged"]
+    assert p["work"]["saddles_at_plane"] == [] and p["work"]["nebs_run"] == 1
+
+
+def test_the_plane_is_moved_to_where_the_force_across_it_vanishes(fcc_file, monkeypatch):
+    """A plane off the saddle (its first relaxation made at 42 % of the jump instead of halfway, as the middle plane
+    of an asymmetric hop is): its minimum has a force across the plane above fmax, so the plane is moved along the
+    jump (secant steps on that force) to the stationary one, here the middle, and that is the saddle: equal to the
+    CI-NEB's within 0.1 meV, no NEB."""
+    import limace.analysis.barriers as B
+
+    real = B._plane_minima
+
+    def off_centre(bands, model, fmax, max_steps=300, fractions=None, starts=None):
+        if fractions is None:  # the first plane of each hop
+            fractions = {h: 0.42 for h, b in enumerate(bands) if b is not None}
+        return real(bands, model, fmax, max_steps, fractions=fractions, starts=starts)
+
+    settings = BarrierSettings(min_image_distance=8.0, n_images=3, relax_bulk=False)
+    [neb] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=BarrierSettings(
+        min_image_distance=8.0, n_images=3, relax_bulk=False, plane_saddle=False), progress=False)["phases"]
+    monkeypatch.setattr(B, "_plane_minima", off_centre)
+    [p] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=settings, progress=False)["phases"]
+    hop = p["hops"][0]
+    assert hop["saddle_method"] == "dividing_plane" and p["work"]["nebs_run"] == 0
+    assert hop["plane_position"] == pytest.approx(0.5, abs=0.02)
+    assert hop["saddle_eV"] == pytest.approx(neb["hops"][0]["saddle_eV"], abs=1e-4)
+    # with the search off, the 42 % plane's minimum is no saddle: the hop gets its NEB, same barrier
+    [q] = run_barriers([str(fcc_file)], BatchedMorse(**MORSE), settings=BarrierSettings(
+        min_image_distance=8.0, n_images=3, relax_bulk=False, plane_search_steps=0), progress=False)["phases"]
+    assert q["hops"][0]["saddle_method"] == "neb"
+    assert q["hops"][0]["saddle_eV"] == pytest.approx(neb["hops"][0]["saddle_eV"], abs=1e-4)
 
 
 def test_cli_writes_the_documented_schema(tiny_mace_model_path, tmp_path, limace_exe):

@@ -73,6 +73,13 @@ class BarrierSettings:
     # endpoints crosses that plane, so no other saddle can be lower than the plane's minimum (the same bound that lets
     # the certification skip hops); Li17Sn4's hop 7, whose second look finds a lower saddle, is 36 meV above its plane
     recheck_plane_tol: float = 0.002  # eV
+    # a hop's saddle without an NEB where its dividing-plane minimum is one: every force there below the NEB's fmax
+    # (a stationary point) and, within plane_saddle_tol, the highest point of the interpolated path endpoint -> it ->
+    # endpoint (energies only; that path is not the minimum-energy path, so it may rise a little beside the saddle:
+    # Li13In3's hop 1, 0.8 meV)
+    plane_saddle: bool = True
+    plane_saddle_tol: float = 0.002  # eV
+    plane_search_steps: int = 4  # planes moved along an asymmetric hop's jump to find its saddle (0: middle plane only)
 
 
 def resolve_phase(spec: str) -> tuple[str, Atoms]:
@@ -109,6 +116,9 @@ class _HopWork:
     rechecks: dict = field(default_factory=dict)  # hop -> second NEB: images, both saddles (absolute eV), kept
     plane: dict = field(default_factory=dict)  # hop -> converged dividing-plane minimum (absolute eV)
     plane_tried: set = field(default_factory=set)  # hops whose plane relaxation ran (converged or not)
+    plane_image: dict = field(default_factory=dict)  # hop -> (plane minimum, largest force, force across, energy)
+    plane_fraction: dict = field(default_factory=dict)  # hop -> position of its highest plane along the jump (0.5: middle)
+    plane_saddles: list = field(default_factory=list)  # hops whose saddle is their plane minimum (no NEB)
     margin: float = BarrierSettings.bound_margin  # eV off the plane minima; grown by _grow_margin
 
 
@@ -153,15 +163,20 @@ def _single_points(structures: list[Atoms], model, atom_budget: int | None) -> n
     return np.asarray(out)
 
 
-def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tuple[list, int]:
+def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300, fractions: dict | None = None,
+                  starts: dict | None = None) -> tuple[list, int]:
     """Lowest energy on each hop's dividing plane: the middle image of the band relaxed with the mover held on the
     plane through the middle of its jump, perpendicular to it, relative to the centre of the other atoms.
 
     Every continuous path between the endpoints crosses that plane, so the energy where the minimum-energy path
     crosses it, and hence the saddle, is at least the plane's minimum; the relaxation (batched L-BFGS with the forces
     projected onto the plane: a linear constraint, kept exactly) finds the local minimum nearest the interpolated
-    middle image, which for a hop is where the path crosses. Returns, per band, (energy, converged, relaxed image) or
-    None, and the number of image evaluations."""
+    middle image, which for a hop is where the path crosses. ``fractions`` ({band: t}): the plane through the
+    point at fraction t of the jump instead of its middle (every path crosses that plane too); ``starts`` ({band:
+    Atoms}): the image to start from instead of the band's middle one (its mover is moved onto the plane). Returns,
+    per band, (energy, converged, relaxed image, largest force on an atom there without the projection, the force
+    across the plane: the mover's force along the jump relative to the others', whose sign says on which side of
+    the plane the saddle lies) or None, and the number of image evaluations."""
     import torch
 
     from limace.core.optimize import lbfgs_init, lbfgs_step
@@ -175,12 +190,14 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tupl
     for h in idx:
         b = bands[h]
         ini, fin = b[0], b[-1]
-        mid = b[len(b) // 2].copy()
+        mid = (b[len(b) // 2] if starts is None or h not in starts else starts[h]).copy()
         n = fin.positions[-1] - ini.positions[-1]
         n = n / np.linalg.norm(n)
-        # put the mover exactly on the plane: q = n.(x_mover - mean of the others) halfway between the endpoints'
+        # put the mover exactly on the plane: q = n.(x_mover - mean of the others) at fraction t (default halfway)
+        # between the endpoints'
         q = lambda a: float(n @ (a.positions[-1] - a.positions[:-1].mean(axis=0)))  # noqa: E731
-        mid.positions[-1] += (0.5 * (q(ini) + q(fin)) - q(mid)) * n
+        t = 0.5 if fractions is None else fractions.get(h, 0.5)
+        mid.positions[-1] += ((1 - t) * q(ini) + t * q(fin) - q(mid)) * n
         starts.append(mid)
         normals.append(n)
     st = BatchedState.from_atoms(starts, device=model.device, dtype=dt)
@@ -192,11 +209,14 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tupl
     is_mover[movers] = True
     sys_idx = st.system_idx
 
-    def project(f):
+    def across(f):  # the generalized force along q (minus dE/dq at fixed positions of the rest)
         fn = (f * nvec[sys_idx]).sum(-1)  # n.F per atom
         f_m = fn[movers]
         f_o = st.sum_per_system(torch.where(is_mover, torch.zeros_like(fn), fn)) / counts
-        lam = (f_m - f_o) / (1 + 1 / counts)
+        return (f_m - f_o) / (1 + 1 / counts)
+
+    def project(f):
+        lam = across(f)
         coef = torch.where(is_mover, -lam[sys_idx], lam[sys_idx] / counts[sys_idx])
         return f + coef[:, None] * nvec[sys_idx]
 
@@ -204,6 +224,8 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tupl
     opt = lbfgs_init(x, sys_idx, st.n_systems)
     done_e = torch.full((st.n_systems,), float("nan"), dtype=dt)
     done_x = x.clone()
+    done_f = torch.full((st.n_systems,), float("nan"), dtype=dt)  # largest force, not projected
+    done_g = torch.full((st.n_systems,), float("nan"), dtype=dt)  # force across the plane
     finished = torch.zeros(st.n_systems, dtype=torch.bool)
     evaluations = 0
     energy = torch.zeros(st.n_systems, dtype=dt, device=st.device)
@@ -220,6 +242,7 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tupl
         forces = torch.zeros_like(x)
         forces[rows] = out["forces"].detach().to(dt)
         f = project(forces)
+        g = across(forces)
         x_new, opt = lbfgs_step(opt, x, f, fmax=fmax, objective=energy)
         newly = opt.converged.cpu() & ~finished
         if step == max_steps:
@@ -228,6 +251,8 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tupl
             done_e[k] = energy[k]
             a, b = ranges[k]
             done_x[a:b] = x[a:b]
+            done_f[k] = forces[a:b].norm(dim=1).max()
+            done_g[k] = g[k]
         finished |= newly
         if bool(finished.all()):
             break
@@ -238,7 +263,7 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300) -> tupl
         a, b = ranges[k]
         im = starts[k].copy()
         im.positions = done_x[a:b].cpu().numpy()
-        out_list[h] = (float(done_e[k]), bool(conv[k]), im)
+        out_list[h] = (float(done_e[k]), bool(conv[k]), im, float(done_f[k]), float(done_g[k]))
     return out_list, evaluations
 
 
@@ -268,13 +293,142 @@ def _neb_batch(bands: list, model, settings: BarrierSettings, progress: bool, ma
 
 
 def _run_nebs(work: _HopWork, todo: list[int], model, settings: BarrierSettings, progress: bool) -> None:
-    bands = {h: work.bands[h] for h in todo if work.bands[h] is not None}
+    """The saddles of hops ``todo``: at the dividing-plane minimum where that is one (:func:`_plane_saddles`), else
+    by climbing-image NEB (batched)."""
+    at_plane = _plane_saddles(work, todo, model, settings) if settings.plane_saddle else []
+    bands = {h: work.bands[h] for h in todo if work.bands[h] is not None and h not in at_plane}
     for g in _neb_groups(bands, settings):
         for h, r in zip(g, _neb_batch([bands[h] for h in g], model, settings, progress)):
             work.results[h] = r
             work.order.append(h)
             work.evaluations += r.info["band_evaluations"]
         work.rounds += 1
+
+
+def _saddle_fmax(work: _HopWork, h: int, energy: float, settings: BarrierSettings) -> float:
+    """The fmax an NEB of hop ``h`` with its saddle at ``energy`` converges to (tight below ``tight_below``)."""
+    band = work.bands[h]
+    low = energy - max(float(band[0].info["energy"]), float(band[-1].info["energy"]))  # the smaller barrier
+    return min(settings.fmax, settings.tight_fmax) if low < settings.tight_below else settings.fmax
+
+
+def _jump(band, image: Atoms) -> tuple[float, float]:
+    """The length of the mover's jump (along it, relative to the centre of the other atoms) and the fraction of it
+    at which ``image`` has its mover."""
+    ini, fin = band[0], band[-1]
+    n = fin.positions[-1] - ini.positions[-1]
+    n = n / np.linalg.norm(n)
+    q = lambda a: float(n @ (a.positions[-1] - a.positions[:-1].mean(axis=0)))  # noqa: E731
+    return abs(q(fin) - q(ini)), (q(image) - q(ini)) / (q(fin) - q(ini))
+
+
+def _plane_search(work: _HopWork, hops: list[int], model, settings: BarrierSettings) -> None:
+    """Move the dividing plane of each of ``hops`` (whose middle-plane minimum is not a stationary point) along the
+    jump to where the force across it vanishes: the maximum over the plane position t of W(t), the plane's lowest
+    energy. Every path between the endpoints crosses every such plane, so each W(t) is a lower bound of the saddle
+    (``work.plane`` keeps the highest); at the maximum the plane's minimum is a stationary point, the saddle of an
+    asymmetric hop. Secant steps on the force across the plane (batched over hops, each plane relaxation started from
+    the last one), at most ``settings.plane_search_steps`` planes per hop; a stationary one replaces
+    ``work.plane_image``."""
+    jump = {h: _jump(work.bands[h], work.plane_image[h][0]) for h in hops}
+    length = {h: jump[h][0] for h in hops}
+    hist = {h: [(jump[h][1], work.plane_image[h][2])] for h in hops}  # (plane position t, force across)
+    last = {h: work.plane_image[h][0] for h in hops}
+    active = list(hops)
+    for _ in range(settings.plane_search_steps):
+        fractions = {}
+        for h in active:
+            (t1, g1), lim = hist[h][-1], 0.3 / length[h]  # at most 0.3 A per step
+            step = -np.sign(g1) * min(0.3, max(0.05, abs(g1) / 0.5)) / length[h]  # uphill; ~0.5 eV/A^2 curvature
+            if len(hist[h]) > 1:
+                t0, g0 = hist[h][-2]
+                if g1 != g0 and (g1 - g0) / (t1 - t0) > 0:  # the force across grows through the top: secant
+                    step = float(np.clip(-g1 * (t1 - t0) / (g1 - g0), -lim, lim))
+            fractions[h] = float(np.clip(t1 + step, 0.1, 0.9))
+        sub = [work.bands[h] if h in fractions else None for h in range(len(work.bands))]
+        res, evals = _plane_minima(sub, model, settings.plane_fmax, fractions=fractions, starts=last)
+        work.bound_evaluations += evals
+        keep = []
+        for h in active:
+            pm = res[h]
+            if pm is None or not pm[1]:
+                continue
+            energy, _, image, f_max, g = pm
+            hist[h].append((fractions[h], g))
+            last[h] = image
+            if energy > work.plane[h]:  # a higher plane minimum: a tighter lower bound
+                work.plane[h] = energy
+                work.plane_fraction[h] = fractions[h]
+                work.lower[h] = max(work.lower[h], energy - work.margin)
+                work.upper[h] = max(work.upper[h], work.lower[h])
+            if f_max < _saddle_fmax(work, h, energy, settings):
+                work.plane_image[h] = (image, f_max, g, energy)
+            else:
+                keep.append(h)
+        active = keep
+        if not active:
+            return
+
+
+def _plane_saddles(work: _HopWork, todo: list[int], model, settings: BarrierSettings) -> list[int]:
+    """Hops of ``todo`` whose saddle is a dividing-plane minimum P, so that no NEB is needed: every force at P (not
+    only those in the plane) is below the fmax the NEB would use (a stationary point), and P is the highest point,
+    within ``settings.plane_saddle_tol``, of the path initial -> P -> final, interpolated with
+    ``settings.n_images // 2`` images on each side (energies only), and of every plane minimum computed for the hop.
+    Then the saddle energy S of the hop obeys S <= E(P) + tol (the highest point of one continuous path between the
+    endpoints bounds the minimum-energy path's from above) and S >= E(P) (every path crosses P's plane, whose lowest
+    point P is), as far as the relaxation found the plane's lowest point, which :func:`_grow_margin` checks against
+    the phase's NEB saddles. A symmetric hop (the middle plane a mirror of the endpoints) usually qualifies at once;
+    for another the plane is first moved along the jump to where the force across it vanishes
+    (:func:`_plane_search`); a hop that still does not qualify gets its NEB. The result is recorded as a converged
+    band: the path, its climbing image P, whose energy is the saddle's (``saddle_energy``; ``info["saddle"]``:
+    ``"dividing_plane"``)."""
+    from limace.analysis.neb import NEBResult
+    from limace.data.generate import hop_images
+
+    hops = [h for h in todo if h not in work.results and h in work.plane_image and work.bands[h] is not None]
+    off = [h for h in hops if not work.plane_image[h][1] < _saddle_fmax(work, h, work.plane_image[h][3], settings)]
+    if off and settings.plane_search_steps > 0:
+        _plane_search(work, off, model, settings)
+    side = max(1, settings.n_images // 2)
+    cand, paths = [], []
+    for h in hops:
+        band = work.bands[h]
+        ini, fin = band[0], band[-1]
+        image, f_max, _, e_p = work.plane_image[h]
+        fmax = _saddle_fmax(work, h, e_p, settings)
+        if not f_max < fmax or e_p <= max(float(ini.info["energy"]), float(fin.info["energy"])):
+            continue
+        if work.plane[h] > e_p + settings.plane_saddle_tol:  # another plane's minimum is higher: not the saddle
+            continue
+        cand.append((h, fmax, f_max, e_p))
+        paths.append([ini, *hop_images(ini, image, n_images=side, method=settings.interpolation), image,
+                      *hop_images(image, fin, n_images=side, method=settings.interpolation), fin])
+    if not cand:
+        return []
+    e = _single_points([a for p in paths for a in p[1:side + 1] + p[side + 2:-1]], model, settings.max_band_atoms)
+    work.bound_evaluations += len(e)
+    accepted = []
+    for k, ((h, fmax, f_max, e_p), path) in enumerate(zip(cand, paths)):
+        ek = e[2 * side * k:2 * side * (k + 1)]
+        if ek.max() > e_p + settings.plane_saddle_tol:  # the path is higher elsewhere: P is not the path's top
+            if 2 * side == settings.n_images - 1:  # the NEB starts from that path, its climbing image at P
+                work.bands[h] = path  # (a stationary point: the band's straight sides bend into the valley)
+            continue
+        energies = np.asarray([float(path[0].info["energy"]), *ek[:side], e_p, *ek[side:],
+                               float(path[-1].info["energy"])])
+        work.results[h] = NEBResult(energies=energies, positions=[a.positions.copy() for a in path], converged=True,
+                                    steps=0, fmax=fmax, max_force=f_max, climbing_image=side + 1, images=path,
+                                    saddle_energy=e_p,
+                                    info={"saddle": "dividing_plane", "band_evaluations": 0,
+                                          "path_evaluations": 2 * side,
+                                          "plane_fraction": _jump(path, image)[1]},
+                                    cell=path[0].cell[:].copy() if path[0].pbc.any() else None,
+                                    pbc=path[0].pbc.copy())
+        work.plane_saddles.append(h)
+        work.order.append(h)
+        accepted.append(h)
+    return accepted
 
 
 def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, name: str,
@@ -303,8 +457,8 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
     for g in _neb_groups(bands, settings):
         for h, r in zip(g, _neb_batch([bands[h] for h in g], model, settings, progress,
                                       max_steps=min(settings.max_steps, settings.recheck_max_steps))):
-            first = float(work.results[h].energies.max())
-            second = float(r.energies.max()) if r.converged else None
+            first = work.results[h].top
+            second = r.top if r.converged else None
             keep = second is not None and second < first
             work.rechecks[h] = {"n_images": settings.recheck_images, "first_saddle": first, "second_saddle": second,
                                 "kept": "second" if keep else "first",
@@ -317,7 +471,7 @@ def _recheck(work: _HopWork, todo: list[int], model, settings: BarrierSettings, 
 
 
 def _saddles(work: _HopWork) -> list[float | None]:
-    return [float(work.results[h].energies.max()) if h in work.results and work.results[h].converged else None
+    return [work.results[h].top if h in work.results and work.results[h].converged else None
             for h in range(len(work.bands))]
 
 
@@ -436,6 +590,8 @@ def _plane_bounds(work: _HopWork, todo: list[int], model, settings: BarrierSetti
         if pm is None or not pm[1]:
             continue
         work.plane[h] = pm[0]
+        work.plane_image[h] = (pm[2], pm[3], pm[4], pm[0])  # image, largest force, force across, energy
+        work.plane_fraction[h] = _jump(work.bands[h], pm[2])[1]
         work.lower[h] = max(work.lower[h], pm[0] - work.margin)
         work.upper[h] = max(work.upper[h], work.lower[h])
         b = work.bands[h]
@@ -509,8 +665,11 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
             "barrier_eV": None if fwd is None else max(fwd, bwd),
             "forward_eV": fwd, "backward_eV": bwd, "converged": ok, "steps": 0 if res is None else res.steps,
             "fmax_eV_A": None if res is None else res.fmax,
+            # "neb", or "dividing_plane": the plane minimum, a stationary point at the top of a path (no NEB)
+            "saddle_method": None if res is None else res.info.get("saddle", "neb"),
             "bounds_eV": [rel(work.lower[k]), rel(work.upper[k])],
-            "plane_minimum_eV": rel(work.plane.get(k)),  # the dividing-plane minimum, where it was computed
+            "plane_minimum_eV": rel(work.plane.get(k)),  # the highest dividing-plane minimum, where computed
+            "plane_position": work.plane_fraction.get(k),  # where that plane cuts the jump (0.5: the middle)
             "li_coordination": {"initial_site": li_coordination(bulk, h.i, settings.coordination_cutoff),
                                 "final_site": li_coordination(bulk, h.j, settings.coordination_cutoff)},
             "files": hop_files,
@@ -533,14 +692,16 @@ def phase_barriers(name: str, bulk: Atoms, model, settings: BarrierSettings = Ba
     percolation_d = perc.as_dict()
     for d in percolation_d:
         percolation_d[d]["certified"] = bool(cert[d])
-    n_run = len(work.results)
+    n_run = len(work.results) - len(work.plane_saddles)  # NEBs; plane saddles are computed without one
     usable = sum(b is not None for b in work.bands)
     n_atoms = len(sites.supercell) - 1
     entry = {"phase": name, "formula": bulk.get_chemical_formula(), "supercell": list(reps), "n_atoms": n_atoms,
              "energy_reference_eV": ref, "sites": site_rows, "site_classes": {str(k): v for k, v in
                                                                              sites.site_class.items()},
              "hops": rows, "percolation": percolation_d,
-             "work": {"hops": len(hops), "nebs_run": n_run, "nebs_skipped": usable - n_run,
+             "work": {"hops": len(hops), "nebs_run": n_run,
+                      "saddles_at_plane": sorted(work.plane_saddles),  # no NEB: the plane minimum is the saddle
+                      "nebs_skipped": usable - n_run - len(work.plane_saddles),
                       "neb_rounds": work.rounds, "neb_order": work.order,
                       "rechecked": sorted(h for h, rc in work.rechecks.items() if "skipped" not in rc),
                       "recheck_skipped_at_plane": sorted(h for h, rc in work.rechecks.items() if "skipped" in rc),
@@ -757,17 +918,19 @@ def markdown_table(report: dict) -> str:
                      f"| {fmt(pc['3d'].get('saddle_eV'))} | {_or_dash(pc['3d'].get('lowest_site'))} |")
     works = [p for p in report["phases"] if "work" in p]
     if works:
-        lines += ["", "| phase | hops | NEBs run | skipped (certified without) | vacancy relaxations (vs 2 per hop) "
+        lines += ["", "| phase | hops | NEBs run | saddles at the plane minimum (no NEB) | skipped (certified without) "
+                  "| vacancy relaxations (vs 2 per hop) "
                   "| image evaluations (NEB + bounds) | rechecked: first → second saddle (eV) "
                   "| no recheck: saddle at its plane minimum | wall (s) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in works:
             w = p["work"]
             rc = {h["hop"]: h["recheck"] for h in p["hops"] if "recheck" in h}
             redone = ", ".join(f"{h} ({fmt(rc[h]['first_saddle_eV'])} → {fmt(rc[h]['second_saddle_eV'])}, "
                                f"{rc[h]['kept']} kept)" for h in w.get("rechecked", []) if h in rc) or "—"
             at_plane = ", ".join(map(str, w.get("recheck_skipped_at_plane", []))) or "—"
-            lines.append(f"| {p['phase']} | {w['hops']} | {w['nebs_run']} | {w['nebs_skipped']} | "
+            planes = ", ".join(map(str, w.get("saddles_at_plane", []))) or "—"
+            lines.append(f"| {p['phase']} | {w['hops']} | {w['nebs_run']} | {planes} | {w['nebs_skipped']} | "
                          f"{w['vacancy_relaxations']} (vs {w['vacancy_relaxations_per_hop_pair']}) | "
                          f"{w['neb_image_evaluations']} + {w['bound_image_evaluations']} | {redone} | {at_plane} "
                          f"| {p.get('wall_s', '—')} |")

@@ -142,6 +142,10 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
              recheck_images: int = typer.Option(9, help="a second NEB, from a fresh band of this many images, of "
                                                 "each hop that sets a percolation barrier; the lower saddle is kept "
                                                 "(0: off)"),
+             plane_saddle: bool = typer.Option(True, "--plane-saddle/--no-plane-saddle", help="a hop whose "
+                                               "dividing-plane minimum is a stationary point at the top of its path "
+                                               "takes it as its saddle without an NEB (--no-plane-saddle: an NEB "
+                                               "for every hop computed)"),
              verify_dft: bool = typer.Option(False, "--verify-dft", help="reference-protocol DFT single points of "
                                              "the endpoints and climbing image of every percolating hop (needs --out)"),
              dft_labels: Optional[Path] = typer.Option(None, help="--verify-dft labels file (resumable; default "
@@ -197,7 +201,7 @@ def barriers(phases: list[str] = typer.Argument(..., help="structure-library nam
     settings = BarrierSettings(cutoff=cutoff, min_image_distance=min_image_distance, n_images=n_images, fmax=fmax,
                                optimizer=optimizer, max_steps=max_steps, tight_fmax=tight_fmax, all_hops=all_hops,
                                check_size=check_size, max_band_atoms=max_band_atoms,
-                               recheck_images=recheck_images)
+                               recheck_images=recheck_images, plane_saddle=plane_saddle)
     report = run_barriers(phases, model, out=out, potential_name=potential, settings=settings,
                           potential_sha256=potential_sha256(potential), progress=sys.stderr.isatty(),
                           committee=loaded if members else None)

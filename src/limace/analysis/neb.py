@@ -49,17 +49,27 @@ class NEBResult:
     info: dict = field(default_factory=dict)
     cell: np.ndarray | None = field(repr=False, default=None)
     pbc: np.ndarray | None = field(repr=False, default=None)
+    # the saddle's energy where it is not the band's highest (a saddle found otherwise, e.g. at a hop's dividing-plane
+    # minimum, with a band that is a path through it rather than a converged band); None: the band's highest energy
+    saddle_energy: float | None = None
+
+    @property
+    def top(self) -> float:
+        """The saddle's energy (eV, absolute)."""
+        return float(self.energies.max() if self.saddle_energy is None else self.saddle_energy)
 
     @property
     def barrier_forward(self) -> float:
-        return float(self.energies.max() - self.energies[0])
+        return float(self.top - self.energies[0])
 
     @property
     def barrier_backward(self) -> float:
-        return float(self.energies.max() - self.energies[-1])
+        return float(self.top - self.energies[-1])
 
     @property
     def saddle(self) -> Atoms:
+        if self.saddle_energy is not None:
+            return self.images[self.climbing_image]
         return self.images[int(np.argmax(self.energies))]
 
     @property
