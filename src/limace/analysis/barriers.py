@@ -186,7 +186,7 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300, fractio
     if not idx:
         return [None] * len(bands), 0
     dt = torch.float64
-    starts, normals = [], []
+    first, normals = [], []  # each band's start image, its mover on the plane
     for h in idx:
         b = bands[h]
         ini, fin = b[0], b[-1]
@@ -198,9 +198,9 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300, fractio
         q = lambda a: float(n @ (a.positions[-1] - a.positions[:-1].mean(axis=0)))  # noqa: E731
         t = 0.5 if fractions is None else fractions.get(h, 0.5)
         mid.positions[-1] += ((1 - t) * q(ini) + t * q(fin) - q(mid)) * n
-        starts.append(mid)
+        first.append(mid)
         normals.append(n)
-    st = BatchedState.from_atoms(starts, device=model.device, dtype=dt)
+    st = BatchedState.from_atoms(first, device=model.device, dtype=dt)
     ranges = st.atom_ranges()
     movers = torch.as_tensor([b - 1 for _, b in ranges], device=st.device)
     nvec = torch.as_tensor(np.asarray(normals), dtype=dt, device=st.device)  # [S, 3]
@@ -261,7 +261,7 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300, fractio
     out_list: list = [None] * len(bands)
     for k, h in enumerate(idx):
         a, b = ranges[k]
-        im = starts[k].copy()
+        im = first[k].copy()
         im.positions = done_x[a:b].cpu().numpy()
         out_list[h] = (float(done_e[k]), bool(conv[k]), im, float(done_f[k]), float(done_g[k]))
     return out_list, evaluations
