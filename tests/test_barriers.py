@@ -297,6 +297,20 @@ def test_the_plane_is_moved_to_where_the_force_across_it_vanishes(fcc_file, monk
     assert q["hops"][0]["saddle_eV"] == pytest.approx(neb["hops"][0]["saddle_eV"], abs=1e-4)
 
 
+def test_the_plane_search_keeps_the_top_bracketed():
+    """Once planes on both sides of W(t)'s top are known (force across negative below, positive above), the next
+    plane lies between them, by linear interpolation of that force, never at a bracket end; before that a secant
+    step where the force grows through the top, at most 0.3 A."""
+    from limace.analysis.barriers import _next_plane
+
+    assert _next_plane([(0.5, -0.05), (0.6, 0.10)], 3.0) == pytest.approx(0.5 + 0.1 * 0.05 / 0.15)
+    assert _next_plane([(0.5, -0.05), (0.8, 0.10), (0.55, -0.04)], 3.0) == pytest.approx(0.55 + 0.25 * 0.04 / 0.14)
+    t = _next_plane([(0.5, -0.001), (0.6, 0.5)], 3.0)  # interpolation lands at the end: moved a tenth inside
+    assert t == pytest.approx(0.51)
+    assert _next_plane([(0.5, -0.06), (0.55, -0.03)], 3.0) == pytest.approx(0.6)  # secant: zero at 0.6
+    assert _next_plane([(0.5, -0.06), (0.52, -0.059)], 3.0) == pytest.approx(0.52 + 0.1)  # capped at 0.3 A
+
+
 def test_cli_writes_the_documented_schema(tiny_mace_model_path, tmp_path, limace_exe):
     out = tmp_path / "b"
     res = subprocess.run([limace_exe, "barriers", "Li", "--potential", str(tiny_mace_model_path), "--out", str(out),

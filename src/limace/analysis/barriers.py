@@ -79,7 +79,7 @@ class BarrierSettings:
     # Li13In3's hop 1, 0.8 meV)
     plane_saddle: bool = True
     plane_saddle_tol: float = 0.002  # eV
-    plane_search_steps: int = 4  # planes moved along an asymmetric hop's jump to find its saddle (0: middle plane only)
+    plane_search_steps: int = 6  # planes moved along an asymmetric hop's jump to find its saddle (0: middle plane only)
 
 
 def resolve_phase(spec: str) -> tuple[str, Atoms]:
@@ -322,14 +322,36 @@ def _jump(band, image: Atoms) -> tuple[float, float]:
     return abs(q(fin) - q(ini)), (q(image) - q(ini)) / (q(fin) - q(ini))
 
 
+def _next_plane(hist: list[tuple[float, float]], length: float) -> float:
+    """The next plane position t along a jump of ``length`` (A) from the (t, force across) pairs so far: the force
+    across is negative below the top of W(t) and positive above it. Once the top is bracketed, linear interpolation
+    between the nearest planes on either side, kept at least a tenth of the bracket from its ends (so the bracket
+    shrinks); before that a secant step where the force grows through the top, else a step uphill; at most 0.3 A."""
+    t1, g1 = hist[-1]
+    lim = 0.3 / length
+    below = [(t, g) for t, g in hist if g < 0]
+    above = [(t, g) for t, g in hist if g > 0]
+    if below and above:
+        (ta, ga), (tb, gb) = max(below), min(above)
+        if ta < tb:
+            t = ta - ga * (tb - ta) / (gb - ga)
+            return float(np.clip(t, ta + 0.1 * (tb - ta), tb - 0.1 * (tb - ta)))
+    step = -np.sign(g1) * min(0.3, max(0.05, abs(g1) / 0.5)) / length  # uphill; ~0.5 eV/A^2 curvature
+    if len(hist) > 1:
+        t0, g0 = hist[-2]
+        if g1 != g0 and (g1 - g0) / (t1 - t0) > 0:  # the force across grows through the top: secant
+            step = float(np.clip(-g1 * (t1 - t0) / (g1 - g0), -lim, lim))
+    return float(np.clip(t1 + step, 0.1, 0.9))
+
+
 def _plane_search(work: _HopWork, hops: list[int], model, settings: BarrierSettings) -> None:
     """Move the dividing plane of each of ``hops`` (whose middle-plane minimum is not a stationary point) along the
     jump to where the force across it vanishes: the maximum over the plane position t of W(t), the plane's lowest
     energy. Every path between the endpoints crosses every such plane, so each W(t) is a lower bound of the saddle
     (``work.plane`` keeps the highest); at the maximum the plane's minimum is a stationary point, the saddle of an
-    asymmetric hop. Secant steps on the force across the plane (batched over hops, each plane relaxation started from
-    the last one), at most ``settings.plane_search_steps`` planes per hop; a stationary one replaces
-    ``work.plane_image``."""
+    asymmetric hop. Secant steps on the force across the plane, false position once the top is bracketed
+    (:func:`_next_plane`; batched over hops, each plane relaxation started from the last one), at most
+    ``settings.plane_search_steps`` planes per hop; a stationary one replaces ``work.plane_image``."""
     jump = {h: _jump(work.bands[h], work.plane_image[h][0]) for h in hops}
     length = {h: jump[h][0] for h in hops}
     hist = {h: [(jump[h][1], work.plane_image[h][2])] for h in hops}  # (plane position t, force across)
@@ -338,13 +360,7 @@ def _plane_search(work: _HopWork, hops: list[int], model, settings: BarrierSetti
     for _ in range(settings.plane_search_steps):
         fractions = {}
         for h in active:
-            (t1, g1), lim = hist[h][-1], 0.3 / length[h]  # at most 0.3 A per step
-            step = -np.sign(g1) * min(0.3, max(0.05, abs(g1) / 0.5)) / length[h]  # uphill; ~0.5 eV/A^2 curvature
-            if len(hist[h]) > 1:
-                t0, g0 = hist[h][-2]
-                if g1 != g0 and (g1 - g0) / (t1 - t0) > 0:  # the force across grows through the top: secant
-                    step = float(np.clip(-g1 * (t1 - t0) / (g1 - g0), -lim, lim))
-            fractions[h] = float(np.clip(t1 + step, 0.1, 0.9))
+            fractions[h] = _next_plane(hist[h], length[h])
         sub = [work.bands[h] if h in fractions else None for h in range(len(work.bands))]
         res, evals = _plane_minima(sub, model, settings.plane_fmax, fractions=fractions, starts=last)
         work.bound_evaluations += evals
