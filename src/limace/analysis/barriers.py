@@ -191,11 +191,8 @@ def _plane_minima(bands: list, model, fmax: float, max_steps: int = 300, fractio
         b = bands[h]
         ini, fin = b[0], b[-1]
         mid = (b[len(b) // 2] if starts is None or h not in starts else starts[h]).copy()
-        n = fin.positions[-1] - ini.positions[-1]
-        n = n / np.linalg.norm(n)
-        # put the mover exactly on the plane: q = n.(x_mover - mean of the others) at fraction t (default halfway)
-        # between the endpoints'
-        q = lambda a: float(n @ (a.positions[-1] - a.positions[:-1].mean(axis=0)))  # noqa: E731
+        # put the mover exactly on the plane: q at fraction t (default halfway) between the endpoints'
+        n, q = _jump_axis(ini, fin)
         t = 0.5 if fractions is None else fractions.get(h, 0.5)
         mid.positions[-1] += ((1 - t) * q(ini) + t * q(fin) - q(mid)) * n
         first.append(mid)
@@ -307,18 +304,26 @@ def _run_nebs(work: _HopWork, todo: list[int], model, settings: BarrierSettings,
 
 def _saddle_fmax(work: _HopWork, h: int, energy: float, settings: BarrierSettings) -> float:
     """The fmax an NEB of hop ``h`` with its saddle at ``energy`` converges to (tight below ``tight_below``)."""
+    from limace.analysis.neb import converged_fmax
+
     band = work.bands[h]
     low = energy - max(float(band[0].info["energy"]), float(band[-1].info["energy"]))  # the smaller barrier
-    return min(settings.fmax, settings.tight_fmax) if low < settings.tight_below else settings.fmax
+    return converged_fmax(low, settings.fmax, settings.tight_fmax, settings.tight_below)
+
+
+def _jump_axis(ini: Atoms, fin: Atoms):
+    """The unit vector n of the mover's (last atom's) jump and its coordinate along it, q(a) = n.(x_mover - mean of
+    the other atoms): the dividing planes are planes of constant q."""
+    n = fin.positions[-1] - ini.positions[-1]
+    n = n / np.linalg.norm(n)
+    return n, lambda a: float(n @ (a.positions[-1] - a.positions[:-1].mean(axis=0)))
 
 
 def _jump(band, image: Atoms) -> tuple[float, float]:
     """The length of the mover's jump (along it, relative to the centre of the other atoms) and the fraction of it
     at which ``image`` has its mover."""
     ini, fin = band[0], band[-1]
-    n = fin.positions[-1] - ini.positions[-1]
-    n = n / np.linalg.norm(n)
-    q = lambda a: float(n @ (a.positions[-1] - a.positions[:-1].mean(axis=0)))  # noqa: E731
+    _, q = _jump_axis(ini, fin)
     return abs(q(fin) - q(ini)), (q(image) - q(ini)) / (q(fin) - q(ini))
 
 

@@ -286,14 +286,16 @@ def _band_fmax(energies: list[torch.Tensor], fmax: float, tight_fmax: float | No
                device) -> torch.Tensor:
     """Convergence threshold per band: ``tight_fmax`` where the smaller of forward and backward barrier is below
     ``tight_below`` (eV), else ``fmax``."""
-    out = torch.full((len(energies),), float(fmax), dtype=torch.float64, device=device)
-    if tight_fmax is None:
-        return out
-    for b, en in enumerate(energies):
-        low = float(en.max() - torch.maximum(en[0], en[-1]))
-        if low < tight_below:
-            out[b] = min(float(fmax), float(tight_fmax))
-    return out
+    return torch.as_tensor([converged_fmax(float(en.max() - torch.maximum(en[0], en[-1])), fmax, tight_fmax,
+                                           tight_below) for en in energies], dtype=torch.float64, device=device)
+
+
+def converged_fmax(smaller_barrier: float, fmax: float, tight_fmax: float | None, tight_below: float) -> float:
+    """The fmax a band converges to: ``tight_fmax`` where its smaller barrier (forward or backward, eV) is below
+    ``tight_below``, else ``fmax``."""
+    if tight_fmax is not None and smaller_barrier < tight_below:
+        return min(float(fmax), float(tight_fmax))
+    return float(fmax)
 
 
 def run_neb(bands: Sequence[Sequence[Atoms]], model, fmax: float = 0.03, max_steps: int = 500, k: float = 0.1,
