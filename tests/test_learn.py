@@ -161,7 +161,9 @@ def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
                          ({"explore": {"structures": [], "phases": []}}, "seed structures"),
                          ({"bogus": 1}, "unknown key 'bogus'"),
                          ({"protocol": "pbe-pw4000"}, "pbe-pw4000"),
-                         ({"evaluate_splits": ["test-v1"]}, "needs base_dataset"),
+                         ({"evaluate_splits": ["test-v1"]}, "DATASET:SPLIT"),
+                         ({"evaluate_splits": ["li-in-sn-v9:test-v1"]}, "not a shipped dataset"),
+                         ({"evaluate_splits": ["li-in-sn-v1:train"]}, "evaluate_splits"),
                          ({"base_dataset": "li-in-sn-v9"}, "not a shipped dataset"),
                          ({"base_dataset": "li-in-sn-v1", "evaluate_splits": ["train"]}, "evaluate_splits"),
                          ({"base_data": []}, "base_data")):
@@ -212,3 +214,25 @@ def test_base_dataset_splits_become_the_base_and_evaluation_files(setup, tmp_pat
     assert len(train_ids) == man["files"]["train"]["n"]
     assert test_ids == set(man["frozen"]["test-v1"]["config_ids"]) and not train_ids & test_ids
     assert str(setup["base"]) in al.base_files and str(setup["held"]) in al.eval_files
+
+
+def test_dataset_splits_can_be_evaluated_without_training_on_the_dataset(setup, tmp_path):
+    """``evaluate_splits: [DATASET:SPLIT]`` without ``base_dataset``: the frozen and extrapolation splits are
+    evaluated while the fine-tunes train on the base files alone (e.g. a training file that leaves a validation set
+    out, so that the round's members can be compared like for like with the shipped potential)."""
+    from ase.io import read
+
+    from limace.data.datasets import manifest
+    from limace.learn import ActiveLearning, load_learn_config
+
+    cfg = load_learn_config(learn_config(setup, tmp_path / "ds",
+                                         evaluate_splits=["li-in-sn-v1:test-v1", "li-in-sn-v1:extrapolation"]))
+    al = ActiveLearning(cfg, log=lambda m: None)
+    al.materialize_dataset()
+    assert al.base_files == [str(setup["base"])]  # no train split of the dataset
+    man = manifest("li-in-sn-v1")
+    test_file, ext_file = al.eval_files[-2:]
+    assert test_file.endswith("li-in-sn-v1_test-v1.extxyz") and ext_file.endswith("li-in-sn-v1_extrapolation.extxyz")
+    assert {a.info["config_id"] for a in read(test_file, ":")} == set(man["frozen"]["test-v1"]["config_ids"])
+    assert len(read(ext_file, ":")) == man["files"]["extrapolation"]["n"]
+    assert str(setup["held"]) in al.eval_files

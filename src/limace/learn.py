@@ -67,7 +67,9 @@ class LearnConfig:
     base_data: list[str] = field(default_factory=list)  # labelled files every fine-tune trains on
     evaluate: list[str] = field(default_factory=list)  # labelled files to evaluate on after each round
     base_dataset: Optional[str] = None  # a shipped dataset (e.g. li-in-sn-v1): its train split is base data too
-    evaluate_splits: list[str] = field(default_factory=list)  # splits of base_dataset to evaluate on (test-v1, ...)
+    # splits to evaluate on: "SPLIT" of base_dataset (test-v1, ...) or "DATASET:SPLIT" of any shipped dataset (without
+    # making its train split base data: e.g. fine-tunes on a file that leaves a validation set out)
+    evaluate_splits: list[str] = field(default_factory=list)
     rounds: int = 2
     protocol: str = "pbe-pw400"
     workers: int = 1
@@ -128,17 +130,19 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
         for f in files:
             if not Path(f).is_file():
                 bad(key, f"names {f}, which does not exist")
-    if cfg.base_dataset is not None:
+    if cfg.base_dataset is not None or cfg.evaluate_splits:
         from limace.data.datasets import available, splits
 
-        if cfg.base_dataset not in available():
+        if cfg.base_dataset is not None and cfg.base_dataset not in available():
             bad("base_dataset", f"names {cfg.base_dataset!r}, not a shipped dataset (have: {', '.join(available())})")
-        for sp in cfg.evaluate_splits:
-            if sp not in splits(cfg.base_dataset) or sp == "train":
-                bad("evaluate_splits", f"names {sp!r}; {cfg.base_dataset} has "
-                    f"{', '.join(x for x in splits(cfg.base_dataset) if x != 'train')}")
-    elif cfg.evaluate_splits:
-        bad("evaluate_splits", "needs base_dataset (the dataset whose splits they are)")
+        for item in cfg.evaluate_splits:
+            ds, sp = _split_ref(item, cfg.base_dataset)
+            if ds is None:
+                bad("evaluate_splits", f"names {item!r}: give base_dataset or write it DATASET:SPLIT")
+            if ds not in available():
+                bad("evaluate_splits", f"names {item!r}; {ds!r} is not a shipped dataset (have: {', '.join(available())})")
+            if sp not in splits(ds) or sp == "train":
+                bad("evaluate_splits", f"names {item!r}; {ds} has {', '.join(x for x in splits(ds) if x != 'train')}")
     if not cfg.base_data and cfg.base_dataset is None:
         bad("base_data", "needs labelled files (or base_dataset) for the fine-tunes")
     if not cfg.explore.structures and not cfg.explore.phases:
@@ -176,6 +180,14 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
+
+
+def _split_ref(item: str, base_dataset: Optional[str]) -> tuple[Optional[str], str]:
+    """(dataset, split) of an ``evaluate_splits`` entry: ``DATASET:SPLIT``, or ``SPLIT`` of ``base_dataset``."""
+    if ":" in item:
+        ds, sp = item.split(":", 1)
+        return ds, sp
+    return base_dataset, item
 
 
 def member_train_config(path: str, train_files: list[str], init_from: str, check_files: bool = True):
@@ -342,18 +354,20 @@ class ActiveLearning:
     def materialize_dataset(self) -> None:
         """Write the base dataset's train split and the evaluation splits once into ``RUN_DIR/data`` (extxyz, as the
         trainer and the evaluation read them) and add them to the base and evaluation files."""
-        if self.cfg.base_dataset is None:
-            return
         from limace.data.datasets import load_dataset
 
+        todo = [] if self.cfg.base_dataset is None else [(self.cfg.base_dataset, "train", self.base_files)]
+        todo += [(*_split_ref(item, self.cfg.base_dataset), self.eval_files) for item in self.cfg.evaluate_splits]
+        if not todo:
+            return
         d = self.run_dir / "data"
         d.mkdir(parents=True, exist_ok=True)
-        for split, into in [("train", self.base_files)] + [(sp, self.eval_files) for sp in self.cfg.evaluate_splits]:
-            path = d / f"{self.cfg.base_dataset}_{split}.extxyz"
+        for ds, split, into in todo:
+            path = d / f"{ds}_{split}.extxyz"
             if not path.exists():
-                _write(path, load_dataset(self.cfg.base_dataset, split))
+                _write(path, load_dataset(ds, split))
             if str(path) not in into:
-                into.insert(0 if split == "train" else len(into), str(path))
+                into.insert(0 if split == "train" and into is self.base_files else len(into), str(path))
 
     def round_dir(self, k: int) -> Path:
         return self.run_dir / f"round_{k}"
