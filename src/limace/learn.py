@@ -367,7 +367,7 @@ class ActiveLearning:
             if not path.exists():
                 _write(path, load_dataset(ds, split))
             if str(path) not in into:
-                into.insert(0 if split == "train" and into is self.base_files else len(into), str(path))
+                into.insert(0 if into is self.base_files else len(into), str(path))
 
     def round_dir(self, k: int) -> Path:
         return self.run_dir / f"round_{k}"
