@@ -61,6 +61,16 @@ def test_rerun_skips_finished_work(tmp_path):
     assert len(ids) == len(set(ids)) == 4
 
 
+def test_smallest_first_labels_the_cheapest_cells_before_a_stop(tmp_path):
+    big, small = emt_configs(2, size=2, seed=1)[0], emt_configs(2, size=1, seed=2)
+    out = tmp_path / "out.extxyz"
+    rep = label_configurations([big, *small], out, protocol="emt", progress=False, limit=2, smallest_first=True)
+    assert rep.labelled == 2
+    assert sorted(len(a) for a in read(out, ":")) == [len(small[0]), len(small[1])] and len(small[0]) < len(big)
+    rep = label_configurations([big, *small], out, protocol="emt", progress=False, smallest_first=True)
+    assert rep.skipped_done == 2 and rep.labelled == 1 and len(read(out, -1)) == len(big)
+
+
 def test_failures_are_recorded_and_do_not_stop_the_job(tmp_path):
     configs = emt_configs(2)
     bad = bulk("Li", "bcc", a=3.5, cubic=True)  # EMT has no Li parameters -> the calculator raises

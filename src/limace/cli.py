@@ -111,6 +111,8 @@ def data_label(inp: Path = typer.Argument(..., help="configurations to label (ex
                scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://host:8786"),
                limit: Optional[int] = typer.Option(None, help="label at most this many now"),
                retry_failed: bool = typer.Option(False, help="retry configurations recorded as failed"),
+               smallest_first: bool = typer.Option(False, help="label the smallest cells first (a job stopped "
+                                                   "early has labelled the most configurations)"),
                log_dir: Optional[Path] = typer.Option(None, help="write each calculation's own log (GPAW's SCF "
                                                       "iterations) to LOG_DIR/CONFIG_ID.txt")):
     """Label configurations with DFT (or another protocol); skips those already in OUT."""
@@ -128,7 +130,7 @@ def data_label(inp: Path = typer.Argument(..., help="configurations to label (ex
 
     rep = label_file(inp, out, protocol=protocol, workers=workers, scheduler=scheduler, limit=limit,
                      retry_failed=retry_failed, progress=sys.stderr.isatty(),  # progress bar only on a terminal
-                     log_dir=log_dir)
+                     log_dir=log_dir, smallest_first=smallest_first)
     typer.echo(json.dumps(rep.as_dict()))
     if rep.failed:
         typer.echo(f"{rep.failed} failure(s) recorded in {failure_path(out)}", err=True)

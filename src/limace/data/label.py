@@ -358,13 +358,16 @@ class LabelReport:
 
 def label_configurations(configs: Sequence[Atoms], out: str | Path, protocol: str = "pbe-pw400", workers: int = 1,
                          scheduler: str | None = None, retry_failed: bool = False, progress: bool = True,
-                         limit: int | None = None, log_dir: str | Path | None = None) -> LabelReport:
+                         limit: int | None = None, log_dir: str | Path | None = None,
+                         smallest_first: bool = False) -> LabelReport:
     """Label ``configs`` into ``out`` (extxyz) with a named protocol; resumable (see module docstring).
 
     ``workers``: local processes (ignored with ``scheduler``, a Dask scheduler address such as
     ``"tcp://host:8786"`` or a :class:`distributed.LocalCluster`'s address). ``limit``: label at most this many
     now (for chunked runs). ``log_dir``: the calculator's own log of each configuration goes to
-    ``log_dir/CONFIG_ID.txt`` (GPAW's SCF iterations: how far a long single point has got).
+    ``log_dir/CONFIG_ID.txt`` (GPAW's SCF iterations: how far a long single point has got). ``smallest_first``:
+    label the configurations in order of atom count (the file's order among equal sizes), so that a job killed
+    at any time has labelled as many as it could; the cost of a plane-wave single point grows with the cube of it.
     """
     get_protocol(protocol)  # fail early on a bad name
     out = Path(out)
@@ -386,6 +389,8 @@ def label_configurations(configs: Sequence[Atoms], out: str | Path, protocol: st
             continue
         seen.add(cid)
         todo.append(atoms)
+    if smallest_first:
+        todo.sort(key=len)  # stable: the file's order among equal sizes
     if limit is not None:
         todo = todo[:limit]
     report = LabelReport(total=len(configs), skipped_done=n_done, skipped_failed=n_failed, labelled=0, failed=0,
