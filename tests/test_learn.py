@@ -166,7 +166,9 @@ def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
                          ({"evaluate_splits": ["li-in-sn-v1:train"]}, "evaluate_splits"),
                          ({"base_dataset": "li-in-sn-v9"}, "not a shipped dataset"),
                          ({"base_dataset": "li-in-sn-v1", "evaluate_splits": ["train"]}, "evaluate_splits"),
-                         ({"base_data": []}, "base_data")):
+                         ({"base_data": []}, "base_data"),
+                         ({"seed": -3}, "seed"),
+                         ({"explore": {"phases": ["LiSn"], "repeat_to_atoms": 100000}}, "explore.repeat_to_atoms")):
         p = learn_config(setup, tmp_path / "x", **over)
         with pytest.raises(SystemExit) as exc:
             main(["learn", str(p)])

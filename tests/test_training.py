@@ -109,6 +109,8 @@ def run_cli(args, capsys):
     (lambda c: c.update(model=[1, 2]), "key 'model' must be a section"),
     (lambda c: c["data"].update(stress_offset={"Xx": -1.0}), "key 'data.stress_offset.Xx' is not a chemical symbol"),
     (lambda c: c["data"].update(stress_offset="auto"), "key 'data.stress_offset'"),
+    (lambda c: c.update(seed=-4), "key 'seed' must be >= 0"),
+    (lambda c: c["data"].update(split_seed=-1), "key 'data.split_seed' must be >= 0"),
 ])
 def test_bad_config_is_one_line_error(tmp_path, capsys, mutate, expect):
     cfg = tiny(tmp_path)

@@ -148,13 +148,15 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
     if not cfg.explore.structures and not cfg.explore.phases:
         bad("explore", "needs seed structures (explore.structures or explore.phases)")
     for key, val, kw in (("rounds", cfg.rounds, {"at_least": 1}), ("workers", cfg.workers, {"at_least": 1}),
+                         ("seed", cfg.seed, {"at_least": 0}),
                          ("select.budget", cfg.select.budget, {"at_least": 1}),
                          ("select.pool_factor", cfg.select.pool_factor, {"at_least": 1}),
                          ("select.min_force_spread", cfg.select.min_force_spread, {"at_least": 0}),
                          ("explore.md_steps", cfg.explore.md_steps, {"at_least": 0}),
                          ("explore.md_snapshot_every", cfg.explore.md_snapshot_every, {"at_least": 1}),
                          ("explore.md_timestep_fs", cfg.explore.md_timestep_fs, {"above": 0}),
-                         ("explore.repeat_to_atoms", cfg.explore.repeat_to_atoms, {"at_least": 1})):
+                         # the explored cells are DFT-labelled: a thousand atoms is far past any plane-wave single point
+                         ("explore.repeat_to_atoms", cfg.explore.repeat_to_atoms, {"at_least": 1, "at_most": 1000})):
         try:
             check_number(key, val, **kw)
         except Exception as exc:

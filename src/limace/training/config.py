@@ -258,6 +258,9 @@ class TrainConfig:
                     "checkpoint.every_n_steps", "trainer.val_every_n_epochs", "trainer.log_every_n_steps"):
             if _get(self, key) < 1:
                 bad(key, f"must be >= 1 (got {_get(self, key)})")
+        for key in ("seed", "data.split_seed"):  # numpy and torch seeds are unsigned
+            if _get(self, key) is not None and _get(self, key) < 0:
+                bad(key, f"must be >= 0 (got {_get(self, key)})")
         if self.checkpoint.keep < -1:
             bad("checkpoint.keep", f"must be >= 0, or -1 for all (got {self.checkpoint.keep})")
         for key in ("model.max_L", "model.max_ell", "data.num_workers", "scheduler.patience", "scheduler.warmup_steps"):
