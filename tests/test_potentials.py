@@ -161,6 +161,7 @@ def test_registry_rejects_unknown_keys_and_bad_values(tmp_path, monkeypatch):
         ({**good, "elements": ["Li", "Xx"]}, "'Xx' is not a chemical symbol"),
         ({**good, "elements": [["Li"]]}, "['Li'] is not a chemical symbol"),
         ({**good, "name": "../evil"}, "may only use letters"),
+        ({**good, "use": 3}, "use must be a non-empty string"),
     ]
     for raw, msg in cases:
         reg = write_registry(tmp_path / "r.yaml", [raw])
@@ -168,6 +169,8 @@ def test_registry_rejects_unknown_keys_and_bad_values(tmp_path, monkeypatch):
         with pytest.raises(ValidationError, match=re.escape(msg)) as exc:
             lp.list_potentials()
         assert str(reg) in str(exc.value) and "\n" not in str(exc.value)
+    reg = write_registry(tmp_path / "r.yaml", [{**good, "use": "what it is for"}])
+    assert lp.list_potentials()[-1].use == "what it is for"
     reg = write_registry(tmp_path / "r.yaml", [good, good])
     with pytest.raises(ValidationError, match="listed twice"):
         lp.list_potentials()

@@ -73,3 +73,29 @@ def test_the_screen_and_the_demo_use_the_shipped_committee_by_default():
     assert registered_committee("my/own.model") == ()
     assert demo_settings(DEMO_POTENTIAL).committee == registered_committee(DEMO_POTENTIAL, offline=True)
     assert demo_settings().committee == ()
+
+
+def test_every_shipped_potential_says_what_it_is_for():
+    """The registry marks which potential to use for what: `limace potentials list` shows it in its own column."""
+    from limace.potentials.registry import list_potentials
+
+    shipped = [e for e in list_potentials(offline=True) if e.source == "limace"]
+    assert {NAME, "limace-lisnin-medium"} <= {e.name for e in shipped}
+    assert all(e.use for e in shipped), [e.name for e in shipped if not e.use]
+
+
+def test_the_medium_potential_is_more_accurate_off_the_training_set():
+    """What `use` promises for limace-lisnin-medium: on the extrapolation split (never trained on by either) its
+    energy and force errors are well below the default's, and it is less wrong on the structure the default is
+    worst on (a close contact)."""
+    from limace.potentials import load
+    from limace.training.evaluate import evaluate_model
+
+    frames = load_dataset("li-in-sn-v1", "extrapolation")
+    res = {n: evaluate_model(load(n, domain=False), frames, name=n) for n in (NAME, "limace-lisnin-medium")}
+    small, medium = (res[n].summary()["all"] for n in (NAME, "limace-lisnin-medium"))
+    assert medium["energy_mae"] < 0.75 * small["energy_mae"], (medium["energy_mae"], small["energy_mae"])
+    assert medium["forces_mae"] < 0.75 * small["forces_mae"], (medium["forces_mae"], small["forces_mae"])
+    err = {n: np.abs(r.energy_pred - r.energy_ref) / r.n_atoms for n, r in res.items()}
+    worst = int(np.argmax(err[NAME]))
+    assert err["limace-lisnin-medium"][worst] < 0.75 * err[NAME][worst]

@@ -75,10 +75,10 @@ def potentials_list(as_json: bool = typer.Option(False, "--json", help="print JS
             return f"{len(e.committee)} members"
         return f"member of {member_of[e.name]}" if e.name in member_of else "-"
 
-    cols = ("name", "version", "elements", "DFT", "dataset", "test metrics", "committee", "license", "weights",
+    cols = ("name", "version", "use", "elements", "DFT", "dataset", "test metrics", "committee", "license", "weights",
             "registry")
-    rows = [(e.name, e.version, " ".join(e.elements), e.dft_protocol or "-", (e.dataset or {}).get("name", "-"),
-             _metrics_short(e.metrics), committee(e), e.license, _where(e),
+    rows = [(e.name, e.version, e.use or "-", " ".join(e.elements), e.dft_protocol or "-",
+             (e.dataset or {}).get("name", "-"), _metrics_short(e.metrics), committee(e), e.license, _where(e),
              "shipped" if e.source == "limace" else e.source)
             for e in entries]
     from rich.console import Console

@@ -50,7 +50,7 @@ DOWNLOAD_TIMEOUT_S = 30
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _ENTRY_KEYS = {"name", "version", "description", "elements", "dft_protocol", "dataset", "metrics", "license",
-               "weights", "citation", "committee"}
+               "weights", "citation", "committee", "use"}
 SHIPPED_COMMITTEE = "shipped"  # in --committee / an MD config: the committee registered with the potential
 _REQUIRED = ("name", "version", "description", "elements", "license", "weights")
 _PROVENANCE = ("dft_protocol", "dataset", "metrics")  # required in the shipped registry
@@ -82,6 +82,7 @@ class PotentialEntry:
     dataset: dict | None = None
     metrics: dict = field(default_factory=dict)
     citation: str | None = None
+    use: str | None = None  # what to use it for, in a few words (the default, accuracy vs speed, committee member)
     source: str = "limace"  # the registry that defines it: "limace" (shipped), a path or a URL
     # registered potentials trained like this one (same data, other seeds) whose spread with it is its uncertainty
     committee: tuple[str, ...] = ()
@@ -104,7 +105,7 @@ class PotentialEntry:
         return {
             "name": self.name, "version": self.version, "description": self.description,
             "elements": list(self.elements), "dft_protocol": self.dft_protocol, "dataset": self.dataset,
-            "metrics": dict(self.metrics), "license": self.license, "citation": self.citation,
+            "metrics": dict(self.metrics), "license": self.license, "citation": self.citation, "use": self.use,
             "weights": {"sha256": w.sha256, "file": str(w.file) if w.file else None, "url": w.url, "size": w.size},
             "source": self.source, "committee": list(self.committee),
         }
@@ -269,7 +270,8 @@ def _parse_entry(raw, where: str, source: str, base_dir: Path | None, base_url: 
         name=name, version=version, description=_str(raw, "description", where), elements=tuple(elements),
         license=_str(raw, "license", where), weights=Weights(sha256=sha, file=file_path, url=url, size=size),
         dft_protocol=_str(raw, "dft_protocol", where, required=False), dataset=dataset, metrics=dict(metrics),
-        citation=_str(raw, "citation", where, required=False), source=source,
+        citation=_str(raw, "citation", where, required=False), use=_str(raw, "use", where, required=False),
+        source=source,
     )
 
 
