@@ -534,7 +534,7 @@ def test_cli_list_through_a_pipe_is_plain_rows(limace_exe):
     assert re.search(r"E [\d.]+ meV/atom, F [\d.]+ meV/A", rows[0]) and "\u2502" not in res.stdout  # no table rules
     assert "4 members" in rows[0]  # its committee (`--committee shipped`), one row each with whose member it is
     members = [line for line in res.stdout.splitlines() if line.split()[0].startswith("limace-lisnin-small-member-")]
-    assert len(members) == 4 and all("member of limace-lisnin-small" in line for line in members)
+    assert len(members) == 4 and all("member of limace-lisnin-small, limace-lisnin-medium" in line for line in members)
 
 
 def test_registry_file_that_is_binary_is_one_line(tmp_path, monkeypatch, capsys):

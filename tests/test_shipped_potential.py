@@ -5,6 +5,7 @@ model's elemental references vs the DFT ones, agree within 10 meV/atom.
 """
 
 import numpy as np
+import pytest
 
 from limace.data.datasets import available, load_dataset
 from limace.keys import CONFIG_TYPE_KEY
@@ -36,13 +37,14 @@ def test_formation_energies_of_test_split_phases_within_10_mev():
     assert max(errors) <= 10.0, f"max |dE_f| {max(errors):.1f} meV/atom (mean {np.mean(errors):.1f})"
 
 
-def test_the_shipped_committee_is_less_sure_far_from_training():
+@pytest.mark.parametrize("name", [NAME, "limace-lisnin-medium"])
+def test_the_shipped_committee_is_less_sure_far_from_training(name):
     """The committee registered with the potential (`shipped`) loads with it, leaves its predictions as they are
     and disagrees more on a cell compressed by a fifth of its volume than on the same training cell at equilibrium."""
     from limace.potentials import get_potential, load
 
-    assert len(get_potential(NAME, offline=True).committee) >= 3  # with the potential itself: >= 4 members
-    committee, alone = load([NAME, "shipped"], domain=False), load(NAME, domain=False)
+    assert len(get_potential(name, offline=True).committee) >= 3  # with the potential itself: >= 4 members
+    committee, alone = load([name, "shipped"], domain=False), load(name, domain=False)
     train = [a for a in load_dataset("li-in-sn-v1", "train") if a.info.get(CONFIG_TYPE_KEY) == "equilibrium"
              and len(set(a.get_chemical_symbols())) > 1]
     assert len(train) >= 3

@@ -68,12 +68,15 @@ def potentials_list(as_json: bool = typer.Option(False, "--json", help="print JS
         return
     import sys
 
-    member_of = {m: e.name for e in entries for m in e.committee}
+    member_of: dict[str, list[str]] = {}
+    for e in entries:
+        for m in e.committee:
+            member_of.setdefault(m, []).append(e.name)
 
-    def committee(e) -> str:  # its own committee (`--committee shipped`), or whose committee it belongs to
+    def committee(e) -> str:  # its own committee (`--committee shipped`), or whose committees it belongs to
         if e.committee:
             return f"{len(e.committee)} members"
-        return f"member of {member_of[e.name]}" if e.name in member_of else "-"
+        return f"member of {', '.join(member_of[e.name])}" if e.name in member_of else "-"
 
     cols = ("name", "version", "use", "elements", "DFT", "dataset", "test metrics", "committee", "license", "weights",
             "registry")
