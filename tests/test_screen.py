@@ -124,10 +124,11 @@ def test_bad_sanity_bound_is_a_one_line_error(tiny_mace_model_path, limace_exe, 
     assert not (tmp_path / "results.json").exists()
 
 
-def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path):
+def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path, capsys):
     """--verify-dft labels the near-hull structures and the hull's references, and reports for each the model's
     error, the DFT formation energy against the DFT references and the energy above the DFT-only hull (GPAW at
-    cheap test settings here; the screen uses the reference protocol)."""
+    cheap test settings here; the screen uses the reference protocol). No progress bar unless asked (the CLI asks
+    only on a terminal)."""
     from ase.build import bulk
     from ase.io import read, write
 
@@ -149,6 +150,7 @@ def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path):
                              "source": "search"} for n in ("bcc-LiIn", "bcc-Li3In")],
               "committee_std_meV_per_atom": {"bcc-Li3In": 12.0, "bcc-LiIn": 3.0}}
     rows = verify_dft("Li-In", result, tmp_path, workers=1, protocol="gpaw-test", committee_threshold_meV=10.0)
+    assert "dft_verify.extxyz" not in capsys.readouterr().err  # the labelling bar's title
     frames = read(tmp_path / "work" / "Li-In" / "dft_verify.extxyz", ":")
     # the references, then what the committee doubts (4 atoms), then the rest (2 atoms), each group cheapest first
     assert [a.info["name"] for a in frames][2:] == ["bcc-Li3In", "bcc-LiIn"]

@@ -69,7 +69,8 @@ def run_pipeline_demo(out: Path = Path("limace-demo-data"), workers: int = 1) ->
     configs = [li] + g.strained(li, (-0.05, -0.025, 0.025, 0.05), "iso", seed=0)
     write(out / "configs.extxyz", configs, format="extxyz")
     print(f"generated {len(configs)} configurations -> {out / 'configs.extxyz'}")
-    rep = label_configurations(configs, out / "labels.extxyz", protocol="pbe-pw400", workers=workers)
+    rep = label_configurations(configs, out / "labels.extxyz", protocol="pbe-pw400", workers=workers,
+                               progress=sys.stderr.isatty())  # progress bars only on a terminal
     frames = read_configurations(out / "labels.extxyz")
     summary = summarize(frames)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

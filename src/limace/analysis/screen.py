@@ -193,7 +193,7 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
 
 
 def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str = "pbe-pw400",
-               committee_threshold_meV: float | None = None) -> list[dict]:
+               committee_threshold_meV: float | None = None, progress: bool = False) -> list[dict]:
     """Single points at the reference protocol for the near-hull structures and the hull's elemental references;
     per structure the model's error per atom, its DFT formation energy (against the DFT energies of the same
     references) and its energy above the hull that these DFT energies alone build.
@@ -226,7 +226,7 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
 
     todo.sort(key=priority)
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
-    label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers)
+    label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=progress)
     done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
     dft = {}
     for name, a in todo:
@@ -382,7 +382,8 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
     if settings.verify_dft:
         for s in systems:
             hulls[s]["near_hull"] = verify_dft(s, hulls[s], out, workers,
-                                               committee_threshold_meV=settings.committee_threshold_meV)
+                                               committee_threshold_meV=settings.committee_threshold_meV,
+                                               progress=progress)
 
     # 2. barriers for the chosen phases
     barrier_tasks, skipped = {}, {s: [] for s in systems}
