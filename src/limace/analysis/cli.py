@@ -256,6 +256,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     for system in systems:
         if system not in SYSTEMS:
             raise LimaceInputError(did_you_mean(system, SYSTEMS, "system"))
+    systems = list(dict.fromkeys(systems))  # `limace screen Li-In Li-In` screens Li-In once
     if sn_reference not in SN_REFERENCES:
         raise LimaceInputError(did_you_mean(sn_reference, SN_REFERENCES, "--sn-reference"))
     check_number("--max-atoms", max_atoms, at_least=1)
