@@ -1,5 +1,7 @@
 """Readers (extxyz, ASE trajectory, vasprun.xml, GPAW .gpw) into one labelled form; validation; `limace data info`."""
 
+import json
+
 import subprocess
 from pathlib import Path
 
@@ -61,6 +63,18 @@ def test_each_bad_file_gets_its_one_line_error(path, limace_exe):
 def test_good_file_validates(limace_exe):
     res = subprocess.run([limace_exe, "data", "validate", str(DATA / "good.extxyz")], capture_output=True, text=True)
     assert res.returncode == 0 and "2 configurations OK" in res.stdout
+
+
+def test_info_counts_structures_still_to_be_labelled(limace_exe, tmp_path):
+    """`limace data info` on a plan's input file (no labels yet): counts, and no label statistics."""
+    from ase.build import bulk
+
+    write(tmp_path / "inputs.extxyz", [bulk("Li", "bcc", a=3.44, cubic=True), bulk("LiSn", "cesiumchloride", a=3.2)])
+    res = subprocess.run([limace_exe, "data", "info", str(tmp_path / "inputs.extxyz"), "--json"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["n_configs"] == 2 and info["elements"] == {"Li": 2, "Sn": 1} and info["energy_eV_per_atom"] is None
 
 
 def test_missing_file_is_an_input_error(limace_exe):

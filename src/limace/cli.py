@@ -139,11 +139,12 @@ def data_label(inp: Path = typer.Argument(..., help="configurations to label (ex
 @data_app.command("info")
 def data_info(target: str = typer.Argument("li-in-sn-v1", help="a data file, or the name of a shipped dataset"),
               as_json: bool = typer.Option(False, "--json", help="print JSON")):
-    """Counts per element / config_type / composition / size, and label statistics."""
+    """Counts per element / config_type / composition / size, and label statistics (of a labelled file; a file of
+    structures still to be labelled gets the counts)."""
     from limace.data.io import read_configurations, summarize
 
     if Path(target).exists():
-        frames = read_configurations(target)
+        frames = read_configurations(target, labelled=False)  # labels are checked where present
         summary = summarize(frames)
         header = str(target)
     else:
