@@ -1,7 +1,6 @@
 """Readers (extxyz, ASE trajectory, vasprun.xml, GPAW .gpw) into one labelled form; validation; `limace data info`."""
 
 import json
-
 import subprocess
 from pathlib import Path
 
