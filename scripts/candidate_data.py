@@ -32,6 +32,16 @@ def _train_split_at(commit: str) -> list:
     return read(StringIO(lzma.decompress(blob).decode()), ":", format="extxyz")
 
 
+def split_of(pack: list, seed: int, valid_fraction: float = 0.1) -> tuple[list, list]:
+    """(training, validation) frames of a `limace train` run on ``pack`` with ``data.valid_fraction`` and ``seed``:
+    the trainer's own split (equilibrium cells and isolated atoms are never drawn for validation), in its order."""
+    from limace.training.data import split_indices
+
+    eligible = [str(a.info.get("config_type", "")) not in ("equilibrium", "IsolatedAtom") for a in pack]
+    tr, va = split_indices(len(pack), valid_fraction, seed, eligible)
+    return [pack[i] for i in tr], [pack[i] for i in va]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir")
@@ -44,12 +54,9 @@ def main() -> None:
     from ase.io import read, write
 
     from limace.data import load_dataset
-    from limace.training.data import split_indices
 
     old = _train_split_at(PACK_917)
-    eligible = [str(a.info.get("config_type", "")) not in ("equilibrium", "IsolatedAtom") for a in old]
-    _, va = split_indices(len(old), 0.1, 20261128, eligible)
-    valid = [old[i] for i in va]
+    _, valid = split_of(old, 20261128)
     ids = {a.info["config_id"] for a in valid}
     current = _train_split_at(args.train_at) if args.train_at else load_dataset("li-in-sn-v1", "train")
     train = [a for a in current if a.info["config_id"] not in ids]

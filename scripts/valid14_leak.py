@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from candidate_data import _train_split_at
+from candidate_data import _train_split_at, split_of
 
 PACK_13 = "df9f3ad"  # the pack 1.3 was trained on
 SEED_13 = 20261128
@@ -23,14 +23,11 @@ def main(valid_path: str, models: list[str]) -> None:
     from ase.io import read
 
     from limace.potentials import load
-    from limace.training.data import split_indices
     from limace.training.evaluate import evaluate_model
 
     valid = read(valid_path, ":")
-    pack = _train_split_at(PACK_13)
-    eligible = [str(a.info.get("config_type", "")) not in ("equilibrium", "IsolatedAtom") for a in pack]
-    trained, _ = split_indices(len(pack), 0.1, SEED_13, eligible)
-    seen = {pack[i].info["config_id"] for i in trained}
+    trained, _ = split_of(_train_split_at(PACK_13), SEED_13)
+    seen = {a.info["config_id"] for a in trained}
     mask = np.array([a.info["config_id"] in seen for a in valid])
     print(f"| model | all {len(valid)} | the {mask.sum()} 1.3 trained on | the {(~mask).sum()} it did not |")
     print("|---|---:|---:|---:|")

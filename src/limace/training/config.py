@@ -258,14 +258,13 @@ class TrainConfig:
                     "checkpoint.every_n_steps", "trainer.val_every_n_epochs", "trainer.log_every_n_steps"):
             if _get(self, key) < 1:
                 bad(key, f"must be >= 1 (got {_get(self, key)})")
-        for key in ("seed", "data.split_seed"):  # numpy and torch seeds are unsigned
-            if _get(self, key) is not None and _get(self, key) < 0:
-                bad(key, f"must be >= 0 (got {_get(self, key)})")
         if self.checkpoint.keep < -1:
             bad("checkpoint.keep", f"must be >= 0, or -1 for all (got {self.checkpoint.keep})")
-        for key in ("model.max_L", "model.max_ell", "data.num_workers", "scheduler.patience", "scheduler.warmup_steps"):
-            if _get(self, key) < 0:
-                bad(key, f"must be >= 0 (got {_get(self, key)})")
+        for key in ("model.max_L", "model.max_ell", "data.num_workers", "scheduler.patience", "scheduler.warmup_steps",
+                    "seed", "data.split_seed"):  # seeds: numpy's and torch's are unsigned; split_seed None = seed
+            value = _get(self, key)
+            if value is not None and value < 0:
+                bad(key, f"must be >= 0 (got {value})")
         if m.max_L > 3:
             bad("model.max_L", f"must be 0..3 (got {m.max_L})")
         if not m.r_max > 0:
