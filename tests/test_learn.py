@@ -168,7 +168,10 @@ def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
                          ({"base_dataset": "li-in-sn-v1", "evaluate_splits": ["train"]}, "evaluate_splits"),
                          ({"base_data": []}, "base_data"),
                          ({"seed": -3}, "seed"),
-                         ({"explore": {"phases": ["LiSn"], "repeat_to_atoms": 100000}}, "explore.repeat_to_atoms")):
+                         ({"explore": {"phases": ["LiSn"], "repeat_to_atoms": 100000}}, "explore.repeat_to_atoms"),
+                         ({"train_configs": [str(setup["train"])] * 2}, "both given"),
+                         ({"train_config": "", "train_configs": [str(setup["train"])]}, "one file per committee member"),
+                         ({"train_config": "", "train_configs": [str(setup["train"]), "nope.yaml"]}, "nope.yaml")):
         p = learn_config(setup, tmp_path / "x", **over)
         with pytest.raises(SystemExit) as exc:
             main(["learn", str(p)])
@@ -194,6 +197,32 @@ def test_a_train_config_without_data_is_filled_in_by_the_loop(setup, tmp_path):
     bare.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValidationError, match="max_epochs"):
         load_learn_config(learn_config(setup, tmp_path / "bare_run2", train_config=str(bare)))
+
+
+def test_members_of_different_architectures_follow_their_own_train_configs(setup, tmp_path):
+    """``train_configs``: one fine-tune file per member, so a committee can mix model sizes (a larger model driving
+    the exploration beside smaller members); each member comes out of the round with its own architecture."""
+    from limace.learn import learn
+    from limace.training.config import TrainConfig
+    from limace.training.export import load_model
+    from limace.training.run import train
+
+    raw = yaml.safe_load(setup["train"].read_text())
+    wide = dict(raw, model=dict(raw["model"], channels=12), run_dir=str(tmp_path / "wide"), seed=5)
+    wide_file = tmp_path / "wide.yaml"
+    wide_file.write_text(yaml.safe_dump(wide))
+    wide_model = train(TrainConfig.from_dict(wide, source="test"), log=lambda m: None).model_paths[0]
+    committee = [str(wide_model), setup["committee"][0]]
+    run = tmp_path / "mixed"
+    cfg = learn_config(setup, run, committee=committee, train_config="",
+                       train_configs=[str(wide_file), str(setup["train"])], rounds=1)
+    assert learn(cfg, log=lambda m: None, stop_after=(0, "train")) == {"stopped_after": [0, "train"]}
+    members = json.loads((run / "round_0" / "train.json").read_text())["members"]
+
+    def channels(path):
+        return int(load_model(path, dtype="float64").node_embedding.linear.irreps_out.dim)
+
+    assert [channels(m) for m in members] == [12, 8] == [channels(m) for m in committee]
 
 
 def test_base_dataset_splits_become_the_base_and_evaluation_files(setup, tmp_path):

@@ -63,6 +63,9 @@ class SelectConfig:
 class LearnConfig:
     name: str = "limace-al"
     train_config: str = ""  # a `limace train` YAML file: model, loss, optimizer, trainer sections are used
+    # or one such file per committee member, in committee order (members of different architectures, e.g. a
+    # 64-channel model driving the exploration with 32-channel members beside it); give one of the two keys
+    train_configs: list[str] = field(default_factory=list)
     committee: list[str] = field(default_factory=list)  # the starting committee: >= 2 .model files or registry names
     base_data: list[str] = field(default_factory=list)  # labelled files every fine-tune trains on
     evaluate: list[str] = field(default_factory=list)  # labelled files to evaluate on after each round
@@ -107,6 +110,7 @@ def load_learn_config(path: str | Path) -> LearnConfig:
     from limace.potentials.registry import looks_like_path
 
     cfg.train_config = res(cfg.train_config)
+    cfg.train_configs = [res(p) for p in cfg.train_configs]
     cfg.committee = [res(c) if looks_like_path(c) else c for c in cfg.committee]
     cfg.base_data = [res(p) for p in cfg.base_data]
     cfg.evaluate = [res(p) for p in cfg.evaluate]
@@ -124,7 +128,16 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
 
     if len(cfg.committee) < 2:
         bad("committee", f"needs at least 2 models (a committee), got {len(cfg.committee)}")
-    if not cfg.train_config or not Path(cfg.train_config).is_file():
+    if cfg.train_configs:
+        if cfg.train_config:
+            bad("train_configs", "and 'train_config' are both given: one file for all members, or one per member")
+        if len(cfg.train_configs) != len(cfg.committee):
+            bad("train_configs", f"needs one file per committee member ({len(cfg.committee)}), "
+                                 f"got {len(cfg.train_configs)}")
+        for f in cfg.train_configs:
+            if not Path(f).is_file():
+                bad("train_configs", f"names {f}, which does not exist")
+    elif not cfg.train_config or not Path(cfg.train_config).is_file():
         bad("train_config", f"must name a `limace train` YAML file, got {cfg.train_config!r}")
     for key, files in (("base_data", cfg.base_data), ("evaluate", cfg.evaluate), ("explore.structures", cfg.explore.structures)):
         for f in files:
@@ -177,8 +190,9 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
     from limace.data.label import get_protocol
 
     get_protocol(cfg.protocol)
-    # the members' fine-tune config must build now, not after the first round's DFT
-    member_train_config(cfg.train_config, cfg.base_data or ["base.extxyz"], "committee member", check_files=False)
+    # the members' fine-tune configs must build now, not after the first round's DFT
+    for f in dict.fromkeys(cfg.train_configs or [cfg.train_config]):
+        member_train_config(f, cfg.base_data or ["base.extxyz"], "committee member", check_files=False)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -384,10 +398,14 @@ class ActiveLearning:
         """Fine-tune committee member ``i`` of round ``k`` from ``init`` on ``data`` (its seed depends on k and i)."""
         from limace.training.run import train
 
-        cfg = member_train_config(self.cfg.train_config, data, str(init))
+        cfg = member_train_config(self.member_config(i), data, str(init))
         cfg = dataclasses.replace(cfg, name=name, seed=self.cfg.seed + 101 * i + k, committee_size=1,
                                   run_dir=str(run_dir))
         return Path(train(cfg, log=lambda m: None).members[0].model_path)
+
+    def member_config(self, i: int) -> str:
+        """The ``limace train`` file member ``i``'s fine-tunes follow."""
+        return self.cfg.train_configs[i] if self.cfg.train_configs else self.cfg.train_config
 
     def committee_of(self, k: int) -> list[Path]:
         """The committee going into round ``k`` (0: the configured one)."""
