@@ -54,3 +54,25 @@ def test_the_assessed_hull_passes():
     c = known_phase_check("Li-In", hull, plateaus)
     assert c["all_within_tolerance"] and c["plateaus_match"] and c["li_richest_reached"] and not c["extra_stable"]
     assert all(r["dft_e_above_hull_meV_per_atom"] is None for r in c["compounds"])
+
+
+def test_a_known_phase_missing_from_the_hull_says_why():
+    """A known compound whose structures are not on the hull (rejected as unphysical, relaxation not converged,
+    left out by size) carries the reason, in the JSON and the table; the Li-richest known compound is the
+    assessment's even when it is missing, and then it is not reached."""
+    hull = [row("In_tI2", "In", 0), row("Li_bcc", "Li", 0), row("LiIn", "LiIn", 0), row("Li3In2", "Li3In2", 0),
+            row("Li2In", "Li2In", 0)]
+    plateaus = [plateau("In", "LiIn", 0, 1), plateau("LiIn", "Li3In2", 1, 1.5), plateau("Li3In2", "Li2In", 1.5, 2)]
+    absent = {"Li13In3": "rejected, volume 0.58 x Vegard < 0.7", "Li13In3_hR16": "relaxation not converged"}
+    c = known_phase_check("Li-In", hull, plateaus, absent=absent)
+    by = {r["formula"]: r for r in c["compounds"]}
+    assert by["Li13In3"]["absent"] == "Li13In3: rejected, volume 0.58 x Vegard < 0.7"
+    assert by["Li2In"]["absent"] is None and by["Li13In3"]["within_tolerance"] is None
+    assert c["li_richest_known"] == "Li13In3" and c["li_richest_reached"] is False and not c["all_within_tolerance"]
+    assert c["expected_plateaus"][-1] == ["Li2In", "Li13In3"] and not c["plateaus_match"]
+    text = "\n".join(markdown_lines(c))
+    assert "| **Li13In3: rejected, volume 0.58 x Vegard < 0.7** |" in text
+    assert "Li-richest known compound: Li13In3 (**not reached**" in text
+    # without a reason it was never built
+    c = known_phase_check("Li-In", hull, plateaus)
+    assert "| Li13In3 | 4.33 | — | model-built | — | not built | — |" in "\n".join(markdown_lines(c))

@@ -116,7 +116,8 @@ def test_unknown_system_is_a_one_line_error(tiny_mace_model_path, limace_exe, tm
 
 
 @pytest.mark.parametrize("opt, value, expect", [("--min-volume-ratio", "1.5", "min_volume_ratio must be in (0, 1], got 1.5"),
-                                                ("--min-formation-energy", "0.2", "min_formation_energy must be < 0")])
+                                                ("--min-formation-energy", "0.2", "min_formation_energy must be < 0"),
+                                                ("--max-library-atoms", "0", "--max-library-atoms must be >= 1, got 0")])
 def test_bad_sanity_bound_is_a_one_line_error(tiny_mace_model_path, limace_exe, tmp_path, opt, value, expect):
     res = subprocess.run([limace_exe, "screen", "Li-In", "-p", str(tiny_mace_model_path), "--out", str(tmp_path),
                           opt, value], capture_output=True, text=True)
@@ -181,10 +182,11 @@ def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path, capsys):
 
 def test_committee_spread_in_the_screen(tiny_mace_model_factory, tmp_path, limace_exe):
     """--committee: every hull entry carries the committee's energy spread (entries above the threshold are warned
-    about in results.json and the report), and every computed barrier its spread."""
+    about in results.json and the report), and every computed barrier its spread. --max-library-atoms leaves the
+    large library phases out (a quick look), and the known-phase table says so instead of "not built"."""
     a, b = (str(tiny_mace_model_factory(s)) for s in (0, 1))
     out = tmp_path / "report"
-    args = ARGS[:ARGS.index("--barrier-phase")] + ["--barrier-phase", "LiSn"]
+    args = ARGS[:ARGS.index("--barrier-phase")] + ["--barrier-phase", "LiSn", "--max-library-atoms", "24"]
     res = subprocess.run([limace_exe, "screen", "Li-Sn", "-p", a, "--committee", b, "--out", str(out), *args],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -194,4 +196,10 @@ def test_committee_spread_in_the_screen(tiny_mace_model_factory, tmp_path, limac
     assert all(any(w.startswith(f"{n}: committee spread") for w in r["warnings"]) for n in flagged)
     [phase] = r["barriers"]["phases"]
     assert phase["committee_size"] == 2
+    # Li17Sn4 and Li22Sn5 (105-108 atoms) left out: the Li-richest known compound is the assessment's, not reached
+    assert set(r["search"]["left_out"]) == {"Li17Sn4", "Li22Sn5"}
+    known = {c["formula"]: c for c in r["known_phases"]["compounds"]}
+    assert known["Li17Sn4"]["name"] is None and known["Li17Sn4"]["absent"].startswith("Li17Sn4: left out, 105 atoms")
+    assert r["known_phases"]["li_richest_known"] == "Li17Sn4" and r["known_phases"]["li_richest_reached"] is False
+    assert "**Li17Sn4: left out, 105 atoms > --max-library-atoms 24**" in (out / "report.md").read_text()
     assert all(h["barrier_std_eV"] >= 0 for h in phase["hops"] if (h.get("files") or {}).get("climbing_image"))

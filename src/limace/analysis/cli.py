@@ -222,6 +222,8 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            max_atoms: int = typer.Option(11, help="structure search: bcc orderings with up to this many atoms "
                                          "(fcc and bct: up to 8)"),
            prototypes: bool = typer.Option(True, help="structure search: decorate the library's prototypes"),
+           max_library_atoms: Optional[int] = typer.Option(None, help="leave out library phases with more atoms per "
+                                                           "primitive cell (a quick look; default: every phase)"),
            min_volume_ratio: float = typer.Option(0.7, help="keep off the hull relaxed cells denser than this x "
                                                   "Vegard's volume (a potential's hole)"),
            min_formation_energy: float = typer.Option(-1.0, help="keep off the hull relaxed cells below this "
@@ -264,6 +266,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     check_number("--min-formation-energy", min_formation_energy)
     check_number("--max-barrier-phases", max_barrier_phases, at_least=0)
     check_number("--max-barrier-atoms", max_barrier_atoms, at_least=1)
+    check_number("--max-library-atoms", max_library_atoms, at_least=1)
     check_number("--min-image-distance", min_image_distance, above=0)
     check_number("--n-images", n_images, at_least=1)
     check_number("--neb-steps", neb_steps, at_least=1)
@@ -289,7 +292,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
 
     settings = ScreenSettings(
         search=SearchSettings(max_atoms=max_atoms, prototypes=prototypes, min_volume_ratio=min_volume_ratio,
-                              min_formation_energy=min_formation_energy),
+                              min_formation_energy=min_formation_energy, max_library_atoms=max_library_atoms),
         barriers=BarrierSettings(min_image_distance=min_image_distance, n_images=n_images, max_steps=neb_steps),
         barrier_phases=tuple(barrier_phases) if barrier_phases else None, max_barrier_phases=max_barrier_phases,
         max_barrier_atoms=max_barrier_atoms, sn_reference=sn_reference, verify_dft=verify_dft,

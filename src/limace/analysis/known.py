@@ -59,12 +59,18 @@ def known_compounds(system: str) -> list[KnownCompound]:
 
 
 def known_phase_check(system: str, hull_rows: list[dict], plateaus: list[dict],
-                      near_hull: list[dict] | None = None, tolerance: float = DEFAULT_TOLERANCE_EV) -> dict:
+                      near_hull: list[dict] | None = None, tolerance: float = DEFAULT_TOLERANCE_EV,
+                      absent: dict[str, str] | None = None) -> dict:
     """The comparison described in the module docstring, as a JSON-ready dict.
 
     ``hull_rows``: the screen's rows (``name``, ``formula``, ``e_above_hull_eV_per_atom``, ``stable``, ``source``);
-    ``plateaus``: the voltage curve's (``phases`` as formulas); ``near_hull``: the DFT-checked rows, if any.
+    ``plateaus``: the voltage curve's (``phases`` as formulas); ``near_hull``: the DFT-checked rows, if any;
+    ``absent``: why a library phase is not among the hull rows (rejected as unphysical, relaxation not converged,
+    left out by size), by phase id. A known compound none of whose structures is on the hull carries the reason
+    of its first structure that has one (``absent``; ``None``: not built). The Li-richest known compound is the
+    assessment's, reached or not.
     """
+    absent = absent or {}
     host = next(e for e in system.split("-") if e != "Li")
     dft = {n["name"]: n.get("dft_e_above_hull_eV_per_atom") for n in (near_hull or [])}
     by_name = {r["name"]: r for r in hull_rows}
@@ -79,9 +85,10 @@ def known_phase_check(system: str, hull_rows: list[dict], plateaus: list[dict],
                      "within_tolerance": None if e is None else bool(e <= tolerance + 1e-12),
                      "stable": None if best is None else bool(best["stable"]),
                      "dft_e_above_hull_meV_per_atom": (None if best is None or dft.get(best["name"]) is None
-                                                       else round(1000 * dft[best["name"]], 1))})
-    compounds = [r for r in rows if r["name"] is not None]
-    richest = max(compounds, key=lambda r: r["li_per_host"]) if compounds else None
+                                                       else round(1000 * dft[best["name"]], 1)),
+                     "absent": None if best is not None else next((f"{i}: {absent[i]}" for i in k.ids if i in absent),
+                                                                  None)})
+    richest = max(rows, key=lambda r: r["li_per_host"]) if rows else None
     known_formulas = {r["formula"] for r in rows}
     stable = [r for r in hull_rows if r["stable"] and _reduced(r["formula"]) not in (_reduced("Li"), _reduced(host))]
     extra = [{"formula": _reduced(r["formula"]), "name": r["name"], "source": r["source"],
@@ -98,7 +105,7 @@ def known_phase_check(system: str, hull_rows: list[dict], plateaus: list[dict],
         "compounds": rows,
         "all_within_tolerance": bool(rows) and all(r["within_tolerance"] for r in rows),
         "li_richest_known": None if richest is None else richest["formula"],
-        "li_richest_reached": None if richest is None else bool(richest["within_tolerance"]),
+        "li_richest_reached": None if richest is None else richest["within_tolerance"] is True,
         "expected_plateaus": expected,
         "model_plateaus": model,
         "plateaus_match": model == expected,
@@ -115,7 +122,8 @@ def markdown_lines(check: dict) -> list[str]:
              "(meV/atom) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
     for r in check["compounds"]:
-        within = "not built" if r["within_tolerance"] is None else ("yes" if r["within_tolerance"] else "**no**")
+        within = (("**" + r["absent"] + "**" if r.get("absent") else "not built") if r["within_tolerance"] is None
+                  else ("yes" if r["within_tolerance"] else "**no**"))
         lines.append(f"| {r['formula']} | {r['li_per_host']:.3g} | {r['name'] or '—'} | {r['provenance'] or '—'} | "
                      f"{fmt(r['e_above_hull_meV_per_atom'])} | {within} | "
                      f"{fmt(r['dft_e_above_hull_meV_per_atom'])} |")

@@ -24,7 +24,7 @@ settings, so a killed screen resumes without recomputing finished work. Tasks ru
                     "phases"}]},
         "near_hull": [{"name", "formula", "e_above_hull_eV_per_atom", "source", "dft_error_meV_per_atom"?,
                        "dft_formation_energy_eV_per_atom"?, "dft_e_above_hull_eV_per_atom"?}],
-        "search": {"n_candidates", "n_library", "not_converged", "rejected",
+        "search": {"n_candidates", "n_library", "not_converged", "rejected", "left_out" (--max-library-atoms),
                    "funnel": {"enumerated": {parent: n}, "prototypes", "stages": {"single_point", "short_relax",
                               "full_relax": {"candidates", "kept"|"relaxed", ...}}, "ce": {...}, "timings_s"}},
         "barriers": {"phases": [... as in barriers.json of `limace barriers` ...]},
@@ -152,7 +152,13 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     work = Path(out) / "work" / system
     model, members = _model(potential, device, dtype, s.committee)
     t0 = time.perf_counter()
-    library = library_structures(system, s.search.max_library_atoms)
+    library, left_out = [], {}
+    for a in library_structures(system):
+        n_max = s.search.max_library_atoms
+        if n_max is None or len(a) <= n_max:
+            library.append(a)
+        else:
+            left_out[a.info["name"]] = f"left out, {len(a)} atoms > --max-library-atoms {n_max}"
     lib_relaxed = relax_all(library, model, s.search.fmax, s.search.max_steps, progress=progress,
                             optimizer=s.search.optimizer, max_atoms=s.search.relax_atoms)
     t_library = time.perf_counter() - t0
@@ -188,7 +194,7 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
     return {"system": system, "hull": summary, "hull_dict": hull.as_dict(), "voltage": voltage.as_dict(),
             "near_hull": near, "n_candidates": search.report["stages"]["single_point"]["candidates"]
             + search.report["prototypes"], "n_library": len(library), "search_report": search.report,
-            "not_converged": not_converged, "rejected": rejected, "warnings": warnings,
+            "not_converged": not_converged, "rejected": rejected, "left_out": left_out, "warnings": warnings,
             "committee_std_meV_per_atom": spreads, "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -429,11 +435,14 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
             "warnings": h.get("warnings", []),
             "search": {"n_candidates": h["n_candidates"], "n_library": h["n_library"],
                        "not_converged": h["not_converged"], "rejected": h.get("rejected", []),
+                       "left_out": h.get("left_out", {}),
                        **({"funnel": h["search_report"]} if "search_report" in h else {})},
             "barriers": barriers[s],
         }
         r = results["systems"][s]
-        r["known_phases"] = known_phase_check(s, r["hull"], r["voltage"]["plateaus"], r["near_hull"])
+        absent = {**{n: "relaxation not converged" for n in h["not_converged"]},
+                  **{x["name"]: f"rejected, {x['reason']}" for x in h.get("rejected", [])}, **h.get("left_out", {})}
+        r["known_phases"] = known_phase_check(s, r["hull"], r["voltage"]["plateaus"], r["near_hull"], absent=absent)
     results["timings_s"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
     results["resumed_tasks"] = resumed
     _write_report(results, hulls, out)
