@@ -74,8 +74,12 @@ def test_two_rounds_with_a_stop_and_resume(setup):
 
     run = setup["tmp"] / "al"
     cfg = learn_config(setup, run)
-    stopped = learn(cfg, log=lambda m: None, stop_after=(1, "label"))
+    said = []
+    stopped = learn(cfg, log=said.append, stop_after=(1, "label"))
     assert stopped == {"stopped_after": [1, "label"]}
+    # the long stage says where its progress shows: the label file and the calculator's logs
+    assert any(m.startswith("round 1: label: 3 single points (emt)") and str(run / "round_1" / "labels.extxyz") in m
+               for m in said), said
     r1 = run / "round_1"
     assert (r1 / "labels.extxyz").exists() and not (r1 / "train.json").exists()
     cands_before = (r1 / "candidates.extxyz").read_bytes()

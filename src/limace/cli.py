@@ -60,7 +60,7 @@ def learn_cmd(config: Path = typer.Argument(..., help="active-learning YAML (see
     from limace.core.fileio import check_output_path
 
     check_output_path(cfg.run_dir, "run_dir", directory=True)
-    summary = learn(cfg, log=lambda m: typer.echo(m, err=True))
+    summary = learn(cfg, log=lambda m: typer.echo(m, err=True), progress=sys.stderr.isatty())  # bars: terminal only
     typer.echo(json.dumps(summary, indent=1))
 
 

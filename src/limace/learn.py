@@ -360,10 +360,11 @@ class ActiveLearning:
 
     STAGES = ("explore", "select", "label", "train", "evaluate", "register")
 
-    def __init__(self, cfg: LearnConfig, log=print):
+    def __init__(self, cfg: LearnConfig, log=print, progress: bool = False):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.log = log
+        self.progress = progress  # the labelling's progress bar (the CLI asks for it on a terminal only)
         self.base_files = list(cfg.base_data)
         self.eval_files = list(cfg.evaluate)
 
@@ -525,8 +526,12 @@ class ActiveLearning:
         from limace.data.label import label_configurations
 
         sel = _read(self.round_dir(k) / "selected.extxyz")
+        logs = self.round_dir(k) / "dft_logs"
+        # DFT is the long stage (hours for a round of asymmetric cells): say where its progress shows
+        self.log(f"round {k}: label: {len(sel)} single points ({self.cfg.protocol}); each is appended to {out} "
+                 f"when done, the calculator's log of each is in {logs}/")
         rep = label_configurations(sel, out, protocol=self.cfg.protocol, workers=self.cfg.workers,
-                                   scheduler=self.cfg.scheduler, progress=False)
+                                   scheduler=self.cfg.scheduler, progress=self.progress, log_dir=logs)
         if not out.exists():
             _write(out, [])
         atomic_write_json(done, rep.as_dict())
@@ -645,6 +650,6 @@ def _elements(model_path: Path) -> list[str]:
     return [chemical_symbols[int(z)] for z in load_model(model_path).atomic_numbers]
 
 
-def learn(config: str | Path | LearnConfig, log=print, stop_after=None) -> dict:
+def learn(config: str | Path | LearnConfig, log=print, stop_after=None, progress: bool = False) -> dict:
     cfg = config if isinstance(config, LearnConfig) else load_learn_config(config)
-    return ActiveLearning(cfg, log=log).run(stop_after=stop_after)
+    return ActiveLearning(cfg, log=log, progress=progress).run(stop_after=stop_after)
