@@ -77,6 +77,9 @@ def test_two_rounds_with_a_stop_and_resume(setup):
     said = []
     stopped = learn(cfg, log=said.append, stop_after=(1, "label"))
     assert stopped == {"stopped_after": [1, "label"]}
+    # after each finished round the report and its plot hold the rounds so far
+    assert "| 0 |" in (run / "report.md").read_text() and "| 1 |" not in (run / "report.md").read_text()
+    assert (run / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the long stage says where its progress shows: the label file and the calculator's logs
     assert any(m.startswith("round 1: label: 3 single points (emt)") and str(run / "round_1" / "labels.extxyz") in m
                for m in said), said

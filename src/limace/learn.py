@@ -608,6 +608,7 @@ class ActiveLearning:
                     self.evaluate(k, members)
                 else:
                     self.register(k, members)
+                    self.write_report(self.summary())  # the report grows round by round
                 if stop_after == (k, stage):
                     return {"stopped_after": [k, stage]}
         summary = self.summary()
@@ -617,9 +618,12 @@ class ActiveLearning:
         return summary
 
     def summary(self) -> dict:
+        """The finished rounds (all of them at the end of a run)."""
         rounds = []
         for k in range(self.cfg.rounds):
             d = self.round_dir(k)
+            if not (d / "register.json").exists():
+                break
             rounds.append({"round": k, "select": json.loads((d / "select.json").read_text()),
                            "labels": len(_read(d / "labels.extxyz")),
                            "evaluate": json.loads((d / "evaluate.json").read_text()),
@@ -639,7 +643,34 @@ class ActiveLearning:
                 lines.append(f"| {r['round']} | {r['select']['n_candidates']} | {r['labels']} | {name} | "
                              f"{ev['energy_mae_mev_per_atom']:.2f} | {'-' if emax is None else f'{emax:.1f}'} | "
                              f"{'-' if fmae is None else f'{fmae:.1f}'} | {'-' if sp is None else f'{sp:.2f}'} |")
+        lines += ["", "![errors per round](rounds.png)"]
         atomic_write_text(self.run_dir / "report.md", "\n".join(lines) + "\n")
+        self.plot_rounds(summary, self.run_dir / "rounds.png")
+
+    @staticmethod
+    def plot_rounds(summary: dict, path: Path) -> None:
+        """Member 0's energy and force MAE on each evaluation set after each round (PNG, written atomically)."""
+        from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+        from limace.core.fileio import atomic_write
+
+        fig = Figure(figsize=(9, 3.6))
+        ax_e, ax_f = fig.subplots(1, 2)
+        rounds = [r["round"] for r in summary["rounds"]]
+        names = list(dict.fromkeys(n for r in summary["rounds"] for n in r["evaluate"]))
+        for name in names:
+            e = [r["evaluate"].get(name, {}).get("energy_mae_mev_per_atom", np.nan) for r in summary["rounds"]]
+            f = [r["evaluate"].get(name, {}).get("metrics", {}).get("forces_mae", np.nan) for r in summary["rounds"]]
+            ax_e.plot(rounds, e, "o-", label=Path(name).stem)
+            ax_f.plot(rounds, f, "o-", label=Path(name).stem)
+        for ax, what in ((ax_e, "energy MAE (meV/atom)"), (ax_f, "force MAE (meV/Å)")):
+            ax.set_xlabel("round")
+            ax.set_ylabel(what)
+            ax.set_xticks(rounds)
+        ax_e.legend(fontsize=7)
+        fig.suptitle(f"{summary['name']}: member 0 after each round", fontsize=10)
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def _elements(model_path: Path) -> list[str]:
