@@ -613,8 +613,7 @@ class ActiveLearning:
                     return {"stopped_after": [k, stage]}
         summary = self.summary()
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
-        atomic_write_json(self.run_dir / "summary.json", summary)
-        self.write_report(summary)
+        atomic_write_json(self.run_dir / "summary.json", summary)  # report.md: written after the last round's register
         return summary
 
     def summary(self) -> dict:

@@ -137,17 +137,16 @@ def _host(system: str) -> str:
     return system.split("-")[1]
 
 
-def library_structures(system: str, max_atoms: int | None = None) -> list[Atoms]:
+def library_structures(system: str) -> list[Atoms]:
     """The built library phases of ``system`` (elements included, all Sn polymorphs), primitive cells of any size
-    (at most ``max_atoms`` atoms when given)."""
+    (the screen leaves out those above ``SearchSettings.max_library_atoms`` and says so)."""
     from limace.data.structures import list_phases
 
     out = []
     for p in list_phases(system=system, buildable=True):
         a = p.build(primitive=True)
-        if max_atoms is None or len(a) <= max_atoms:
-            a.info.update(name=p.id, phase=p.id, source="library")
-            out.append(a)
+        a.info.update(name=p.id, phase=p.id, source="library")
+        out.append(a)
     return out
 
 
