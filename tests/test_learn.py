@@ -73,12 +73,14 @@ def test_two_rounds_with_a_stop_and_resume(setup):
     from limace.potentials.registry import list_potentials
 
     run = setup["tmp"] / "al"
-    cfg = learn_config(setup, run)
+    cfg = learn_config(setup, run, control=True)
     said = []
     stopped = learn(cfg, log=said.append, stop_after=(1, "label"))
     assert stopped == {"stopped_after": [1, "label"]}
-    # after each finished round the report and its plot hold the rounds so far
-    assert "| 0 |" in (run / "report.md").read_text() and "| 1 |" not in (run / "report.md").read_text()
+    # after each finished round the report and its plot hold the rounds so far, with what the labels bought
+    report = (run / "report.md").read_text()
+    assert "| 0 |" in report and "| 1 |" not in report
+    assert "What each round's labels buy" in report and "| 0 | held.extxyz | " in report
     assert (run / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the long stage says where its progress shows: the label file and the calculator's logs
     assert any(m.startswith("round 1: label: 3 single points (emt)") and str(run / "round_1" / "labels.extxyz") in m
@@ -116,19 +118,27 @@ def test_two_rounds_with_a_stop_and_resume(setup):
     finally:
         del os.environ["LIMACE_REGISTRY"]
     assert {"toy-al-r0-m0", "toy-al-r0-m1", "toy-al-r1-m0", "toy-al-r1-m1"} <= names
-    assert "| 1 |" in (run / "report.md").read_text()
-    # scripts/learn_control.py: round 1's fine-tune of member 0 without round 1's labels, evaluated the same way
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("learn_control", Path(__file__).parents[1] / "scripts" / "learn_control.py")
-    control = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(control)
-    control.main(str(cfg), 1)
+    assert "| 1 |" in (run / "report.md").read_text() and "| 1 | held.extxyz | " in (run / "report.md").read_text()
+    # control: true: each round's member 0 fine-tuned again without that round's labels (same start, recipe and
+    # seed), evaluated the same way
     c = json.loads((r1 / "control.json").read_text())
     assert str(run / "round_0/labels.extxyz") in c["train_files"] and str(r1 / "labels.extxyz") not in c["train_files"]
     assert c["init_from"] == json.loads((run / "round_0/register.json").read_text())["members"][0]
     ev = json.loads((r1 / "evaluate.json").read_text())["held.extxyz"]
     assert c["sets"]["held.extxyz"]["n"] == ev["n"] and np.isfinite(c["sets"]["held.extxyz"]["energy_mae_mev_per_atom"])
+    assert [r["control"]["held.extxyz"] for r in summary["rounds"]] == [
+        json.loads((run / f"round_{k}/control.json").read_text())["sets"]["held.extxyz"] for k in (0, 1)]
+    c0 = json.loads((run / "round_0/control.json").read_text())
+    assert c0["train_files"] == [str(setup["base"])] and c0["init_from"] == setup["committee"][0]
+    # scripts/learn_control.py (for runs without control: true) finds round 1's control done and does not redo it
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learn_control", Path(__file__).parents[1] / "scripts" / "learn_control.py")
+    control = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(control)
+    stamp = (r1 / "control.json").stat().st_mtime_ns
+    control.main(str(cfg), 1)
+    assert (r1 / "control.json").stat().st_mtime_ns == stamp
 
 
 def test_committee_spread_is_larger_far_from_training(setup):
@@ -175,6 +185,7 @@ def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
                          ({"base_dataset": "li-in-sn-v1", "evaluate_splits": ["train"]}, "evaluate_splits"),
                          ({"base_data": []}, "base_data"),
                          ({"seed": -3}, "seed"),
+                         ({"control": "sometimes"}, "key 'control' must be true/false"),
                          ({"explore": {"phases": ["LiSn"], "repeat_to_atoms": 100000}}, "explore.repeat_to_atoms"),
                          ({"train_configs": [str(setup["train"])] * 2}, "both given"),
                          ({"train_config": "", "train_configs": [str(setup["train"])]}, "one file per committee member"),

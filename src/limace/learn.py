@@ -80,6 +80,9 @@ class LearnConfig:
     seed: int = 0
     run_dir: Optional[str] = None  # default: runs/<name> next to the config file
     dtype: str = "float64"
+    # also fine-tune member 0 of each round without that round's labels (same starting weights, recipe and seed) and
+    # evaluate it on the same files: what the labels alone buy, apart from the fine-tune (one more fine-tune a round)
+    control: bool = False
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
 
@@ -322,7 +325,9 @@ def farthest_point_sampling(x: np.ndarray, k: int, start: int = 0) -> list[int]:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 3:
+    """Spearman's rank correlation; None where it is not defined (fewer than 3 points, or a constant input such as
+    the spread of a committee of one)."""
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     from scipy.stats import spearmanr
 
@@ -358,7 +363,7 @@ def evaluate_committee(models, files: list[str]) -> dict:
 class ActiveLearning:
     """The loop of one :class:`LearnConfig` in its run directory (see module docstring)."""
 
-    STAGES = ("explore", "select", "label", "train", "evaluate", "register")
+    STAGES = ("explore", "select", "label", "train", "evaluate", "control", "register")
 
     def __init__(self, cfg: LearnConfig, log=print, progress: bool = False):
         self.cfg = cfg
@@ -562,7 +567,26 @@ class ActiveLearning:
                                                      for n, r in rep.items()))
         return rep
 
-    # 6
+    # 6 (with ``control: true``, or on demand: scripts/learn_control.py)
+    def control(self, k: int) -> dict:
+        """Member 0 of round ``k`` fine-tuned without round ``k``'s labels (same starting weights, recipe, seed),
+        evaluated on the evaluation files: ``round_K/control.json``. Against ``evaluate.json`` it is what the
+        round's labels alone buy."""
+        out = self.round_dir(k) / "control.json"
+        if out.exists():
+            return json.loads(out.read_text())
+        data = self.training_files(k, with_round_k=False)
+        init = self.committee_of(k)[0]
+        model = self.fine_tune(k, 0, init, data, name=f"{self.cfg.name}-r{k}-control",
+                               run_dir=self.round_dir(k) / "control")
+        rep = {"round": k, "without_labels_of_round": k, "train_files": data, "init_from": str(init),
+               "model": str(model), "sets": evaluate_committee(_load_models([model], self.cfg.dtype), self.eval_files)}
+        atomic_write_json(out, rep)
+        self.log(f"round {k}: control (member 0 without round {k}'s labels): "
+                 + ", ".join(f"{n} E MAE {r['energy_mae_mev_per_atom']:.2f} meV/atom" for n, r in rep["sets"].items()))
+        return rep
+
+    # 7
     def register(self, k: int, members: list[Path]) -> None:
         out = self.round_dir(k) / "register.json"
         if out.exists():
@@ -606,6 +630,9 @@ class ActiveLearning:
                     members = self.train(k)
                 elif stage == "evaluate":
                     self.evaluate(k, members)
+                elif stage == "control":
+                    if self.cfg.control:
+                        self.control(k)
                 else:
                     self.register(k, members)
                     self.write_report(self.summary())  # the report grows round by round
@@ -627,6 +654,8 @@ class ActiveLearning:
                            "labels": len(_read(d / "labels.extxyz")),
                            "evaluate": json.loads((d / "evaluate.json").read_text()),
                            "members": json.loads((d / "register.json").read_text())["names"]})
+            if (d / "control.json").exists():  # written by the loop (control: true) or scripts/learn_control.py
+                rounds[-1]["control"] = json.loads((d / "control.json").read_text())["sets"]
         return {"name": self.cfg.name, "rounds": rounds}
 
     def write_report(self, summary: dict) -> None:
@@ -642,6 +671,25 @@ class ActiveLearning:
                 lines.append(f"| {r['round']} | {r['select']['n_candidates']} | {r['labels']} | {name} | "
                              f"{ev['energy_mae_mev_per_atom']:.2f} | {'-' if emax is None else f'{emax:.1f}'} | "
                              f"{'-' if fmae is None else f'{fmae:.1f}'} | {'-' if sp is None else f'{sp:.2f}'} |")
+        with_control = [r for r in summary["rounds"] if r.get("control")]
+        if with_control:
+            lines += ["", "What each round's labels buy: member 0 against the same fine-tune without them (same starting "
+                      "weights, recipe and seed), without -> with:", "",
+                      "| round | evaluation set | E MAE (meV/atom) | E RMSE | E max | F MAE (meV/A) |", "|---|---|---|---|---|---|"]
+
+            def pair(a, b, digits):
+                return "-" if a is None or b is None else f"{a:.{digits}f} -> {b:.{digits}f}"
+
+            for r in with_control:
+                for name, ev in r["evaluate"].items():
+                    c = r["control"].get(name)
+                    if c is None:
+                        continue
+                    lines.append(f"| {r['round']} | {name} | "
+                                 f"{pair(c['energy_mae_mev_per_atom'], ev['energy_mae_mev_per_atom'], 3)} | "
+                                 f"{pair(c['metrics'].get('energy_rmse'), ev['metrics'].get('energy_rmse'), 2)} | "
+                                 f"{pair(c.get('energy_max_mev_per_atom'), ev.get('energy_max_mev_per_atom'), 1)} | "
+                                 f"{pair(c['metrics'].get('forces_mae'), ev['metrics'].get('forces_mae'), 1)} |")
         lines += ["", "![errors per round](rounds.png)"]
         atomic_write_text(self.run_dir / "report.md", "\n".join(lines) + "\n")
         self.plot_rounds(summary, self.run_dir / "rounds.png")
@@ -660,8 +708,15 @@ class ActiveLearning:
         for name in names:
             e = [r["evaluate"].get(name, {}).get("energy_mae_mev_per_atom", np.nan) for r in summary["rounds"]]
             f = [r["evaluate"].get(name, {}).get("metrics", {}).get("forces_mae", np.nan) for r in summary["rounds"]]
-            ax_e.plot(rounds, e, "o-", label=Path(name).stem)
-            ax_f.plot(rounds, f, "o-", label=Path(name).stem)
+            (line,) = ax_e.plot(rounds, e, "o-", label=Path(name).stem)
+            ax_f.plot(rounds, f, "o-", label=Path(name).stem, color=line.get_color())
+            ce = [(r.get("control") or {}).get(name, {}).get("energy_mae_mev_per_atom", np.nan) for r in summary["rounds"]]
+            if np.isfinite(ce).any():  # the same fine-tunes without each round's labels: hollow markers, dashed
+                cf = [(r.get("control") or {}).get(name, {}).get("metrics", {}).get("forces_mae", np.nan)
+                      for r in summary["rounds"]]
+                style = dict(ls="--", marker="o", mfc="none", color=line.get_color())
+                ax_e.plot(rounds, ce, label=f"{Path(name).stem}, without the round's labels", **style)
+                ax_f.plot(rounds, cf, **style)
         for ax, what in ((ax_e, "energy MAE (meV/atom)"), (ax_f, "force MAE (meV/Å)")):
             ax.set_xlabel("round")
             ax.set_ylabel(what)
