@@ -73,7 +73,7 @@ def test_two_rounds_with_a_stop_and_resume(setup):
     from limace.potentials.registry import list_potentials
 
     run = setup["tmp"] / "al"
-    cfg = learn_config(setup, run, control=True)
+    cfg = learn_config(setup, run, control=True, gate={"held.extxyz": {"energy_mae": 1e6, "energy_max": 0.0}})
     said = []
     stopped = learn(cfg, log=said.append, stop_after=(1, "label"))
     assert stopped == {"stopped_after": [1, "label"]}
@@ -130,6 +130,14 @@ def test_two_rounds_with_a_stop_and_resume(setup):
         json.loads((run / f"round_{k}/control.json").read_text())["sets"]["held.extxyz"] for k in (0, 1)]
     c0 = json.loads((run / "round_0/control.json").read_text())
     assert c0["train_files"] == [str(setup["base"])] and c0["init_from"] == setup["committee"][0]
+    # the gate fixed in the config: checked on each round's evaluation, said in the summary and the report
+    for r in summary["rounds"]:
+        ev = r["evaluate"]["held.extxyz"]
+        assert r["gate"] == {"passed": False, "checks": [
+            {"set": "held.extxyz", "metric": "energy_mae", "bound": 1e6, "value": ev["energy_mae_mev_per_atom"], "ok": True},
+            {"set": "held.extxyz", "metric": "energy_max", "bound": 0.0, "value": ev["energy_max_mev_per_atom"], "ok": False}]}
+    text = (run / "report.md").read_text()
+    assert f"- round 1: fails (held.extxyz energy_max {summary['rounds'][1]['evaluate']['held.extxyz']['energy_max_mev_per_atom']:.2f} > 0)" in text
     # scripts/learn_control.py (for runs without control: true) finds round 1's control done and does not redo it
     import importlib.util
 
@@ -186,6 +194,9 @@ def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
                          ({"base_data": []}, "base_data"),
                          ({"seed": -3}, "seed"),
                          ({"control": "sometimes"}, "key 'control' must be true/false"),
+                         ({"gate": {"valid.extxyz": {"energy_mae": 3.0}}}, "not an evaluation file of this run (have: held.extxyz)"),
+                         ({"gate": {"held.extxyz": {"energy_mea": 3.0}}}, "unknown metric 'energy_mea'"),
+                         ({"gate": {"held.extxyz": {"energy_mae": -1}}}, "gate.held.extxyz.energy_mae"),
                          ({"explore": {"phases": ["LiSn"], "repeat_to_atoms": 100000}}, "explore.repeat_to_atoms"),
                          ({"train_configs": [str(setup["train"])] * 2}, "both given"),
                          ({"train_config": "", "train_configs": [str(setup["train"])]}, "one file per committee member"),
@@ -285,3 +296,17 @@ def test_dataset_splits_can_be_evaluated_without_training_on_the_dataset(setup, 
     assert {a.info["config_id"] for a in read(test_file, ":")} == set(man["frozen"]["test-v1"]["config_ids"])
     assert len(read(ext_file, ":")) == man["files"]["extrapolation"]["n"]
     assert str(setup["held"]) in al.eval_files
+
+
+def test_gate_passes_only_when_every_bound_holds():
+    from limace.learn import gate_result
+
+    ev = {"valid.extxyz": {"energy_mae_mev_per_atom": 3.0, "energy_max_mev_per_atom": 12.0,
+                           "metrics": {"energy_rmse": 4.0, "forces_mae": 20.0, "forces_rmse": 30.0}}}
+    assert gate_result({"valid.extxyz": {"energy_mae": 3.0, "forces_mae": 25.0}}, ev)["passed"] is True
+    res = gate_result({"valid.extxyz": {"energy_mae": 3.0, "forces_rmse": 29.9}}, ev)
+    assert res["passed"] is False and [c["ok"] for c in res["checks"]] == [True, False]
+    # a set the evaluation lacks fails instead of passing unseen
+    miss = gate_result({"other.extxyz": {"energy_mae": 100.0}}, ev)
+    assert miss == {"passed": False, "checks": [{"set": "other.extxyz", "metric": "energy_mae", "bound": 100.0,
+                                                  "value": None, "ok": False}]}

@@ -83,8 +83,44 @@ class LearnConfig:
     # also fine-tune member 0 of each round without that round's labels (same starting weights, recipe and seed) and
     # evaluate it on the same files: what the labels alone buy, apart from the fine-tune (one more fine-tune a round)
     control: bool = False
+    # a rule fixed before the run: round K's member 0 is a candidate to ship only if every bound holds on its
+    # evaluation file (named as in evaluate.json: the file's name, or DATASET_SPLIT.extxyz for evaluate_splits), e.g.
+    # {"valid.extxyz": {"energy_mae": 3.17}}; metrics: GATE_METRICS; a bound holds when value <= bound
+    gate: dict[str, dict[str, float]] = field(default_factory=dict)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+
+
+# gate metric -> (where in an evaluate.json entry, unit)
+GATE_METRICS = {"energy_mae": (("energy_mae_mev_per_atom",), "meV/atom"),
+                "energy_rmse": (("metrics", "energy_rmse"), "meV/atom"),
+                "energy_max": (("energy_max_mev_per_atom",), "meV/atom"),
+                "forces_mae": (("metrics", "forces_mae"), "meV/A"),
+                "forces_rmse": (("metrics", "forces_rmse"), "meV/A")}
+
+
+def evaluation_names(cfg: LearnConfig) -> list[str]:
+    """The names the evaluation files have in evaluate.json (and in ``gate``)."""
+    names = [Path(f).name for f in cfg.evaluate]
+    for item in cfg.evaluate_splits:
+        ds, sp = _split_ref(item, cfg.base_dataset)
+        names.append(f"{ds}_{sp}.extxyz")
+    return names
+
+
+def gate_result(gate: dict[str, dict[str, float]], evaluation: dict) -> dict:
+    """Check member 0's errors of one round (evaluate.json) against the config's ``gate``: ``{"passed": bool,
+    "checks": [{"set", "metric", "bound", "value", "ok"}]}`` (a metric the evaluation lacks fails)."""
+    checks = []
+    for name, bounds in gate.items():
+        for metric, bound in bounds.items():
+            value = evaluation.get(name)
+            for key in GATE_METRICS[metric][0]:
+                value = value.get(key) if isinstance(value, dict) else None
+            ok = value is not None and float(value) <= bound
+            checks.append({"set": name, "metric": metric, "bound": bound,
+                           "value": None if value is None else float(value), "ok": bool(ok)})
+    return {"passed": all(c["ok"] for c in checks), "checks": checks}
 
 
 def load_learn_config(path: str | Path) -> LearnConfig:
@@ -161,6 +197,15 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
                 bad("evaluate_splits", f"names {item!r}; {ds} has {', '.join(x for x in splits(ds) if x != 'train')}")
     if not cfg.base_data and cfg.base_dataset is None:
         bad("base_data", "needs labelled files (or base_dataset) for the fine-tunes")
+    names = evaluation_names(cfg)
+    for name, bounds in cfg.gate.items():
+        if name not in names:
+            bad("gate", f"names {name!r}, not an evaluation file of this run (have: {', '.join(names) or 'none'})")
+        for metric, bound in bounds.items():
+            if metric not in GATE_METRICS:
+                bad(f"gate.{name}", f"has unknown metric {metric!r}; known: {', '.join(GATE_METRICS)}")
+            if not np.isfinite(bound) or bound < 0:
+                bad(f"gate.{name}.{metric}", f"must be a finite bound >= 0, got {bound}")
     if not cfg.explore.structures and not cfg.explore.phases:
         bad("explore", "needs seed structures (explore.structures or explore.phases)")
     for key, val, kw in (("rounds", cfg.rounds, {"at_least": 1}), ("workers", cfg.workers, {"at_least": 1}),
@@ -656,6 +701,8 @@ class ActiveLearning:
                            "members": json.loads((d / "register.json").read_text())["names"]})
             if (d / "control.json").exists():  # written by the loop (control: true) or scripts/learn_control.py
                 rounds[-1]["control"] = json.loads((d / "control.json").read_text())["sets"]
+            if self.cfg.gate:
+                rounds[-1]["gate"] = gate_result(self.cfg.gate, rounds[-1]["evaluate"])
         return {"name": self.cfg.name, "rounds": rounds}
 
     def write_report(self, summary: dict) -> None:
@@ -671,6 +718,15 @@ class ActiveLearning:
                 lines.append(f"| {r['round']} | {r['select']['n_candidates']} | {r['labels']} | {name} | "
                              f"{ev['energy_mae_mev_per_atom']:.2f} | {'-' if emax is None else f'{emax:.1f}'} | "
                              f"{'-' if fmae is None else f'{fmae:.1f}'} | {'-' if sp is None else f'{sp:.2f}'} |")
+        gated = [r for r in summary["rounds"] if "gate" in r]
+        if gated:
+            lines += ["", "Gate (the config's `gate`, to be fixed before the run: member 0 is a candidate to ship only if it passes):", ""]
+            for r in gated:
+                failed = [c for c in r["gate"]["checks"] if not c["ok"]]
+                why = "; ".join(f"{c['set']} {c['metric']} "
+                                f"{'missing' if c['value'] is None else format(c['value'], '.2f')} > {c['bound']:g}"
+                                for c in failed)
+                lines.append(f"- round {r['round']}: " + ("**passes**" if not failed else f"fails ({why})"))
         with_control = [r for r in summary["rounds"] if r.get("control")]
         if with_control:
             lines += ["", "What each round's labels buy: member 0 against the same fine-tune without them (same starting "
