@@ -123,6 +123,16 @@ def gate_result(gate: dict[str, dict[str, float]], evaluation: dict) -> dict:
     return {"passed": all(c["ok"] for c in checks), "checks": checks}
 
 
+def gate_text(res: dict) -> str:
+    """'passes', or 'fails (SET METRIC VALUE > BOUND; ...)' for a :func:`gate_result`."""
+    failed = [c for c in res["checks"] if not c["ok"]]
+    if not failed:
+        return "passes"
+    return "fails (" + "; ".join(f"{c['set']} {c['metric']} "
+                                 f"{'missing' if c['value'] is None else format(c['value'], '.2f')} > {c['bound']:g}"
+                                 for c in failed) + ")"
+
+
 def load_learn_config(path: str | Path) -> LearnConfig:
     """Read and validate ``limace learn`` YAML; relative paths are relative to the file. One-line errors."""
     import yaml
@@ -674,7 +684,9 @@ class ActiveLearning:
                 elif stage == "train":
                     members = self.train(k)
                 elif stage == "evaluate":
-                    self.evaluate(k, members)
+                    evaluation = self.evaluate(k, members)
+                    if self.cfg.gate:
+                        self.log(f"round {k}: gate: member 0 {gate_text(gate_result(self.cfg.gate, evaluation))}")
                 elif stage == "control":
                     if self.cfg.control:
                         self.control(k)
@@ -722,11 +734,8 @@ class ActiveLearning:
         if gated:
             lines += ["", "Gate (the config's `gate`, to be fixed before the run: member 0 is a candidate to ship only if it passes):", ""]
             for r in gated:
-                failed = [c for c in r["gate"]["checks"] if not c["ok"]]
-                why = "; ".join(f"{c['set']} {c['metric']} "
-                                f"{'missing' if c['value'] is None else format(c['value'], '.2f')} > {c['bound']:g}"
-                                for c in failed)
-                lines.append(f"- round {r['round']}: " + ("**passes**" if not failed else f"fails ({why})"))
+                text = gate_text(r["gate"])
+                lines.append(f"- round {r['round']}: " + ("**passes**" if r["gate"]["passed"] else text))
         with_control = [r for r in summary["rounds"] if r.get("control")]
         if with_control:
             lines += ["", "What each round's labels buy: member 0 against the same fine-tune without them (same starting "
