@@ -445,3 +445,13 @@ def test_cli_committee_reports_the_spread(tiny_mace_model_factory, tmp_path, lim
     assert phase["committee_size"] == 2
     hops = [h for h in phase["hops"] if (h.get("files") or {}).get("climbing_image")]
     assert hops and all(h["barrier_std_eV"] > 0 for h in hops)
+    # `limace learn` (explore.from_runs) reads every image of every band of this output
+    from ase.io import read
+
+    from limace.learn import structures_from_runs
+
+    bands = [read(out / h["files"]["band"], ":") for h in phase["hops"] if (h.get("files") or {}).get("band")]
+    images = structures_from_runs([str(out)])
+    assert bands and len(images) == sum(map(len, bands))
+    assert {a.info["config_type"] for a in images} == {"al_neb_image"}
+    assert np.allclose(images[0].positions, bands[0][0].get_positions(wrap=True), atol=1e-8)

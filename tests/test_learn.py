@@ -68,12 +68,31 @@ def learn_config(setup, run_dir: Path, **over) -> Path:
     return p
 
 
+def fake_run_outputs(root: Path) -> Path:
+    """A directory laid out as `limace screen` writes it: relaxed structures in work/<system>/structures/ (one of
+    them too large for the explorer) and NEB bands under barriers/ (two hops sharing their first image)."""
+    structures = root / "work" / "Cu-Au" / "structures"
+    structures.mkdir(parents=True)
+    write(structures / "CuAu.extxyz", [cuau(3.7), cuau(3.76)])  # a relaxation's frames: the last one counts
+    write(structures / "big.extxyz", cuau().repeat((3, 3, 3)))  # 108 atoms
+    start = cuau().repeat((2, 1, 1))
+    for hop in (0, 1):
+        d = root / "barriers" / "Cu-Au" / "CuAu" / "hops" / f"hop_{hop}"
+        d.mkdir(parents=True)
+        band = [start] + g.rattled(start, [0.15, 0.3], seed=hop)
+        write(d / "band.extxyz", band)
+    return root
+
+
 def test_two_rounds_with_a_stop_and_resume(setup):
     from limace.learn import learn
     from limace.potentials.registry import list_potentials
 
     run = setup["tmp"] / "al"
-    cfg = learn_config(setup, run, control=True, gate={"held.extxyz": {"energy_mae": 1e6, "energy_max": 0.0}})
+    explore = yaml.safe_load(learn_config(setup, run).read_text())["explore"]
+    explore["from_runs"] = [str(fake_run_outputs(setup["tmp"] / "screen_out"))]
+    cfg = learn_config(setup, run, control=True, gate={"held.extxyz": {"energy_mae": 1e6, "energy_max": 0.0}},
+                       explore=explore)
     said = []
     stopped = learn(cfg, log=said.append, stop_after=(1, "label"))
     assert stopped == {"stopped_after": [1, "label"]}
@@ -87,6 +106,16 @@ def test_two_rounds_with_a_stop_and_resume(setup):
                for m in said), said
     r1 = run / "round_1"
     assert (r1 / "labels.extxyz").exists() and not (r1 / "train.json").exists()
+    # explore.from_runs: a screen's relaxed structures (the last frame of each, none above from_runs_max_atoms) and
+    # every NEB band image, the shared end point once
+    from ase.io import read
+
+    cands = read(r1 / "candidates.extxyz", ":")
+    relaxed = [a for a in cands if a.info["config_type"] == "al_screen_relaxed"]
+    images = [a for a in cands if a.info["config_type"] == "al_neb_image"]
+    assert [a.info["from_run"] for a in relaxed] == ["work/Cu-Au/structures/CuAu.extxyz"]
+    assert np.allclose(relaxed[0].cell.lengths(), 3.76)
+    assert len(images) == 5 and len({a.info["config_id"] for a in cands}) == len(cands)
     cands_before = (r1 / "candidates.extxyz").read_bytes()
     labels_before = (r1 / "labels.extxyz").read_bytes()
     summary = learn(cfg, log=lambda m: None)
@@ -195,6 +224,10 @@ def test_bad_learn_configs_are_one_line_errors(setup, tmp_path, capsys):
                          ({"base_data": []}, "base_data"),
                          ({"seed": -3}, "seed"),
                          ({"control": "sometimes"}, "key 'control' must be true/false"),
+                         ({"explore": {"structures": [str(setup["seeds"])], "from_runs": [str(tmp_path)]}},
+                          "holds no `limace screen` or `limace barriers` output"),
+                         ({"explore": {"structures": [str(setup["seeds"])], "from_runs": ["/no/such/dir"]}},
+                          "not a directory"),
                          ({"gate": {"valid.extxyz": {"energy_mae": 3.0}}}, "not an evaluation file of this run (have: held.extxyz)"),
                          ({"gate": {"held.extxyz": {"energy_mea": 3.0}}}, "unknown metric 'energy_mea'"),
                          ({"gate": {"held.extxyz": {"energy_mae": -1}}}, "gate.held.extxyz.energy_mae"),

@@ -66,6 +66,15 @@ def test_results_json_has_the_documented_schema(screened):
     assert "Li17Sn4" in {row["name"] for row in sn["hull"]}
     assert set(sn["search"]["left_out"]) == {"Li22Sn5"} and not data["systems"]["Li-In"]["search"]["left_out"]
     assert f"report: {(out / 'report.md').resolve()}" in res.stdout
+    # `limace learn` (explore.from_runs) reads the screen's relaxed structures, the large ones left out
+    from limace.learn import structures_from_runs
+
+    relaxed = [a for a in structures_from_runs([str(out)], max_atoms=32) if a.info["config_type"] == "al_screen_relaxed"]
+    files = sorted((out / "work").glob("*/structures/*.extxyz"))
+    from ase.io import read as read_frames
+
+    small = [f for f in files if len(read_frames(f, -1)) <= 32]
+    assert small and len(small) < len(files) and len(relaxed) == len(small)
     # the model file is identified by its checksum (resume caches are keyed on it, not on the name)
     import hashlib
     from pathlib import Path

@@ -4,7 +4,8 @@ One round = explore -> select -> label -> fine-tune -> evaluate -> register:
 
 1. **explore**: candidate configurations the current committee has not seen: Langevin MD of the seed structures at
    several temperatures (snapshots along the run, member 0 of the committee drives it), isotropically strained
-   copies, rattled copies, one-Li-vacancy cells;
+   copies, rattled copies, one-Li-vacancy cells; and, with ``explore.from_runs``, what screens and barrier runs
+   explored (relaxed hull and search structures, every NEB band image);
 2. **select**: every committee member predicts every candidate (one batched call per member); the per-structure
    force spread (largest over atoms of the norm of the per-atom force standard deviation) and energy spread rank
    them; the most uncertain ``pool_factor x budget`` go through farthest-point sampling on the mean invariant MACE
@@ -50,6 +51,11 @@ class ExploreConfig:
     volume_strains: list[float] = field(default_factory=lambda: [-0.1, 0.1])  # fractional volume change
     rattle_A: list[float] = field(default_factory=lambda: [0.1, 0.2])
     li_vacancy: bool = True
+    # output directories of `limace screen` (its relaxed hull and search structures, work/*/structures/) or
+    # `limace barriers` (every NEB band image, */hops/hop_*/band.extxyz; a screen's barriers/ too): candidates as
+    # they are, without MD; cells above from_runs_max_atoms are left out (each candidate may become a DFT label)
+    from_runs: list[str] = field(default_factory=list)
+    from_runs_max_atoms: int = 32
 
 
 @dataclass
@@ -133,6 +139,33 @@ def gate_text(res: dict) -> str:
                                  for c in failed) + ")"
 
 
+RUN_PATTERNS = (("work/*/structures/*.extxyz", "al_screen_relaxed"), ("**/hops/hop_*/band.extxyz", "al_neb_image"))
+
+
+def structures_from_runs(directories: list[str], max_atoms: int | None = None) -> list:
+    """The structures of `limace screen` and `limace barriers` output directories: each relaxed structure of a screen
+    (the last frame of ``work/<system>/structures/*.extxyz``, config_type ``al_screen_relaxed``) and every image of
+    every NEB band (``**/hops/hop_*/band.extxyz``, ``al_neb_image``), as new periodic Atoms with ``info["from_run"]``
+    (the file, relative to its directory); cells above ``max_atoms`` are left out."""
+    from ase import Atoms
+    from ase.io import read
+
+    out = []
+    for d in map(Path, directories):
+        for pattern, kind in RUN_PATTERNS:
+            for f in sorted(d.glob(pattern)):
+                frames = read(f, ":") if kind == "al_neb_image" else [read(f, -1)]
+                for i, fr in enumerate(frames):
+                    if max_atoms is not None and len(fr) > max_atoms:
+                        continue
+                    a = Atoms(fr.get_chemical_symbols(), positions=fr.positions, cell=fr.cell, pbc=True)
+                    a.wrap()
+                    rel = str(f.relative_to(d))
+                    a.info = {"config_type": kind, "from_run": rel if kind != "al_neb_image" else f"{rel}@{i}"}
+                    out.append(a)
+    return out
+
+
 def load_learn_config(path: str | Path) -> LearnConfig:
     """Read and validate ``limace learn`` YAML; relative paths are relative to the file. One-line errors."""
     import yaml
@@ -164,6 +197,7 @@ def load_learn_config(path: str | Path) -> LearnConfig:
     cfg.base_data = [res(p) for p in cfg.base_data]
     cfg.evaluate = [res(p) for p in cfg.evaluate]
     cfg.explore.structures = [res(p) for p in cfg.explore.structures]
+    cfg.explore.from_runs = [res(p) for p in cfg.explore.from_runs]
     cfg.run_dir = res(cfg.run_dir or f"runs/{cfg.name}")
     check_learn_config(cfg, str(path))
     return cfg
@@ -218,6 +252,12 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
                 bad(f"gate.{name}.{metric}", f"must be a finite bound >= 0, got {bound}")
     if not cfg.explore.structures and not cfg.explore.phases:
         bad("explore", "needs seed structures (explore.structures or explore.phases)")
+    for d in cfg.explore.from_runs:
+        if not Path(d).is_dir():
+            bad("explore.from_runs", f"names {d}, which is not a directory")
+        if not any(next(Path(d).glob(pattern), None) for pattern, _ in RUN_PATTERNS):
+            bad("explore.from_runs", f"names {d}, which holds no `limace screen` or `limace barriers` output "
+                                     f"(work/*/structures/*.extxyz or */hops/hop_*/band.extxyz)")
     for key, val, kw in (("rounds", cfg.rounds, {"at_least": 1}), ("workers", cfg.workers, {"at_least": 1}),
                          ("seed", cfg.seed, {"at_least": 0}),
                          ("select.budget", cfg.select.budget, {"at_least": 1}),
@@ -226,6 +266,7 @@ def check_learn_config(cfg: LearnConfig, source: str = "config") -> None:
                          ("explore.md_steps", cfg.explore.md_steps, {"at_least": 0}),
                          ("explore.md_snapshot_every", cfg.explore.md_snapshot_every, {"at_least": 1}),
                          ("explore.md_timestep_fs", cfg.explore.md_timestep_fs, {"above": 0}),
+                         ("explore.from_runs_max_atoms", cfg.explore.from_runs_max_atoms, {"at_least": 1}),
                          # the explored cells are DFT-labelled: a thousand atoms is far past any plane-wave single point
                          ("explore.repeat_to_atoms", cfg.explore.repeat_to_atoms, {"at_least": 1, "at_most": 1000})):
         try:
@@ -534,9 +575,17 @@ class ActiveLearning:
                 b = g.li_vacancy(a, seed=rng)
                 b.info = {"config_type": "al_vacancy", "al_round": k}
                 cands.append(b)
+        for a in structures_from_runs(e.from_runs, e.from_runs_max_atoms):  # screens' minima, NEB bands
+            a.info["al_round"] = k
+            cands.append(a)
+        seen = set()
+        unique = []
         for a in cands:
             a.calc = None
-            ensure_config_id(a)
+            if ensure_config_id(a) not in seen:  # e.g. the shared end points of two hops' bands
+                seen.add(a.info["config_id"])
+                unique.append(a)
+        cands = unique
         _write(out, cands)
         self.log(f"round {k}: explore: {len(cands)} candidates")
         return out
