@@ -167,7 +167,7 @@ def test_two_rounds_with_a_stop_and_resume(setup):
             {"set": "held.extxyz", "metric": "energy_max", "bound": 0.0, "value": ev["energy_max_mev_per_atom"], "ok": False}]}
     assert any(m.startswith("round 0: gate: member 0 fails (held.extxyz energy_max ") for m in said), said
     text = (run / "report.md").read_text()
-    assert f"- round 1: fails (held.extxyz energy_max {summary['rounds'][1]['evaluate']['held.extxyz']['energy_max_mev_per_atom']:.2f} > 0)" in text
+    assert f"- round 1: fails (held.extxyz energy_max {summary['rounds'][1]['evaluate']['held.extxyz']['energy_max_mev_per_atom']:.2f} > 0 meV/atom)" in text
     # scripts/learn_control.py (for runs without control: true) finds round 1's control done and does not redo it
     import importlib.util
 

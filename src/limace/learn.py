@@ -135,8 +135,8 @@ def gate_text(res: dict) -> str:
     if not failed:
         return "passes"
     return "fails (" + "; ".join(f"{c['set']} {c['metric']} "
-                                 f"{'missing' if c['value'] is None else format(c['value'], '.2f')} > {c['bound']:g}"
-                                 for c in failed) + ")"
+                                 f"{'missing' if c['value'] is None else format(c['value'], '.2f')} > {c['bound']:g} "
+                                 f"{GATE_METRICS[c['metric']][1]}" for c in failed) + ")"
 
 
 RUN_PATTERNS = (("work/*/structures/*.extxyz", "al_screen_relaxed"), ("**/hops/hop_*/band.extxyz", "al_neb_image"))
