@@ -344,3 +344,21 @@ def test_gate_passes_only_when_every_bound_holds():
     miss = gate_result({"other.extxyz": {"energy_mae": 100.0}}, ev)
     assert miss == {"passed": False, "checks": [{"set": "other.extxyz", "metric": "energy_mae", "bound": 100.0,
                                                   "value": None, "ok": False}]}
+
+
+def test_a_round_without_labels_is_its_own_control(setup):
+    """Nothing above select.min_force_spread: the round labels nothing, its members are fine-tuned on the same data,
+    and the control is member 0's fine-tune itself (no second, identical fine-tune)."""
+    from limace.learn import learn
+
+    run = setup["tmp"] / "al_none"
+    cfg = learn_config(setup, run, rounds=1, control=True,
+                       select={"budget": 3, "pool_factor": 2, "min_force_spread": 1e9})
+    said = []
+    summary = learn(cfg, log=said.append)
+    [r] = summary["rounds"]
+    assert r["labels"] == 0 and r["select"]["n_candidates"] > 0
+    c = json.loads((run / "round_0/control.json").read_text())
+    assert c["sets"] == r["evaluate"] and r["control"] == r["evaluate"] and "no labels" in c["note"]
+    assert not (run / "round_0" / "control").exists()
+    assert any(m.startswith("round 0: control: round 0 has no labels") for m in said), said
