@@ -155,12 +155,12 @@ def structures_from_runs(directories: list[str], max_atoms: int | None = None) -
         for pattern, kind in RUN_PATTERNS:
             for f in sorted(d.glob(pattern)):
                 frames = read(f, ":") if kind == "al_neb_image" else [read(f, -1)]
+                rel = str(f.relative_to(d))
                 for i, fr in enumerate(frames):
                     if max_atoms is not None and len(fr) > max_atoms:
                         continue
                     a = Atoms(fr.get_chemical_symbols(), positions=fr.positions, cell=fr.cell, pbc=True)
                     a.wrap()
-                    rel = str(f.relative_to(d))
                     a.info = {"config_type": kind, "from_run": rel if kind != "al_neb_image" else f"{rel}@{i}"}
                     out.append(a)
     return out
@@ -578,14 +578,11 @@ class ActiveLearning:
         for a in structures_from_runs(e.from_runs, e.from_runs_max_atoms):  # screens' minima, NEB bands
             a.info["al_round"] = k
             cands.append(a)
-        seen = set()
-        unique = []
+        unique = {}
         for a in cands:
             a.calc = None
-            if ensure_config_id(a) not in seen:  # e.g. the shared end points of two hops' bands
-                seen.add(a.info["config_id"])
-                unique.append(a)
-        cands = unique
+            unique.setdefault(ensure_config_id(a), a)  # once each: e.g. the shared end point of two hops' bands
+        cands = list(unique.values())
         _write(out, cands)
         self.log(f"round {k}: explore: {len(cands)} candidates")
         return out
@@ -790,9 +787,8 @@ class ActiveLearning:
         gated = [r for r in summary["rounds"] if "gate" in r]
         if gated:
             lines += ["", "Gate (the config's `gate`, to be fixed before the run: member 0 is a candidate to ship only if it passes):", ""]
-            for r in gated:
-                text = gate_text(r["gate"])
-                lines.append(f"- round {r['round']}: " + ("**passes**" if r["gate"]["passed"] else text))
+            lines += [f"- round {r['round']}: " + ("**passes**" if r["gate"]["passed"] else gate_text(r["gate"]))
+                      for r in gated]
         with_control = [r for r in summary["rounds"] if r.get("control")]
         if with_control:
             lines += ["", "What each round's labels buy: member 0 against the same fine-tune without them (same starting "
