@@ -1,5 +1,5 @@
 """Build the domain check (limace.potentials.domain) of a potential from its training split and report how it
-ranks errors: `python scripts/build_domain.py [POTENTIAL] [--dataset li-in-sn-v1]`.
+ranks errors: `python scripts/build_domain.py [POTENTIAL] [--dataset li-in-sn-v1] [--train FILE ...]`.
 
 Writes <model>.domain.npz beside the weights. The threshold comes from held-out training configurations only
 (never from the test split or the extrapolation set); both are scored afterwards, for the report.
@@ -16,6 +16,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("potential", nargs="?", default="limace-lisnin-small")
     ap.add_argument("--dataset", default="li-in-sn-v1")
+    ap.add_argument("--train", nargs="+", default=None,
+                    help="the potential's own training files (extxyz), when it was not trained on the dataset's train "
+                         "split (e.g. examples/candidate25/train.extxyz examples/candidate28/learn_new.extxyz)")
     ap.add_argument("--extrapolation", default="dft/li-in-sn-v1/extrapolation.extxyz")
     args = ap.parse_args()
 
@@ -28,7 +31,9 @@ def main() -> None:
     from limace.potentials.calculator import resolve
 
     model = load_batched(args.potential, dtype="float64")
-    check = DomainCheck.build(model, load_dataset(args.dataset, "train"))
+    train = ([a for f in args.train for a in read(f, ":")] if args.train
+             else load_dataset(args.dataset, "train"))
+    check = DomainCheck.build(model, train)
     path, _ = resolve(args.potential)
     out = check.save(domain_path(path))
     report = {"file": str(out), "threshold": check.threshold, **check.meta}

@@ -15,7 +15,8 @@ the medium model): for those, ``--fresh FILE`` (labels that no compared model tr
 the verdict; valid14 is still printed.
 
     python scripts/candidate_report.py runs/x/model.model training/medium-cpu/limace-lisnin-medium-ft16-e70.model \\
-        --valid examples/candidate16/valid14.extxyz [--baseline limace-lisnin-small] [--json out.json]
+        --valid examples/candidate16/valid14.extxyz [--baseline limace-lisnin-small] [--json out.json] \
+        [--fresh FILE [--per-config]]
 
 One thread per process is enough (OMP_NUM_THREADS=1); a 64-channel model takes a few minutes.
 """
@@ -40,6 +41,9 @@ def judge(name: str, valid, extrapolation, test_v1, gate_frames, refs, fresh=Non
         de = np.abs(res.energy_pred - res.energy_ref) / res.n_atoms * 1000.0
         row[key] = {"n": len(frames), "energy_mae": round(m["energy_mae"], 2), "energy_max": round(float(de.max()), 1),
                     "forces_mae": round(m["forces_mae"], 1)}
+        if key == "fresh":  # signed, per configuration: which hull entries a model gets wrong, and which way
+            signed = (res.energy_pred - res.energy_ref) / res.n_atoms * 1000.0
+            row[key]["errors"] = [round(float(x), 1) for x in signed]
     gate = formation_energy_errors(calc, gate_frames, refs)
     worst = int(np.argmax(gate))
     row["gate"] = {"n": len(gate), "max_meV_per_atom": round(float(gate.max()), 1),
@@ -59,6 +63,8 @@ def main() -> None:
     ap.add_argument("--fresh", default=None,
                     help="labels no compared model trained on: compares models of different lineages in place of "
                          "valid14 (which 1.4's ancestors trained on)")
+    ap.add_argument("--per-config", action="store_true",
+                    help="also print model - DFT for every configuration of --fresh, one column per model")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -102,6 +108,15 @@ def main() -> None:
         print(f"| {r['model']} | {v['energy_mae']} / {v['forces_mae']} |{f} {x['energy_mae']} / {x['energy_max']} / "
               f"{x['forces_mae']} | {g['max_meV_per_atom']} ({g['mean_meV_per_atom']}) | {t['energy_mae']} / "
               f"{t['forces_mae']} | {r.get('verdict', 'baseline')} |")
+    if fresh is not None and args.per_config:
+        print(f"\nModel - DFT per configuration of {args.fresh} (meV/atom):\n")
+        print("| configuration | atoms | " + " | ".join(r["model"] for r in rows) + " |")
+        print("|---|---:|" + "---:|" * len(rows))
+        for i, a in enumerate(fresh):
+            label = a.info.get("name") or a.info.get("phase") or a.get_chemical_formula()
+            print(f"| {label} | {len(a)} | " + " | ".join(f"{r['fresh']['errors'][i]:+.1f}" for r in rows) + " |")
+        print("| within +-5 | | " + " | ".join(
+            f"{sum(abs(x) <= 5.0 for x in r['fresh']['errors'])} of {len(fresh)}" for r in rows) + " |")
     if args.json:
         from limace.core.fileio import atomic_write_json
 
