@@ -678,21 +678,20 @@ class ActiveLearning:
             return json.loads(out.read_text())
         data = self.training_files(k, with_round_k=False)
         init = self.committee_of(k)[0]
+        rep = {"round": k, "without_labels_of_round": k, "train_files": data, "init_from": str(init)}
         if data == self.training_files(k):  # no labels this round: the control would repeat member 0's fine-tune
-            rep = {"round": k, "without_labels_of_round": k, "train_files": data, "init_from": str(init),
-                   "model": json.loads((self.round_dir(k) / "train.json").read_text())["members"][0],
-                   "note": f"round {k} has no labels: member 0's own fine-tune is its control",
-                   "sets": json.loads((self.round_dir(k) / "evaluate.json").read_text())}
-            atomic_write_json(out, rep)
-            self.log(f"round {k}: control: {rep['note']}")
-            return rep
-        model = self.fine_tune(k, 0, init, data, name=f"{self.cfg.name}-r{k}-control",
-                               run_dir=self.round_dir(k) / "control")
-        rep = {"round": k, "without_labels_of_round": k, "train_files": data, "init_from": str(init),
-               "model": str(model), "sets": evaluate_committee(_load_models([model], self.cfg.dtype), self.eval_files)}
+            rep.update(model=json.loads((self.round_dir(k) / "train.json").read_text())["members"][0],
+                       note=f"round {k} has no labels: member 0's own fine-tune is its control",
+                       sets=json.loads((self.round_dir(k) / "evaluate.json").read_text()))
+            said = f"control: {rep['note']}"
+        else:
+            model = self.fine_tune(k, 0, init, data, name=f"{self.cfg.name}-r{k}-control",
+                                   run_dir=self.round_dir(k) / "control")
+            rep.update(model=str(model), sets=evaluate_committee(_load_models([model], self.cfg.dtype), self.eval_files))
+            said = (f"control (member 0 without round {k}'s labels): "
+                    + ", ".join(f"{n} E MAE {r['energy_mae_mev_per_atom']:.2f} meV/atom" for n, r in rep["sets"].items()))
         atomic_write_json(out, rep)
-        self.log(f"round {k}: control (member 0 without round {k}'s labels): "
-                 + ", ".join(f"{n} E MAE {r['energy_mae_mev_per_atom']:.2f} meV/atom" for n, r in rep["sets"].items()))
+        self.log(f"round {k}: {said}")
         return rep
 
     # 7
