@@ -163,13 +163,14 @@ def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path, capsys):
         a.info.update({"name": name, "energy": -1.0 * len(a) - 0.01 * k * len(a)})  # the "model" energies
         write(structures / f"{name}.extxyz", a)
     result = {"hull": {"references": {"Li": {"name": "Li_bcc"}, "In": {"name": "In_tI2"}}},
-              "near_hull": [{"name": n, "formula": cells[n].get_chemical_formula(), "e_above_hull_eV_per_atom": 0.0,
-                             "source": "search"} for n in ("bcc-LiIn", "bcc-Li3In")],
-              "committee_std_meV_per_atom": {"bcc-Li3In": 12.0, "bcc-LiIn": 3.0}}
+              "near_hull": [{"name": n, "formula": cells[n].get_chemical_formula(), "e_above_hull_eV_per_atom": e,
+                             "source": "search"} for n, e in (("bcc-LiIn", 0.004), ("bcc-Li3In", 0.0))],
+              "committee_std_meV_per_atom": {"bcc-Li3In": 3.0, "bcc-LiIn": 12.0}}
     rows = verify_dft("Li-In", result, tmp_path, workers=1, protocol="gpaw-test", committee_threshold_meV=10.0)
     assert "dft_verify.extxyz" not in capsys.readouterr().err  # the labelling bar's title
     frames = read(tmp_path / "work" / "Li-In" / "dft_verify.extxyz", ":")
-    # the references, then what the committee doubts (4 atoms), then the rest (2 atoms), each group cheapest first
+    # the references, then what the hull is made of (the stable 4-atom cell), then what the committee doubts (the
+    # 2-atom cell 4 meV/atom above the hull), each group cheapest first
     assert [a.info["name"] for a in frames][2:] == ["bcc-Li3In", "bcc-LiIn"]
     assert {a.info["name"] for a in frames[:2]} == {"Li_bcc", "In_tI2"}
     labels = {a.info["name"]: a for a in frames}

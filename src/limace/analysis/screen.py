@@ -204,8 +204,10 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
     per structure the model's error per atom, its DFT formation energy (against the DFT energies of the same
     references) and its energy above the hull that these DFT energies alone build.
 
-    Order (a stopped run has checked what matters most): the references, then the entries whose committee spread
-    exceeds ``committee_threshold_meV`` (those most likely to be wrong), then the rest, each group cheapest first."""
+    Order (a stopped run has checked what matters most): the references, then what the hull is made of (the
+    model's stable entries, within 1 meV/atom of the hull) and the library's known phases, then the entries whose
+    committee spread exceeds ``committee_threshold_meV`` (those most likely to be wrong), then the rest, each group
+    cheapest first."""
     from ase.io import read
 
     from limace.analysis.hull import HullAnalysis
@@ -224,11 +226,13 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
         todo.append((name, a))
     spread = result.get("committee_std_meV_per_atom") or {}
     ref_names = set(refs.values())
+    core = {n["name"] for n in result["near_hull"]
+            if n["e_above_hull_eV_per_atom"] <= 0.001 or n.get("source") == "library"}
 
     def priority(t):
         name, a = t
         flagged = committee_threshold_meV is not None and (spread.get(name) or 0.0) > committee_threshold_meV
-        return (0 if name in ref_names else 1 if flagged else 2, len(a))
+        return (0 if name in ref_names else 1 if name in core else 2 if flagged else 3, len(a))
 
     todo.sort(key=priority)
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
