@@ -76,3 +76,33 @@ def test_a_known_phase_missing_from_the_hull_says_why():
     # without a reason it was never built
     c = known_phase_check("Li-In", hull, plateaus)
     assert "| Li13In3 | 4.33 | — | model-built | — | not built | — |" in "\n".join(markdown_lines(c))
+
+
+def test_the_dft_checks_are_compared_with_the_models_hull_by_stable_composition():
+    """--verify-dft rows: the errors against the ±5 meV/atom bound, and the stable compounds of the model's hull
+    against those of the DFT hull of the checked set (what the model gets wrong, what DFT adds, what is unchecked)."""
+    from limace.analysis.known import dft_comparison
+
+    def near(name, formula, e_model, err=None, e_dft=None):
+        return {"name": name, "formula": formula, "e_above_hull_eV_per_atom": e_model / 1000, "source": "search",
+                "dft_error_meV_per_atom": err,
+                "dft_e_above_hull_eV_per_atom": None if e_dft is None else e_dft / 1000}
+
+    rows = [near("Li_bcc", "Li", 0, 0.2, 0), near("In_tI2", "In", 0, 0.5, 0),
+            near("bcc-3-InLi", "LiIn", 0, -2.2, 0), near("LiIn", "LiIn", 8.8, -4.2, 11.0),
+            near("Li3In2", "Li3In2", 0.0, 4.3, 0.0), near("fcc-51-In3Li2", "Li2In3", 16.0, -6.5, 0.0),
+            near("Li7Sn2-type", "In4Li14", 0.0, 1.0, 3.0), near("Li22Sn5-type", "In20Li88", 0.0)]
+    d = dft_comparison("In", rows)
+    assert d["n_checked"] == 7 and d["n_near_hull"] == 8 and d["n_within"] == 6
+    assert d["worst"] == {"name": "fcc-51-In3Li2", "error_meV_per_atom": -6.5}
+    assert d["outside"] == [{"name": "fcc-51-In3Li2", "error_meV_per_atom": -6.5}]
+    assert d["stable_both"] == ["LiIn", "Li3In2"]  # LiIn through its B2 ordering
+    assert d["model_only"] == ["Li7In2"] and d["dft_only"] == ["Li2In3"]
+    assert d["model_stable_unchecked"] == ["Li22In5"] and d["same_stable"] is False
+    assert dft_comparison("In", [near("Li3In2", "Li3In2", 0.0)]) is None  # nothing checked yet
+    same = dft_comparison("In", rows[:5])
+    assert same["same_stable"] is True and same["n_within"] == 5
+    c = known_phase_check("Li-In", [row("Li3In2", "Li3In2", 0)], [], rows)
+    text = "\n".join(markdown_lines(c))
+    assert "DFT checks: 7 of 8 near-hull entries; model − DFT within ±5 meV/atom for 6 (worst fcc-51-In3Li2, -6.5)" in text
+    assert "model only Li7In2; DFT only Li2In3; stable in the model, not yet checked: Li22In5" in text

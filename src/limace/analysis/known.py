@@ -8,7 +8,10 @@ For one system this module reports, from the screen's hull rows (and its DFT che
   is within ``tolerance`` of it (default 10 meV/atom), and the DFT energy above the DFT hull of the checked set;
 - the Li-richest known compound and whether the model's hull reaches it (within the tolerance);
 - the two-phase regions the voltage curve should have up to that compound (host -> known compounds in order of Li
-  content) against the model's plateaus, and the stable compounds the assessment does not list.
+  content) against the model's plateaus, and the stable compounds the assessment does not list;
+- with DFT checks (:func:`dft_comparison`): how many near-hull entries were checked and how many are within
+  ``error_tolerance`` (default 5 meV/atom) of DFT, and the stable compositions of the model's hull against those of
+  the DFT hull of the checked set (in both, model only, DFT only, stable in the model but not yet checked).
 
 Formulas are compared as reduced formulas (``In20Li88`` is ``Li22In5``).
 """
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from pymatgen.core import Composition
 
 DEFAULT_TOLERANCE_EV = 0.010  # eV/atom: "on the hull or within 10 meV/atom of it"
+DEFAULT_ERROR_TOLERANCE_MEV = 5.0  # meV/atom: "model - DFT within +-5 meV/atom for every hull entry"
+ON_HULL_EV = 1e-4  # eV/atom: an entry this close to its hull counts as stable (ties between structures of a formula)
 
 
 def _reduced(formula: str) -> str:
@@ -101,6 +106,7 @@ def known_phase_check(system: str, hull_rows: list[dict], plateaus: list[dict],
     model = [[_reduced(p["phases"][0]), _reduced(p["phases"][1])] for p in plateaus
              if p["y_start"] < y_max - 1e-9]
     return {
+        "dft": dft_comparison(host, near_hull or []),
         "tolerance_meV_per_atom": round(1000 * tolerance, 3),
         "compounds": rows,
         "all_within_tolerance": bool(rows) and all(r["within_tolerance"] for r in rows),
@@ -111,6 +117,33 @@ def known_phase_check(system: str, hull_rows: list[dict], plateaus: list[dict],
         "plateaus_match": model == expected,
         "extra_stable": extra,
     }
+
+
+def dft_comparison(host: str, near_hull: list[dict],
+                   error_tolerance: float = DEFAULT_ERROR_TOLERANCE_MEV) -> dict | None:
+    """The model's near-hull entries against their DFT checks (``near_hull`` rows of ``limace screen --verify-dft``);
+    ``None`` when none was checked. Compounds only (the elements are the references of both hulls)."""
+    errors = [(n["name"], n["dft_error_meV_per_atom"]) for n in near_hull
+              if n.get("dft_error_meV_per_atom") is not None]
+    if not errors:
+        return None
+    elemental = {_reduced("Li"), _reduced(host)}
+    rows = [n for n in near_hull if _reduced(n["formula"]) not in elemental]
+    model = {_reduced(n["formula"]) for n in rows if n["e_above_hull_eV_per_atom"] <= ON_HULL_EV}
+    checked = [n for n in rows if n.get("dft_e_above_hull_eV_per_atom") is not None]
+    model_checked = {_reduced(n["formula"]) for n in checked if n["e_above_hull_eV_per_atom"] <= ON_HULL_EV}
+    dft = {_reduced(n["formula"]) for n in checked if n["dft_e_above_hull_eV_per_atom"] <= ON_HULL_EV}
+    order = lambda fs: sorted(fs, key=_li_per_host)  # noqa: E731
+    worst = max(errors, key=lambda e: abs(e[1]))
+    outside = [{"name": n, "error_meV_per_atom": e} for n, e in errors if abs(e) > error_tolerance]
+    unchecked = order(model - model_checked)
+    return {"error_tolerance_meV_per_atom": error_tolerance,
+            "n_near_hull": len(near_hull), "n_checked": len(errors),
+            "n_within": len(errors) - len(outside), "outside": outside,
+            "worst": {"name": worst[0], "error_meV_per_atom": worst[1]},
+            "stable_both": order(model_checked & dft), "model_only": order(model_checked - dft),
+            "dft_only": order(dft - model_checked), "model_stable_unchecked": unchecked,
+            "same_stable": not unchecked and model_checked == dft}
 
 
 def markdown_lines(check: dict) -> list[str]:
@@ -136,4 +169,17 @@ def markdown_lines(check: dict) -> list[str]:
         lines.append("Stable on the model's hull but not an assessed phase (check with `--verify-dft`): "
                      + ", ".join(f"{e['formula']} ({e['name']}, {e['source']})" for e in check["extra_stable"])
                      + ".")
+    d = check.get("dft")
+    if d:
+        names = lambda fs: ", ".join(fs) or "none"  # noqa: E731
+        lines += ["", f"DFT checks: {d['n_checked']} of {d['n_near_hull']} near-hull entries; model − DFT within "
+                      f"±{d['error_tolerance_meV_per_atom']:g} meV/atom for {d['n_within']} (worst "
+                      f"{d['worst']['name']}, {d['worst']['error_meV_per_atom']:+.1f})"
+                      + ("; outside: " + ", ".join(f"{o['name']} ({o['error_meV_per_atom']:+.1f})"
+                                                   for o in d["outside"]) if d["outside"] else "") + ".",
+                  f"Stable compounds, model's hull against the DFT hull of the checked set "
+                  f"({'same' if d['same_stable'] else '**different**'}): in both {names(d['stable_both'])}; "
+                  f"model only {names(d['model_only'])}; DFT only {names(d['dft_only'])}"
+                  + (f"; stable in the model, not yet checked: {names(d['model_stable_unchecked'])}"
+                     if d["model_stable_unchecked"] else "") + "."]
     return lines + [""]
