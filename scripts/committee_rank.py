@@ -2,7 +2,7 @@
 spread per atom, largest atom force spread) and |E error| per atom of member 0, on a labelled file.
 
     python scripts/committee_rank.py --file dft/li-in-sn-v1/extrapolation.extxyz \
-        --members src/limace/potentials/models/limace-lisnin-small-1.5.model other.model ...
+        --members src/limace/potentials/models/limace-lisnin-small-1.6.model other.model ...
 
 For reporting: a committee chosen by this number on a held-out set would no longer be judged on held-out data.
 """
