@@ -18,6 +18,7 @@ import sys
 def pairs():
     """(name, primitive cell, supercell) of crystals of both systems: the same atoms, a different cell."""
     import numpy as np
+    from ase import Atoms
     from ase.build import bulk, make_supercell
 
     out = []
@@ -32,6 +33,17 @@ def pairs():
     out.append(("bcc Li", li, li.repeat((2, 2, 2))))
     ins = bulk("In", "fcc", a=4.74)
     out.append(("fcc In", ins, make_supercell(ins, np.array([[1, 1, 0], [-1, 1, 0], [0, 0, 1]]))))
+    # conventional cells of the same crystals, and two more phases (cells whose meshes do not fold onto each other)
+    out.append(("fcc In (cubic)", ins, bulk("In", "fcc", a=4.74, cubic=True)))
+    out.append(("bcc Li (cubic)", li, bulk("Li", "bcc", a=3.44, cubic=True)))
+    sn = bulk("Sn", "diamond", a=6.65)
+    out.append(("alpha Sn", sn, bulk("Sn", "diamond", a=6.65, cubic=True)))
+    # NaTl (B32): two interpenetrating diamond lattices, Li on 8a, In on 8b; the fcc primitive cell has four atoms
+    natl = Atoms("Li2In2", cell=bulk("In", "fcc", a=6.80).cell, pbc=True,
+                 scaled_positions=[(0, 0, 0), (0.25, 0.25, 0.25), (0.5, 0.5, 0.5), (0.75, 0.75, 0.75)])
+    natl_conv = make_supercell(natl, np.array([[-1, 1, 1], [1, -1, 1], [1, 1, -1]]))
+    out.append(("NaTl LiIn", natl, natl_conv))
+    out.append(("B2 LiIn (2x1x1)", b2, b2.repeat((2, 1, 1))))
     return out
 
 
