@@ -66,11 +66,17 @@ def main(argv=None) -> int:
             frames.append(x)
     frames.sort(key=len)
     label_configurations(frames, args.out, protocol=args.protocol, workers=args.workers)
-    done = {a.info["name"]: a for a in read(args.out, ":")}
+    def key(x):  # one crystal may serve two pairs (its label is made once): find labels by geometry, not by name
+        import numpy as np
+
+        return (tuple(x.get_chemical_symbols()), tuple(np.round(x.cell.array.ravel(), 4)),
+                tuple(np.round(x.positions.ravel(), 4)))
+
+    done = {key(a): a for a in read(args.out, ":")}
     diffs = []
     print("| crystal | atoms | E/atom primitive (eV) | supercell - primitive (meV/atom) |\n| --- | --- | --- | --- |")
     for name, a, b in pairs():
-        p, s = done.get(f"{name} primitive"), done.get(f"{name} supercell")
+        p, s = done.get(key(a)), done.get(key(b))
         if p is None or s is None:
             print(f"| {name} | {len(a)} / {len(b)} | not labelled | |")
             continue
