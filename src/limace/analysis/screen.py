@@ -198,6 +198,9 @@ def hull_task(system: str, potential: str, settings: dict, out: str, device: str
             "committee_std_meV_per_atom": spreads, "relax_wall_s": round(time.perf_counter() - t0, 1)}
 
 
+VERIFY_FIRST_EV = 0.001  # eV/atom: --verify-dft checks entries this close to the hull (and known phases) first
+
+
 def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str = "pbe-pw400",
                committee_threshold_meV: float | None = None, progress: bool = False) -> list[dict]:
     """Single points at the reference protocol for the near-hull structures and the hull's elemental references;
@@ -227,7 +230,7 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
     spread = result.get("committee_std_meV_per_atom") or {}
     ref_names = set(refs.values())
     core = {n["name"] for n in result["near_hull"]
-            if n["e_above_hull_eV_per_atom"] <= 0.001 or n.get("source") == "library"}
+            if n["e_above_hull_eV_per_atom"] <= VERIFY_FIRST_EV or n.get("source") == "library"}
 
     def priority(t):
         name, a = t
