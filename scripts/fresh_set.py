@@ -17,18 +17,14 @@ import sys
 from pathlib import Path
 
 
-def _key(a) -> tuple:
-    """A geometry key independent of the id: the symbols and the rounded cell and positions."""
-    import numpy as np
-
-    return (tuple(a.get_chemical_symbols()), tuple(np.round(a.cell.array.ravel(), 4)),
-            tuple(np.round(a.positions.ravel(), 4)))
-
-
 def main(argv=None) -> int:
     from ase.io import read, write
 
     from limace.data.datasets import load_dataset
+    from limace.data.hashing import structure_hash
+
+    def geometry(a) -> str:  # a key independent of the id, for labels written before ids were kept
+        return structure_hash(a, decimals=4)
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("labels")
@@ -48,10 +44,10 @@ def main(argv=None) -> int:
         for a in frames:
             if "config_id" in a.info:
                 seen_ids.setdefault(str(a.info["config_id"]), name)
-            seen_geo.setdefault(_key(a), name)
+            seen_geo.setdefault(geometry(a), name)
     kept = []
     for i, a in enumerate(read(args.labels, f"{args.start}:")):
-        where = seen_ids.get(str(a.info.get("config_id"))) or seen_geo.get(_key(a))
+        where = seen_ids.get(str(a.info.get("config_id"))) or seen_geo.get(geometry(a))
         if where:
             print(f"left out frame {args.start + i} ({a.info.get('name', a.get_chemical_formula())}): in {where}",
                   file=sys.stderr)

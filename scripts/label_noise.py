@@ -50,8 +50,9 @@ def pairs():
 def main(argv=None) -> int:
     from ase.io import read
 
+    from limace.data.hashing import structure_hash
     from limace.data.label import label_configurations
-    from limace.keys import ENERGY_KEY
+    from limace.keys import CONFIG_ID_KEY, ENERGY_KEY
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
@@ -66,17 +67,12 @@ def main(argv=None) -> int:
             frames.append(x)
     frames.sort(key=len)
     label_configurations(frames, args.out, protocol=args.protocol, workers=args.workers)
-    def key(x):  # one crystal may serve two pairs (its label is made once): find labels by geometry, not by name
-        import numpy as np
-
-        return (tuple(x.get_chemical_symbols()), tuple(np.round(x.cell.array.ravel(), 4)),
-                tuple(np.round(x.positions.ravel(), 4)))
-
-    done = {key(a): a for a in read(args.out, ":")}
+    # one crystal may serve two pairs (its label is made once, under the first name): find labels by config_id
+    done = {str(a.info[CONFIG_ID_KEY]): a for a in read(args.out, ":")}
     diffs = []
     print("| crystal | atoms | E/atom primitive (eV) | supercell - primitive (meV/atom) |\n| --- | --- | --- | --- |")
     for name, a, b in pairs():
-        p, s = done.get(key(a)), done.get(key(b))
+        p, s = done.get(structure_hash(a)), done.get(structure_hash(b))
         if p is None or s is None:
             print(f"| {name} | {len(a)} / {len(b)} | not labelled | |")
             continue
