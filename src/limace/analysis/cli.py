@@ -237,8 +237,9 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            neb_steps: int = typer.Option(400, help="NEB steps before a hop counts as not converged"),
            sn_reference: str = typer.Option("lowest", help="Sn reference: lowest, beta or alpha"),
            verify_dft: bool = typer.Option(False, "--verify-dft", help="DFT single points of near-hull structures "
-                                           "(the references, then entries the committee flags, then the rest; "
-                                           "each group cheapest first)"),
+                                           "(the references, then the hull's stable entries and the library's "
+                                           "known phases, then entries the committee flags, then the rest; each "
+                                           "group cheapest first)"),
            workers: int = typer.Option(1, help="local worker processes for independent tasks"),
            scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (instead of local workers)"),
            device: str = typer.Option("cpu", help="cpu or cuda"),
