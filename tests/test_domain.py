@@ -26,11 +26,11 @@ def _li_interstitial():
 def test_the_shipped_potential_comes_with_its_domain_check(model):
     assert model.domain is not None
     assert np.isfinite(model.domain.threshold) and model.domain.threshold > 0
-    # built on 1.7's own training set (scripts/build_domain.py --train): examples/candidate25 (the train split of the
+    # built on 1.8's own training set (scripts/build_domain.py --train): examples/candidate25 (the train split of the
     # pack of 1117 less 1.4's 79 validation configurations, plus the learn and barrier labels then), the 16 learn
-    # labels made since, the 27 hull checks of examples/fresh28 and the plan's Li17Sn4 at equilibrium
-    n_train_of_1_7 = 968
-    assert model.domain.meta["n_configs"] == n_train_of_1_7
+    # labels made since, the 27 hull checks of examples/fresh28 and the plan's Li17Sn4 and Li22Sn5 at equilibrium
+    n_train_of_1_8 = 969
+    assert model.domain.meta["n_configs"] == n_train_of_1_8
 
 
 def test_an_interstitial_is_outside_and_held_out_crystals_are_inside(model):
