@@ -85,9 +85,9 @@ def main(argv=None) -> int:
         done[cid] = t
     model = None
     if args.model:
-        from limace.potentials import get_potential
+        from limace.potentials import load
 
-        model = get_potential(args.model)
+        model = load(args.model)
     rows, fdiff, ediff, sdiff, merr = [], [], [], [], []
     for a in chosen:
         t = done.get(str(a.info[CONFIG_ID_KEY]))
