@@ -26,11 +26,12 @@ def _li_interstitial():
 def test_the_shipped_potential_comes_with_its_domain_check(model):
     assert model.domain is not None
     assert np.isfinite(model.domain.threshold) and model.domain.threshold > 0
-    # built on 1.8's own training set (scripts/build_domain.py --train): examples/candidate25 (the train split of the
+    # built on 1.9's own training set (scripts/build_domain.py --train): examples/candidate25 (the train split of the
     # pack of 1117 less 1.4's 79 validation configurations, plus the learn and barrier labels then), the 16 learn
-    # labels made since, the 27 hull checks of examples/fresh28 and the plan's Li17Sn4 and Li22Sn5 at equilibrium
-    n_train_of_1_8 = 969
-    assert model.domain.meta["n_configs"] == n_train_of_1_8
+    # labels made since, the 27 hull checks of examples/fresh28, the plan's Li17Sn4 and Li22Sn5 at equilibrium and
+    # the 50 hull checks of examples/fresh29
+    n_train_of_1_9 = 1019
+    assert model.domain.meta["n_configs"] == n_train_of_1_9
 
 
 def test_an_interstitial_is_outside_and_held_out_crystals_are_inside(model):
@@ -98,7 +99,10 @@ def test_md_stops_a_system_that_leaves_the_training_domain_and_runs_the_others(m
     stopped = {s.system: s.reason for s in res.stopped}
     assert list(stopped) == [1] and "training domain" in stopped[1]
     assert (tmp_path / "on" / "stopped_0001.extxyz").is_file()
-    off = run_md([li, _li_interstitial()], model, dataclasses.replace(cfg, guard=GuardConfig(domain=False)),
+    # the domain guard alone is switched off (the interstitial, 1.72 A from two neighbours, heats up fast: the
+    # temperature guard is widened so that it is not what this compares)
+    off = run_md([li, _li_interstitial()], model,
+                 dataclasses.replace(cfg, guard=GuardConfig(domain=False, max_temperature_K=1e6)),
                  output_dir=tmp_path / "off")
     assert off.stopped == []
 
