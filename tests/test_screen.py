@@ -133,7 +133,9 @@ def test_unknown_system_is_a_one_line_error(tiny_mace_model_path, limace_exe, tm
 
 @pytest.mark.parametrize("opt, value, expect", [("--min-volume-ratio", "1.5", "min_volume_ratio must be in (0, 1], got 1.5"),
                                                 ("--min-formation-energy", "0.2", "min_formation_energy must be < 0"),
-                                                ("--max-library-atoms", "0", "--max-library-atoms must be >= 1, got 0")])
+                                                ("--max-library-atoms", "0", "--max-library-atoms must be >= 1, got 0"),
+                                                ("--verify-limit", "3", "--verify-limit works with --verify-dft"),
+                                                ("--verify-limit", "-1", "--verify-limit must be >= 0, got -1")])
 def test_bad_sanity_bound_is_a_one_line_error(tiny_mace_model_path, limace_exe, tmp_path, opt, value, expect):
     res = subprocess.run([limace_exe, "screen", "Li-In", "-p", str(tiny_mace_model_path), "--out", str(tmp_path),
                           opt, value], capture_output=True, text=True)
@@ -166,7 +168,18 @@ def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path, capsys):
               "near_hull": [{"name": n, "formula": cells[n].get_chemical_formula(), "e_above_hull_eV_per_atom": e,
                              "source": "search"} for n, e in (("bcc-LiIn", 0.004), ("bcc-Li3In", 0.0))],
               "committee_std_meV_per_atom": {"bcc-Li3In": 3.0, "bcc-LiIn": 12.0}}
-    rows = verify_dft("Li-In", result, tmp_path, workers=1, protocol="gpaw-test", committee_threshold_meV=10.0)
+    kw = dict(workers=1, protocol="gpaw-test", committee_threshold_meV=10.0)
+    # a run limited to what is checked already (none yet): rows without DFT numbers, nothing labelled
+    rows = verify_dft("Li-In", result, tmp_path, limit=0, **kw)
+    assert [r["dft_error_meV_per_atom"] for r in rows] == [None, None]
+    assert not (tmp_path / "work" / "Li-In" / "dft_verify.extxyz").exists()
+    # three new labels: the references and the stable 4-atom cell; the DFT hull is built for what is checked
+    rows = {r["name"]: r for r in verify_dft("Li-In", result, tmp_path, limit=3, **kw)}
+    assert len(read(tmp_path / "work" / "Li-In" / "dft_verify.extxyz", ":")) == 3
+    assert rows["bcc-LiIn"]["dft_error_meV_per_atom"] is None and rows["bcc-LiIn"]["dft_e_above_hull_eV_per_atom"] is None
+    assert rows["bcc-Li3In"]["dft_error_meV_per_atom"] is not None
+    assert rows["bcc-Li3In"]["dft_e_above_hull_eV_per_atom"] is not None
+    rows = verify_dft("Li-In", result, tmp_path, **kw)  # the rest: a later run goes on
     assert "dft_verify.extxyz" not in capsys.readouterr().err  # the labelling bar's title
     frames = read(tmp_path / "work" / "Li-In" / "dft_verify.extxyz", ":")
     # the references, then what the hull is made of (the stable 4-atom cell), then what the committee doubts (the

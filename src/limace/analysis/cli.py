@@ -240,6 +240,9 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
                                            "(the references, then the hull's stable entries and the library's "
                                            "known phases, then entries the committee flags, then the rest; each "
                                            "group cheapest first)"),
+           verify_limit: Optional[int] = typer.Option(None, help="--verify-dft: label at most this many new "
+                                                      "structures in this run, per system (0: report the checks made "
+                                                      "so far); a later run goes on"),
            workers: int = typer.Option(1, help="local worker processes for independent tasks"),
            scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (instead of local workers)"),
            device: str = typer.Option("cpu", help="cpu or cuda"),
@@ -272,6 +275,9 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     check_number("--n-images", n_images, at_least=1)
     check_number("--neb-steps", neb_steps, at_least=1)
     check_number("--workers", workers, at_least=1)
+    check_number("--verify-limit", verify_limit, at_least=0)
+    if verify_limit is not None and not verify_dft:
+        raise LimaceInputError("--verify-limit works with --verify-dft")
     check_run_options(device, dtype)
     for name in barrier_phases or ():
         _check_barrier_phase(name, max_atoms)
@@ -297,7 +303,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
         barriers=BarrierSettings(min_image_distance=min_image_distance, n_images=n_images, max_steps=neb_steps),
         barrier_phases=tuple(barrier_phases) if barrier_phases else None, max_barrier_phases=max_barrier_phases,
         max_barrier_atoms=max_barrier_atoms, sn_reference=sn_reference, verify_dft=verify_dft,
-        committee=tuple(members))
+        verify_limit=verify_limit, committee=tuple(members))
     results = run_screen(systems, potential, out, settings, workers=workers, scheduler=scheduler, device=device,
                          dtype=dtype, progress=sys.stderr.isatty())  # progress bars only on a terminal
     for s, r in results["systems"].items():

@@ -58,6 +58,9 @@ class ScreenSettings:
     sn_reference: str = "lowest"
     near_hull: float = 0.025  # eV/atom: candidates listed for DFT verification
     verify_dft: bool = False
+    # --verify-dft: label at most this many new structures in this run (0: report the checks made so far; a later run
+    # goes on where this one stopped); None: all of them
+    verify_limit: int | None = None
     # more potentials: with the screen's potential a committee whose spread is reported (hull entries: energy std per
     # atom, flagged above committee_threshold_meV; barriers: each barrier's std, flagged above 0.05 eV)
     committee: tuple[str, ...] = ()
@@ -202,7 +205,8 @@ VERIFY_FIRST_EV = 0.001  # eV/atom: --verify-dft checks entries this close to th
 
 
 def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str = "pbe-pw400",
-               committee_threshold_meV: float | None = None, progress: bool = False) -> list[dict]:
+               committee_threshold_meV: float | None = None, progress: bool = False,
+               limit: int | None = None) -> list[dict]:
     """Single points at the reference protocol for the near-hull structures and the hull's elemental references;
     per structure the model's error per atom, its DFT formation energy (against the DFT energies of the same
     references) and its energy above the hull that these DFT energies alone build.
@@ -210,7 +214,8 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
     Order (a stopped run has checked what matters most): the references, then what the hull is made of (the
     model's stable entries, within 1 meV/atom of the hull) and the library's known phases, then the entries whose
     committee spread exceeds ``committee_threshold_meV`` (those most likely to be wrong), then the rest, each group
-    cheapest first."""
+    cheapest first. ``limit``: label at most this many new structures now (0: none); the rows of those not checked
+    yet carry None, and the DFT hull is built once the references are checked."""
     from ase.io import read
 
     from limace.analysis.hull import HullAnalysis
@@ -239,7 +244,9 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
 
     todo.sort(key=priority)
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
-    label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=progress)
+    if limit != 0:
+        label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=progress,
+                             limit=limit)
     done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
     dft = {}
     for name, a in todo:
@@ -396,7 +403,7 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
         for s in systems:
             hulls[s]["near_hull"] = verify_dft(s, hulls[s], out, workers,
                                                committee_threshold_meV=settings.committee_threshold_meV,
-                                               progress=progress)
+                                               progress=progress, limit=settings.verify_limit)
 
     # 2. barriers for the chosen phases
     barrier_tasks, skipped = {}, {s: [] for s in systems}
