@@ -179,6 +179,9 @@ def test_verify_dft_builds_the_hull_of_the_dft_energies(tmp_path, capsys):
     assert rows["bcc-LiIn"]["dft_error_meV_per_atom"] is None and rows["bcc-LiIn"]["dft_e_above_hull_eV_per_atom"] is None
     assert rows["bcc-Li3In"]["dft_error_meV_per_atom"] is not None
     assert rows["bcc-Li3In"]["dft_e_above_hull_eV_per_atom"] is not None
+    # a report-only run shows the checks made so far
+    again = {r["name"]: r for r in verify_dft("Li-In", result, tmp_path, limit=0, **kw)}
+    assert again == rows
     rows = verify_dft("Li-In", result, tmp_path, **kw)  # the rest: a later run goes on
     assert "dft_verify.extxyz" not in capsys.readouterr().err  # the labelling bar's title
     frames = read(tmp_path / "work" / "Li-In" / "dft_verify.extxyz", ":")

@@ -219,6 +219,7 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
     from ase.io import read
 
     from limace.analysis.hull import HullAnalysis
+    from limace.data.hashing import ensure_config_id
     from limace.data.label import label_configurations
     from limace.keys import ENERGY_KEY
 
@@ -244,6 +245,8 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
 
     todo.sort(key=priority)
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
+    for _, a in todo:
+        ensure_config_id(a)  # how its label is found (also when this run labels nothing)
     if limit != 0:
         label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=progress,
                              limit=limit)
