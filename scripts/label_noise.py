@@ -4,6 +4,9 @@ its energy per atom differs by the protocol's k-point (and smearing) error. No p
 than its labels: this difference is the floor under any energy MAE measured against them.
 
     python scripts/label_noise.py OUT.extxyz [--workers 1]
+    python scripts/label_noise.py OUT.extxyz --structure runs/screen-19/work/Li-Sn/structures/Li5Sn2.extxyz --repeat 2 1 1
+
+(the second form: given structures, each against its repeat, instead of the built-in crystals)
 
 Labels (resumably, `limace.data.label`) a few crystals of the training data's kinds in two cells each and prints the
 per-atom energy difference of each pair in meV/atom, and their mean absolute value.
@@ -47,6 +50,21 @@ def pairs():
     return out
 
 
+def given_pairs(files, repeat):
+    """(name, cell, repeated cell) of each structure file (its first frame, without its labels)."""
+    from pathlib import Path
+
+    from ase.io import read
+
+    out = []
+    for f in files:
+        a = read(f)
+        a.calc = None
+        a.info = {}
+        out.append((Path(f).stem, a, a.repeat(tuple(repeat))))
+    return out
+
+
 def main(argv=None) -> int:
     from ase.io import read
 
@@ -58,9 +76,13 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--protocol", default="pbe-pw400")
+    ap.add_argument("--structure", nargs="+", default=None, help="structure files to check instead of the built-in "
+                    "crystals, each against its --repeat")
+    ap.add_argument("--repeat", nargs=3, type=int, default=[2, 1, 1])
     args = ap.parse_args(argv)
+    pairs_ = (lambda: given_pairs(args.structure, args.repeat)) if args.structure else pairs
     frames = []
-    for name, a, b in pairs():
+    for name, a, b in pairs_():
         for tag, x in (("primitive", a), ("supercell", b)):
             x = x.copy()
             x.info.update({"name": f"{name} {tag}", "config_type": "label_noise"})
@@ -71,7 +93,7 @@ def main(argv=None) -> int:
     done = {str(a.info[CONFIG_ID_KEY]): a for a in read(args.out, ":")}
     diffs = []
     print("| crystal | atoms | E/atom primitive (eV) | supercell - primitive (meV/atom) |\n| --- | --- | --- | --- |")
-    for name, a, b in pairs():
+    for name, a, b in pairs_():
         p, s = done.get(structure_hash(a)), done.get(structure_hash(b))
         if p is None or s is None:
             print(f"| {name} | {len(a)} / {len(b)} | not labelled | |")
