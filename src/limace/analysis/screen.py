@@ -219,7 +219,6 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
     from ase.io import read
 
     from limace.analysis.hull import HullAnalysis
-    from limace.data.hashing import ensure_config_id
     from limace.data.label import label_configurations
     from limace.keys import ENERGY_KEY
 
@@ -245,11 +244,9 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
 
     todo.sort(key=priority)
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
-    for _, a in todo:
-        ensure_config_id(a)  # how its label is found (also when this run labels nothing)
-    if limit != 0:
-        label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=progress,
-                             limit=limit)
+    # sets each one's config_id (how its label is found below), also when limit=0 labels nothing
+    label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=progress,
+                         limit=limit)
     done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
     dft = {}
     for name, a in todo:
