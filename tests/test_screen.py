@@ -135,7 +135,8 @@ def test_unknown_system_is_a_one_line_error(tiny_mace_model_path, limace_exe, tm
                                                 ("--min-formation-energy", "0.2", "min_formation_energy must be < 0"),
                                                 ("--max-library-atoms", "0", "--max-library-atoms must be >= 1, got 0"),
                                                 ("--verify-limit", "3", "--verify-limit works with --verify-dft"),
-                                                ("--verify-limit", "-1", "--verify-limit must be >= 0, got -1")])
+                                                ("--verify-limit", "-1", "--verify-limit must be >= 0, got -1"),
+                                                ("--verify-reuse", "x.extxyz", "--verify-reuse works with --verify-dft")])
 def test_bad_sanity_bound_is_a_one_line_error(tiny_mace_model_path, limace_exe, tmp_path, opt, value, expect):
     res = subprocess.run([limace_exe, "screen", "Li-In", "-p", str(tiny_mace_model_path), "--out", str(tmp_path),
                           opt, value], capture_output=True, text=True)
@@ -236,3 +237,99 @@ def test_committee_spread_in_the_screen(tiny_mace_model_factory, tmp_path, limac
     assert r["known_phases"]["li_richest_known"] == "Li17Sn4" and r["known_phases"]["li_richest_reached"] is False
     assert "**Li17Sn4: left out, 105 atoms > --max-library-atoms 24**" in (out / "report.md").read_text()
     assert all(h["barrier_std_eV"] >= 0 for h in phase["hops"] if (h.get("files") or {}).get("climbing_image"))
+
+
+def test_verify_reuse_takes_a_check_of_the_same_structure_from_another_screen(tmp_path, tiny_mace_model_path):
+    """--verify-reuse: a labelled frame that is the same structure relaxed by another potential (atoms moved by less
+    than 0.1 A, the cell strained by less than 1 %, shifted as a whole) stands in for a new single point, and the
+    model's error is taken at that frame's geometry; a frame moved further, or made with another protocol, does not.
+    Nothing is labelled for a reused check."""
+    import numpy as np
+    from ase.build import bulk
+    from ase.io import write
+
+    from limace.analysis.screen import verify_dft
+    from limace.data import get_structure
+    from limace.potentials import load
+
+    structures = tmp_path / "work" / "Li-In" / "structures"
+    structures.mkdir(parents=True)
+    cells = {"Li_bcc": get_structure("Li_bcc", primitive=True), "In_tI2": get_structure("In_tI2", primitive=True),
+             "bcc-LiIn": bulk("LiIn", "cesiumchloride", a=3.4).repeat((2, 1, 1)),
+             "bcc-Li3In": bulk("Li", "bcc", a=3.45, cubic=True).repeat((2, 2, 1))}
+    cells["bcc-Li3In"].symbols[[0, 5]] = "In"
+    for name, a in cells.items():
+        a.info.update({"name": name, "energy": -1.5 * len(a)})
+        write(structures / f"{name}.extxyz", a)
+    result = {"hull": {"references": {"Li": {"name": "Li_bcc"}, "In": {"name": "In_tI2"}}},
+              "near_hull": [{"name": n, "formula": cells[n].get_chemical_formula(), "e_above_hull_eV_per_atom": 0.0,
+                             "source": "search"} for n in ("bcc-LiIn", "bcc-Li3In")]}
+    # the "other screen's" checks: the same cells strained 0.5 %, shifted as a whole and with one atom moved
+    rng = np.random.default_rng(0)
+    labelled = []
+    for k, (name, move) in enumerate((("Li_bcc", 0.0), ("In_tI2", 0.0), ("bcc-LiIn", 0.05), ("bcc-Li3In", 0.3))):
+        b = cells[name].copy()
+        b.set_cell(b.cell * 1.005, scale_atoms=True)
+        b.positions += [0.7, -0.4, 1.1]
+        if move:
+            b.positions[1] += move * np.array([0.6, 0.8, 0.0])
+        b.calc = None
+        b.info = {"REF_energy": -2.0 * len(b) - 0.01 * k * len(b), "label_protocol": "gpaw-test"}
+        b.arrays["REF_forces"] = rng.normal(0, 0.01, (len(b), 3))
+        labelled.append(b)
+    other = labelled[2].copy()  # Li-In's cell once more, labelled with another protocol: never reused
+    other.info = {**labelled[2].info, "label_protocol": "pbe-pw400", "REF_energy": 99.0}
+    other.arrays["REF_forces"] = labelled[2].arrays["REF_forces"]
+    write(tmp_path / "checks.extxyz", [other, *labelled])
+    rows = verify_dft("Li-In", result, tmp_path, workers=1, protocol="gpaw-test", limit=0,
+                      reuse=[tmp_path / "checks.extxyz"], potential=str(tiny_mace_model_path))
+    assert not (tmp_path / "work" / "Li-In" / "dft_verify.extxyz").exists()
+    rows = {r["name"]: r for r in rows}
+    # bcc-Li3In's moved atom is 0.3 A away: not the same structure, so it waits for its own single point
+    assert rows["bcc-Li3In"]["dft_error_meV_per_atom"] is None and "dft_reused" not in rows["bcc-Li3In"]
+    r = rows["bcc-LiIn"]
+    assert r["dft_reused"]["file"] == str(tmp_path / "checks.extxyz") and r["dft_reused"]["index"] == 3
+    assert r["dft_reused"]["max_displacement_A"] == pytest.approx(0.05 / 1.005 * 3 / 4, abs=0.002)  # less the mean
+    assert r["dft_reused"]["max_strain"] == pytest.approx(0.005, abs=0.0002)
+    at_label = labelled[2].copy()
+    at_label.calc = load(tiny_mace_model_path)
+    expect = 1000 * (at_label.get_potential_energy() - labelled[2].info["REF_energy"]) / len(at_label)
+    assert r["dft_error_meV_per_atom"] == pytest.approx(expect, abs=0.01)
+    # the references were reused too, so the DFT hull of the checked set is built: Li-In's DFT formation energy
+    assert r["dft_formation_energy_eV_per_atom"] == pytest.approx(-2.02 - (-2.0 - 2.01) / 2, abs=1e-6)
+
+
+def test_verify_reuse_file_must_be_labelled(tiny_mace_model_path, limace_exe, tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    write(tmp_path / "plain.extxyz", bulk("Li", "bcc", a=3.44))
+    for path, expect in ((tmp_path / "missing.extxyz", "missing.extxyz: no such file"),
+                         (tmp_path / "plain.extxyz", "--verify-reuse: ")):
+        res = subprocess.run([limace_exe, "screen", "Li-In", "-p", str(tiny_mace_model_path), "--out",
+                              str(tmp_path / "out"), "--verify-dft", "--verify-reuse", str(path)],
+                             capture_output=True, text=True)
+        assert res.returncode == 2 and expect in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_structure_distance_ignores_rotation_shift_and_periodic_images():
+    import numpy as np
+    from ase.build import bulk
+
+    from limace.analysis.screen import structure_distance
+
+    a = bulk("LiIn", "cesiumchloride", a=3.4).repeat((2, 2, 1))
+    b = a.copy()
+    b.positions += [5.0, -3.0, 0.2]  # a whole shift, across the cell
+    b.wrap()
+    b.positions[2] += [0.0, 0.0, 0.04]
+    c = b.copy()
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    c.set_cell(b.cell @ rot.T, scale_atoms=True)  # the same crystal turned by 90 degrees
+    for other in (b, c):
+        disp, strain = structure_distance(a, other)
+        assert disp == pytest.approx(0.04 * (1 - 1 / len(a)), abs=1e-3) and strain == pytest.approx(0.0, abs=1e-9)
+    d = a.copy()
+    d.set_cell(a.cell * [1.02, 1.0, 1.0], scale_atoms=True)
+    assert structure_distance(a, d)[1] == pytest.approx(0.5 * (1.02 ** 2 - 1), abs=1e-9)

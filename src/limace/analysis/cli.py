@@ -243,6 +243,11 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            verify_limit: Optional[int] = typer.Option(None, help="--verify-dft: label at most this many new "
                                                       "structures in this run, per system (0: report the checks made "
                                                       "so far); a later run goes on"),
+           verify_reuse: Optional[list[Path]] = typer.Option(None, "--verify-reuse", help="--verify-dft: labelled "
+                                                             "files (extxyz, same protocol) whose frame stands in for "
+                                                             "a new single point when it is the same structure "
+                                                             "(within 0.1 A and a strain of 1 %; the model's error "
+                                                             "is then taken at that frame); repeatable"),
            workers: int = typer.Option(1, help="local worker processes for independent tasks"),
            scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (instead of local workers)"),
            device: str = typer.Option("cpu", help="cpu or cuda"),
@@ -278,6 +283,10 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
     check_number("--verify-limit", verify_limit, at_least=0)
     if verify_limit is not None and not verify_dft:
         raise LimaceInputError("--verify-limit works with --verify-dft")
+    if verify_reuse and not verify_dft:
+        raise LimaceInputError("--verify-reuse works with --verify-dft")
+    for f in verify_reuse or ():
+        _check_labels_file(f, "--verify-reuse")
     check_run_options(device, dtype)
     for name in barrier_phases or ():
         _check_barrier_phase(name, max_atoms)
@@ -303,7 +312,7 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
         barriers=BarrierSettings(min_image_distance=min_image_distance, n_images=n_images, max_steps=neb_steps),
         barrier_phases=tuple(barrier_phases) if barrier_phases else None, max_barrier_phases=max_barrier_phases,
         max_barrier_atoms=max_barrier_atoms, sn_reference=sn_reference, verify_dft=verify_dft,
-        verify_limit=verify_limit, committee=tuple(members))
+        verify_limit=verify_limit, verify_reuse=tuple(str(f) for f in verify_reuse or ()), committee=tuple(members))
     results = run_screen(systems, potential, out, settings, workers=workers, scheduler=scheduler, device=device,
                          dtype=dtype, progress=sys.stderr.isatty())  # progress bars only on a terminal
     for s, r in results["systems"].items():
@@ -328,6 +337,17 @@ def _committee_members(committee: Optional[str], potential: str) -> list[str]:
 def _fmt(value, digits: int) -> str:
     """A number at ``digits`` decimals for a summary line (``0.480``); anything else as it is."""
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _check_labels_file(path: Path, option: str) -> None:
+    """A labelled extxyz file a user passed (``limace: error: ...`` if it is missing, unreadable or unlabelled)."""
+    from limace.core.errors import ValidationError
+    from limace.data.io import read_configurations
+
+    try:
+        read_configurations(path, labelled=True)
+    except ValidationError as exc:
+        raise ValidationError(f"{option}: {exc}") from None
 
 
 def _check_barrier_phase(name: str, max_atoms: int) -> None:

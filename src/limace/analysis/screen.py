@@ -23,7 +23,8 @@ settings, so a killed screen resumes without recomputing finished work. Tasks ru
         "voltage": {"average_V", "average_kind", "max_li_per_host", "plateaus": [{"y_start", "y_end", "voltage_V",
                     "phases"}]},
         "near_hull": [{"name", "formula", "e_above_hull_eV_per_atom", "source", "dft_error_meV_per_atom"?,
-                       "dft_formation_energy_eV_per_atom"?, "dft_e_above_hull_eV_per_atom"?}],
+                       "dft_formation_energy_eV_per_atom"?, "dft_e_above_hull_eV_per_atom"?,
+                       "dft_reused"? ({"file", "index", "max_displacement_A", "max_strain"}: --verify-reuse)}],
         "search": {"n_candidates", "n_library", "not_converged", "rejected", "left_out" (--max-library-atoms),
                    "funnel": {"enumerated": {parent: n}, "prototypes", "stages": {"single_point", "short_relax",
                               "full_relax": {"candidates", "kept"|"relaxed", ...}}, "ce": {...}, "timings_s"}},
@@ -61,6 +62,11 @@ class ScreenSettings:
     # --verify-dft: label at most this many new structures in this run (0: report the checks made so far; a later run
     # goes on where this one stopped); None: all of them
     verify_limit: int | None = None
+    # --verify-reuse: labelled files (extxyz, same protocol) whose structure stands in for a new single point when it
+    # is the same one within these tolerances (the model's error is then taken at the labelled geometry)
+    verify_reuse: tuple[str, ...] = ()
+    reuse_max_displacement: float = 0.1  # A, largest atomic displacement (mean shift removed)
+    reuse_max_strain: float = 0.01  # largest component of the Green strain between the two cells
     # more potentials: with the screen's potential a committee whose spread is reported (hull entries: energy std per
     # atom, flagged above committee_threshold_meV; barriers: each barrier's std, flagged above 0.05 eV)
     committee: tuple[str, ...] = ()
@@ -206,7 +212,9 @@ VERIFY_FIRST_EV = 0.001  # eV/atom: --verify-dft checks entries this close to th
 
 def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str = "pbe-pw400",
                committee_threshold_meV: float | None = None, progress: bool = False,
-               limit: int | None = None) -> list[dict]:
+               limit: int | None = None, reuse: Sequence[str | Path] = (), potential: str | None = None,
+               device: str = "cpu", dtype: str = "float64", max_displacement: float = 0.1,
+               max_strain: float = 0.01) -> list[dict]:
     """Single points at the reference protocol for the near-hull structures and the hull's elemental references;
     per structure the model's error per atom, its DFT formation energy (against the DFT energies of the same
     references) and its energy above the hull that these DFT energies alone build.
@@ -215,7 +223,13 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
     model's stable entries, within 1 meV/atom of the hull) and the library's known phases, then the entries whose
     committee spread exceeds ``committee_threshold_meV`` (those most likely to be wrong), then the rest, each group
     cheapest first. ``limit``: label at most this many new structures now (0: none); the rows of those not checked
-    yet carry None, and the DFT hull is built once the references are checked."""
+    yet carry None, and the DFT hull is built once the references are checked.
+
+    ``reuse``: labelled files (extxyz; frames of another ``protocol`` are ignored) searched before a structure is
+    labelled: a frame with the same species in the same order, a cell within ``max_strain`` (Green strain) and
+    atoms within ``max_displacement`` (A, after removing the mean shift) is the same structure relaxed by another
+    potential; its DFT energy stands in for a new single point and the model (``potential``) is evaluated at that
+    geometry, so the error compares one structure. The row says which frame (``dft_reused``)."""
     from ase.io import read
 
     from limace.analysis.hull import HullAnalysis
@@ -244,15 +258,38 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
 
     todo.sort(key=priority)
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
-    # sets each one's config_id (how its label is found below), also when limit=0 labels nothing
-    label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=progress,
-                         limit=limit)
+    # sets each one's config_id (how its label is found below); labels nothing
+    label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=False, limit=0)
+    done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
+    reused = {}  # name -> (labelled Atoms, where it came from)
+    if reuse:
+        pool = reusable_labels(reuse, protocol)
+        for name, a in todo:
+            if a.info["config_id"] not in done:
+                hit = find_same_structure(a, pool, max_displacement, max_strain)
+                if hit is not None:
+                    reused[name] = hit
+    label_configurations([a for name, a in todo if name not in reused], labels, protocol=protocol, workers=workers,
+                         progress=progress, limit=limit)
     done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
     dft = {}
     for name, a in todo:
         lab = done.get(a.info.get("config_id"))
         if lab is not None:
             dft[name] = (a, float(lab.info[ENERGY_KEY]))
+    if reused:
+        # the model's energy at the labelled geometry: both sides of the error at one structure
+        from limace.core.model import member_energies
+
+        model, _ = _model(potential, device, dtype)
+        names = list(reused)
+        e_model = member_energies([model], [reused[n][0] for n in names])[0]
+        for n, e in zip(names, e_model):
+            lab = reused[n][0]
+            b = lab.copy()
+            b.calc = None
+            b.info = {"energy": float(e), "name": n}
+            dft[n] = (b, float(lab.info[ENERGY_KEY]))
     dft_hull = None
     if all(name in dft for name in refs.values()):
         picked = []
@@ -271,7 +308,53 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
                      else round(1000 * (a.info["energy"] - e) / len(a), 2),
                      "dft_formation_energy_eV_per_atom": None if h is None else h["formation_energy_eV_per_atom"],
                      "dft_e_above_hull_eV_per_atom": None if h is None else h["e_above_hull_eV_per_atom"]})
+        if n["name"] in reused:
+            rows[-1]["dft_reused"] = reused[n["name"]][1]
     return rows
+
+
+def reusable_labels(files: Sequence[str | Path], protocol: str) -> dict[tuple, list]:
+    """The labelled frames of ``files`` made with ``protocol``, by their species (in order): ``{symbols: [(Atoms,
+    {"file", "index"}), ...]}``."""
+    from ase.io import read
+
+    from limace.keys import ENERGY_KEY
+
+    pool: dict[tuple, list] = {}
+    for f in files:
+        for i, a in enumerate(read(f, ":")):
+            if ENERGY_KEY in a.info and a.info.get("label_protocol", protocol) == protocol:
+                pool.setdefault(tuple(a.get_chemical_symbols()), []).append((a, {"file": str(f), "index": i}))
+    return pool
+
+
+def structure_distance(a, b) -> tuple[float, float]:
+    """``(max displacement (A), max |Green strain|)`` between two cells of the same atoms in the same order: the
+    strain that takes ``a``'s cell to ``b``'s (rotation-free) and the largest atomic displacement, in ``a``'s cell,
+    between their fractional positions (minimum image, mean shift removed)."""
+    import numpy as np
+
+    ca, cb = np.asarray(a.cell), np.asarray(b.cell)
+    f = np.linalg.solve(ca, cb)  # cb = ca @ f (rows are cell vectors)
+    strain = 0.5 * (f @ f.T - np.eye(3))
+    d = b.get_scaled_positions(wrap=False) - a.get_scaled_positions(wrap=False)
+    d -= np.round(d)
+    d -= d.mean(0)
+    d -= np.round(d)
+    return float(np.linalg.norm(d @ ca, axis=1).max()), float(np.abs(strain).max())
+
+
+def find_same_structure(atoms, pool: dict, max_displacement: float, max_strain: float):
+    """The closest frame of ``pool`` (see :func:`reusable_labels`) that is ``atoms`` within the tolerances, as
+    ``(Atoms, {"file", "index", "max_displacement_A", "max_strain"})``; None if there is none."""
+    best = None
+    for lab, where in pool.get(tuple(atoms.get_chemical_symbols()), ()):
+        if abs(abs(lab.cell.volume) / abs(atoms.cell.volume) - 1) > 3.5 * max_strain:
+            continue
+        disp, strain = structure_distance(atoms, lab)
+        if disp <= max_displacement and strain <= max_strain and (best is None or disp < best[1]["max_displacement_A"]):
+            best = (lab, {**where, "max_displacement_A": round(disp, 3), "max_strain": round(strain, 4)})
+    return best
 
 
 # -- task 2: barriers -------------------------------------------------------------------------------------------------
@@ -403,7 +486,10 @@ def run_screen(systems: Sequence[str], potential: str, out: str | Path, settings
         for s in systems:
             hulls[s]["near_hull"] = verify_dft(s, hulls[s], out, workers,
                                                committee_threshold_meV=settings.committee_threshold_meV,
-                                               progress=progress, limit=settings.verify_limit)
+                                               progress=progress, limit=settings.verify_limit,
+                                               reuse=settings.verify_reuse, potential=potential, device=device,
+                                               dtype=dtype, max_displacement=settings.reuse_max_displacement,
+                                               max_strain=settings.reuse_max_strain)
 
     # 2. barriers for the chosen phases
     barrier_tasks, skipped = {}, {s: [] for s in systems}
@@ -584,10 +670,18 @@ def _write_report(results: dict, hulls: dict, out: Path) -> None:
                       "DFT E_f (meV/atom) | DFT E above hull (meV/atom) |", "| --- | --- | --- | --- | --- | --- | --- |"]
             milli = lambda v: None if v is None else 1000 * v  # noqa: E731
             for n in r["near_hull"]:
+                reused = n.get("dft_reused")
                 lines.append(f"| {n['name']} | {n['formula']} | {1000 * n['e_above_hull_eV_per_atom']:.1f} | "
-                             f"{n['source']} | {fmt(n.get('dft_error_meV_per_atom'), 1)} | "
+                             f"{n['source']} | {fmt(n.get('dft_error_meV_per_atom'), 1)}"
+                             + ("" if not reused else f" (reused: {Path(reused['file']).name} frame {reused['index']},"
+                                f" {reused['max_displacement_A']:.2f} Å)") + " | "
                              f"{fmt(milli(n.get('dft_formation_energy_eV_per_atom')), 1)} | "
                              f"{fmt(milli(n.get('dft_e_above_hull_eV_per_atom')), 1)} |")
+            if any(n.get("dft_reused") for n in r["near_hull"]):
+                lines += ["", "Reused checks (`--verify-reuse`): a labelled frame that is the same structure (within "
+                          f"{results['settings'].get('reuse_max_displacement')} Å and a strain of "
+                          f"{results['settings'].get('reuse_max_strain')}) stands in "
+                          "for a new single point; the model's error is taken at that frame's geometry."]
         lines += ["", f"### Li migration barriers ({s})", ""]
         if r["barriers"]["phases"]:
             lines.append(markdown_table(r["barriers"]))
