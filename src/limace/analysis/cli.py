@@ -243,7 +243,8 @@ def screen(systems: list[str] = typer.Argument(..., help="Li-In and/or Li-Sn"),
            verify_limit: Optional[int] = typer.Option(None, help="--verify-dft: label at most this many new "
                                                       "structures in this run, per system (0: report the checks made "
                                                       "so far); a later run goes on"),
-           verify_reuse: Optional[list[Path]] = typer.Option(None, "--verify-reuse", help="--verify-dft: labelled "
+           verify_reuse: Optional[list[Path]] = typer.Option(None, "--verify-reuse", metavar="FILE",
+                                                             help="--verify-dft: labelled "
                                                              "files (extxyz, same protocol) whose frame stands in for "
                                                              "a new single point when it is the same structure "
                                                              "(within 0.1 A and a strain of 1 %; the model's error "
