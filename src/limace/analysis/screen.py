@@ -233,7 +233,8 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
     from ase.io import read
 
     from limace.analysis.hull import HullAnalysis
-    from limace.data.label import label_configurations
+    from limace.data.hashing import ensure_config_id
+    from limace.data.label import label_configurations, read_done_ids
     from limace.keys import ENERGY_KEY
 
     structures = Path(out) / "work" / system / "structures"
@@ -258,14 +259,12 @@ def verify_dft(system: str, result: dict, out: Path, workers: int, protocol: str
 
     todo.sort(key=priority)
     labels = Path(out) / "work" / system / "dft_verify.extxyz"
-    # sets each one's config_id (how its label is found below); labels nothing
-    label_configurations([a for _, a in todo], labels, protocol=protocol, workers=workers, progress=False, limit=0)
-    done = {a.info["config_id"]: a for a in read(labels, ":")} if labels.exists() else {}
     reused = {}  # name -> (labelled Atoms, where it came from)
-    if reuse:
+    if reuse:  # only what this run has not labelled itself
+        labelled = read_done_ids(labels)
         pool = reusable_labels(reuse, protocol)
         for name, a in todo:
-            if a.info["config_id"] not in done:
+            if ensure_config_id(a) not in labelled:
                 hit = find_same_structure(a, pool, max_displacement, max_strain)
                 if hit is not None:
                     reused[name] = hit
@@ -349,8 +348,6 @@ def find_same_structure(atoms, pool: dict, max_displacement: float, max_strain: 
     ``(Atoms, {"file", "index", "max_displacement_A", "max_strain"})``; None if there is none."""
     best = None
     for lab, where in pool.get(tuple(atoms.get_chemical_symbols()), ()):
-        if abs(abs(lab.cell.volume) / abs(atoms.cell.volume) - 1) > 3.5 * max_strain:
-            continue
         disp, strain = structure_distance(atoms, lab)
         if disp <= max_displacement and strain <= max_strain and (best is None or disp < best[1]["max_displacement_A"]):
             best = (lab, {**where, "max_displacement_A": round(disp, 3), "max_strain": round(strain, 4)})
