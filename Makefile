@@ -28,8 +28,11 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/limace demo
 
+# Tests run in parallel, a test module per worker (module fixtures such as the screen are built once); one thread each.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: venv
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" --durations=10
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 test-fast: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not dft" -x
