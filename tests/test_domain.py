@@ -8,7 +8,7 @@ from ase.build import bulk
 from limace.core.errors import ModelFileError
 from limace.data import load_dataset
 from limace.potentials import load_batched
-from limace.potentials.domain import DomainCheck, domain_path
+from limace.potentials.domain import DomainCheck, atom_descriptors, domain_path
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,14 @@ def _li_interstitial():
 def test_the_shipped_potential_comes_with_its_domain_check(model):
     assert model.domain is not None
     assert np.isfinite(model.domain.threshold) and model.domain.threshold > 0
-    # built on 1.11's own training set (scripts/build_domain.py --train): examples/candidate25 (the train split of the
+    # built on 1.12's own training set (scripts/build_domain.py --train): examples/candidate25 (the train split of the
     # pack of 1117 less 1.4's 79 validation configurations, plus the learn and barrier labels then), the 16 learn
     # labels made since, the 27 hull checks of examples/fresh28, the plan's Li17Sn4 and Li22Sn5 at equilibrium and
     # the 50 hull checks of examples/fresh29, then the 35 checks of the 1.8 and 1.9 hulls and the plan's 7 newest cells,
-    # then the 16 checks of 1.9's hulls in screen_verify 287-302
-    n_train_of_1_11 = 1077
-    assert model.domain.meta["n_configs"] == n_train_of_1_11
+    # then the 16 checks of 1.9's hulls in screen_verify 287-302, then the 10 checks that judged 1.11 and the plan's
+    # Li17Sn4 at -1 % and +1 %
+    n_train_of_1_12 = 1089
+    assert model.domain.meta["n_configs"] == n_train_of_1_12
 
 
 def test_an_interstitial_is_outside_and_held_out_crystals_are_inside(model):
@@ -47,7 +48,13 @@ def test_an_interstitial_is_outside_and_held_out_crystals_are_inside(model):
 def test_build_save_load_gives_the_same_scores(model, tmp_path):
     frames = load_dataset("li-in-sn-v1", "train")[:40]
     check = DomainCheck.build(model, frames, seed=1)
-    assert check.meta["holdout_configs"] == 4 and np.isfinite(check.threshold)
+    # ten folds: every training configuration is scored once against the other nine tenths
+    assert check.meta["holdout_configs"] == 40 and check.meta["folds"] == 10 and np.isfinite(check.threshold)
+    desc = atom_descriptors(model, frames)
+    same = DomainCheck.from_descriptors(desc, [a.numbers for a in frames], seed=1)
+    assert same.threshold == pytest.approx(check.threshold, rel=1e-9)
+    with pytest.raises(ValueError, match="folds"):
+        DomainCheck.from_descriptors(desc, [a.numbers for a in frames], folds=41)
     path = check.save(tmp_path / "x.domain.npz")
     again = DomainCheck.load(path)
     probe = [_li_interstitial(), frames[0]]
