@@ -27,8 +27,7 @@ def _single_holdout(desc, numbers, seed: int, fraction: float = 0.1, quantile: f
     from limace.potentials.domain import DomainCheck
 
     n = len(desc)
-    scale = np.concatenate(desc).std(axis=0)
-    scale[scale < 1e-8] = 1.0
+    scale = DomainCheck.feature_scale(desc)
     held = np.zeros(n, dtype=bool)
     held[np.random.default_rng(seed).choice(n, max(1, int(round(fraction * n))), replace=False)] = True
     rest = DomainCheck._make(desc, numbers, ~held, scale)

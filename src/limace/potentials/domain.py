@@ -86,8 +86,7 @@ class DomainCheck:
         if not 2 <= folds <= len(desc):
             raise ValueError(f"folds must be between 2 and the number of configurations ({len(desc)}), got {folds}")
         allx = np.concatenate(desc)
-        scale = allx.std(axis=0)
-        scale[scale < 1e-8] = 1.0
+        scale = cls.feature_scale(desc)
         fold = np.random.default_rng(seed).permutation(len(desc)) % folds
         scores = []
         for j in range(folds):
@@ -102,6 +101,13 @@ class DomainCheck:
                      "holdout_configs": len(desc), "holdout_quantile": quantile, "holdout_score_at_quantile": q,
                      "margin": margin, "holdout_score_max": float(scores.max())}
         return full
+
+    @staticmethod
+    def feature_scale(desc: list[np.ndarray]) -> np.ndarray:
+        """The spread of each descriptor feature over all atoms of ``desc`` (1 where a feature does not vary)."""
+        scale = np.concatenate(desc).std(axis=0)
+        scale[scale < 1e-8] = 1.0
+        return scale
 
     @classmethod
     def _make(cls, desc, numbers, mask, scale) -> "DomainCheck":
