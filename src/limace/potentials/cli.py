@@ -2,7 +2,7 @@
 
 import typer
 
-potentials_app = typer.Typer(help="Pretrained potentials: list, show, download into the cache.",
+potentials_app = typer.Typer(help="Pretrained potentials: list, info, fetch (download the weights into the cache).",
                              no_args_is_help=True)
 
 
