@@ -85,7 +85,6 @@ class DomainCheck:
         """:meth:`build` from per-configuration descriptors (``atom_descriptors``) and atomic numbers."""
         if not 2 <= folds <= len(desc):
             raise ValueError(f"folds must be between 2 and the number of configurations ({len(desc)}), got {folds}")
-        allx = np.concatenate(desc)
         scale = cls.feature_scale(desc)
         fold = np.random.default_rng(seed).permutation(len(desc)) % folds
         scores = []
@@ -97,7 +96,7 @@ class DomainCheck:
         q = float(np.quantile(scores, quantile))
         full = cls._make(desc, numbers, np.ones(len(desc), dtype=bool), scale)
         full.threshold = margin * q
-        full.meta = {"n_configs": len(desc), "n_atoms": int(len(allx)), "folds": folds,
+        full.meta = {"n_configs": len(desc), "n_atoms": sum(len(d) for d in desc), "folds": folds,
                      "holdout_configs": len(desc), "holdout_quantile": quantile, "holdout_score_at_quantile": q,
                      "margin": margin, "holdout_score_max": float(scores.max())}
         return full
