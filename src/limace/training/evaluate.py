@@ -330,6 +330,14 @@ def is_undistorted(atoms) -> bool:
     return t == "equilibrium" or t.startswith("enum_")
 
 
+def gate_frames(frames: Sequence) -> list:
+    """The release gate's structures among ``frames``: every two-element configuration at its own equilibrium
+    geometry (:func:`is_undistorted`) or relaxed by a potential and checked with DFT by a screen (``screen_verify``),
+    i.e. what a hull is built from. Read from a validation set: the frozen test split only reports."""
+    return [a for a in frames if len(set(a.get_chemical_symbols())) > 1
+            and (is_undistorted(a) or a.info.get(CONFIG_TYPE_KEY) == "screen_verify")]
+
+
 def elemental_references(frames: Sequence) -> dict:
     """science.md's references among labelled ``frames``: bcc Li and tetragonal In at equilibrium, and for Sn the
     lowest-energy undistorted pure-Sn cell. {element: Atoms}; an element without one is missing."""
