@@ -7,7 +7,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from limace.core.errors import ValidationError
 from limace.keys import CONFIG_TYPE_KEY, ENERGY_KEY
-from limace.training.evaluate import elemental_references, formation_energy_errors, is_undistorted
+from limace.training.evaluate import elemental_references, formation_energy_errors, gate_frames, is_undistorted
 
 
 class _PerElement(Calculator):
@@ -48,3 +48,12 @@ def test_formation_errors_ignore_per_element_offsets_and_see_the_rest():
     assert err == pytest.approx([20.0], abs=1e-9)
     with pytest.raises(ValidationError, match="no elemental reference for In"):
         formation_energy_errors(model, [_frame("LiIn", -4.0, "enum_bcc")], {k: refs[k] for k in ("Li", "Sn")})
+
+
+def test_the_gate_reads_hull_structures_only():
+    """Library phases, orderings and relaxed hull checks of two elements enter the gate; strained, rattled and
+    single-element cells do not."""
+    frames = [_frame("LiSn", -6.0, "enum_bcc"), _frame("Li3In2", -9.0, "screen_verify"),
+              _frame("LiIn", -4.0, "equilibrium", "LiIn"), _frame("LiSn", -5.9, "strain_iso"),
+              _frame("LiSn", -5.8, "rattle"), _frame("Sn2", -7.9, "screen_verify"), _frame("Li2", -3.8, "enum_bcc")]
+    assert [a.get_chemical_formula() for a in gate_frames(frames)] == ["LiSn", "In2Li3", "InLi"]

@@ -1,8 +1,12 @@
-"""The shipped potential against the shipped DFT labels (held-out test split).
+"""The shipped potential against the shipped DFT labels.
 
-Formation energies of every undistorted structure (library phases and orderings) of the test split, with the
-model's elemental references vs the DFT ones, agree within 10 meV/atom.
+The release gate: formation energies of every undistorted two-element structure (library phases, orderings and
+relaxed hull checks) of the validation file the default is chosen on (examples/candidate25/valid14.extxyz), with the
+model's elemental references vs the DFT ones, agree within 10 meV/atom. The frozen test split (test-v1) only
+reports (`limace evaluate MODEL li-in-sn-v1:test-v1`, README); it never decides what ships.
 """
+from pathlib import Path
+
 
 import numpy as np
 import pytest
@@ -22,18 +26,19 @@ def test_the_potential_and_its_dataset_are_shipped():
     assert "li-in-sn-v1" in available()
 
 
-def test_formation_energies_of_test_split_phases_within_10_mev():
+def test_formation_energies_of_validation_phases_within_10_mev():
+    from ase.io import read
+
     from limace.potentials import load
-    from limace.training.evaluate import elemental_references, formation_energy_errors, is_undistorted
+    from limace.training.evaluate import elemental_references, formation_energy_errors, gate_frames
 
     calc = load(NAME)
     refs = elemental_references(load_dataset("li-in-sn-v1"))
     assert set(refs) == {"Li", "In", "Sn"}, "the dataset lacks an elemental reference"
-    # test-v1: the held-out split the shipped potential's numbers refer to (later packs add test configurations that
-    # 1.4 was never measured on; bench/RESULTS.md reports them)
-    test = [a for a in load_dataset("li-in-sn-v1", "test-v1") if is_undistorted(a) and len(set(a.get_chemical_symbols())) > 1]
-    assert len(test) >= 5
-    errors = formation_energy_errors(calc, test, refs)
+    valid = read(Path(__file__).resolve().parents[1] / "examples" / "candidate25" / "valid14.extxyz", ":")
+    frames = gate_frames(valid)
+    assert len(frames) >= 20 and {"In", "Sn"} <= {s for a in frames for s in a.get_chemical_symbols()}
+    errors = formation_energy_errors(calc, frames, refs)
     assert max(errors) <= 10.0, f"max |dE_f| {max(errors):.1f} meV/atom (mean {np.mean(errors):.1f})"
 
 
