@@ -7,8 +7,8 @@ of every undistorted two-element structure of the validation file (``--valid``: 
 and relaxed hull checks) within 10 meV/atom of DFT (tests/test_shipped_potential.py). Until the thirty-sixth session
 the gate read test-v1; that made the frozen test split choose models, so it reads the validation file now and
 test-v1's formation-energy errors, like its MAEs, are printed for the record and take no part in the verdict. For the
-fine-tunes of 1.4 (rule of the fifteenth session) the valid14 bar is 2.48 meV/atom instead (`--valid-max 2.48`), and the hull check of the Li-In
-phases (a screen) comes after this.
+fine-tunes of 1.4 (rule of the fifteenth session) the valid14 bar is 2.48 meV/atom instead (`--valid-max 2.48`),
+and the hull check of the Li-In phases (a screen) comes after this.
 
 valid14 is held out for 1.4's own run only: 1.4 is 1.3 fine-tuned, and 57 of valid14's 79 configurations were in
 1.3's training portion (found in the twenty-fifth session). So valid14 compares 1.4 with its own fine-tunes (same
