@@ -57,3 +57,4 @@ def test_the_gate_reads_hull_structures_only():
               _frame("LiIn", -4.0, "equilibrium", "LiIn"), _frame("LiSn", -5.9, "strain_iso"),
               _frame("LiSn", -5.8, "rattle"), _frame("Sn2", -7.9, "screen_verify"), _frame("Li2", -3.8, "enum_bcc")]
     assert [a.get_chemical_formula() for a in gate_frames(frames)] == ["LiSn", "In2Li3", "InLi"]
+    assert [a.get_chemical_formula() for a in gate_frames(frames, hull_checks=False)] == ["LiSn", "InLi"]

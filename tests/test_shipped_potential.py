@@ -7,7 +7,6 @@ reports (`limace evaluate MODEL li-in-sn-v1:test-v1`, README); it never decides 
 """
 from pathlib import Path
 
-
 import numpy as np
 import pytest
 
