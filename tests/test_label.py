@@ -331,6 +331,26 @@ def test_where_gpaws_symmetry_analysis_fails_spglibs_point_group_is_given_to_it(
 
 
 @needs_gpaw
+def test_the_kpoint_diagnostics_are_the_reference_protocol_with_a_denser_mesh_only():
+    """scripts/kpoint_floor.py measures the labels' own k-point error with ``pbe-pw400-kD``: everything but the
+    k-point density must be the reference protocol's, and the mesh GPAW builds must be denser."""
+    from limace.data import get_structure
+    from limace.data.label import get_protocol, gpaw_setup_cost
+
+    ref = get_protocol("pbe-pw400").make_calculator()
+    atoms = get_structure("LiIn", primitive=True)
+    n_ref = gpaw_setup_cost(atoms, ref)[0]
+    a = ref.params.todict()
+    for d in (9, 12, 16):
+        proto = get_protocol(f"pbe-pw400-k{d}")
+        assert "never mix into datasets" in proto.description
+        calc = proto.make_calculator()
+        b = calc.params.todict()
+        assert {k for k in set(a) | set(b) if str(a.get(k)) != str(b.get(k))} == {"kpts"}
+        assert b["kpts"] == {"density": float(d), "gamma": True}
+        assert gpaw_setup_cost(atoms, calc)[0] > n_ref
+
+
 @pytest.mark.dft
 @pytest.mark.slow
 def test_labels_without_point_group_equal_the_shipped_point_group_labels(tmp_path):

@@ -192,6 +192,21 @@ PROTOCOLS: dict[str, Protocol] = {
         symmetry_by_cost=True,
         log_keyword="txt",
     ),
+    # diagnostics of the reference labels' own k-point error (scripts/kpoint_floor.py): the reference protocol with
+    # a denser mesh; never mixed into a dataset (a pack refuses labels of more than one protocol)
+    **{
+        f"pbe-pw400-k{d}": Protocol(
+            name=f"pbe-pw400-k{d}",
+            description=f"Diagnostic only: the reference protocol with k-density {d}/A instead of 6 (the labels' "
+            "k-point error); never mix into datasets",
+            make_calculator=partial(_gpaw_calculator, kpts={"density": float(d), "gamma": True}),
+            code_versions=_gpaw_versions,
+            retry_without_point_group=True,
+            symmetry_by_cost=True,
+            log_keyword="txt",
+        )
+        for d in (9, 12, 16)
+    },
     "emt": Protocol(
         name="emt",
         description="ASE's EMT (Al, Cu, Ag, Au, Ni, Pd, Pt): a cheap real calculator for tests of the job machinery",
