@@ -351,6 +351,7 @@ def test_the_kpoint_diagnostics_are_the_reference_protocol_with_a_denser_mesh_on
         assert gpaw_setup_cost(atoms, calc)[0] > n_ref
 
 
+@needs_gpaw
 @pytest.mark.dft
 @pytest.mark.slow
 def test_labels_without_point_group_equal_the_shipped_point_group_labels(tmp_path):
